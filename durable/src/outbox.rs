@@ -1,0 +1,384 @@
+//! The outbox: what a hop still owes the next hop, persisted.
+//!
+//! An item is written in the same transaction as the change that makes it
+//! owed (a new ticket, an event), so it exists if and only if the change
+//! does. A worker per destination sends due items, oldest first but urgent
+//! ones before all others, and never sends a ticket's item while an earlier
+//! item of the same ticket to the same destination is still owed: events
+//! reach each side in order, while one stuck ticket holds up no other.
+//! An item leaves the outbox only in the transaction that records the next
+//! hop's acknowledgement, so a crash at any point resends rather than loses;
+//! the receiver deduplicates by ticket id and sequence number.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use rusqlite::{Connection, params};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::db::{Db, DbError};
+
+/// The outbox's tables; add to the migrations of any database that has one.
+pub const SCHEMA: &str = "
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    dest TEXT NOT NULL,
+    ticket_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    urgent INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX outbox_by_dest ON outbox (dest, next_attempt_ms);
+CREATE INDEX outbox_by_ticket ON outbox (dest, ticket_id, id);
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY,
+    dest TEXT NOT NULL,
+    ticket_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    failed_ms INTEGER NOT NULL
+);
+";
+
+/// Most items one worker has in flight at once.
+pub const MAX_IN_FLIGHT: usize = 256;
+const BACKOFF_MIN_MS: i64 = 50;
+const BACKOFF_MAX_MS: i64 = 10_000;
+
+/// An item owed to a destination.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub id: i64,
+    pub dest: String,
+    pub ticket_id: String,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub attempts: i64,
+}
+
+/// Work to do in the transaction that removes a delivered item.
+pub type FollowUp = Box<dyn FnOnce(&Connection) -> Result<(), DbError> + Send>;
+
+/// What became of one attempt to send an item.
+pub enum Outcome {
+    /// The next hop acknowledged; the follow-up runs in the same transaction
+    /// that removes the item.
+    Delivered(Option<FollowUp>),
+    /// A passing failure (unreachable, busy, out of order): try again later.
+    Retry(String),
+    /// The next hop refuses it for good: keep it aside for a person to read.
+    Refused(String),
+}
+
+/// Sends items to one kind of destination.
+pub trait Sender: Send + Sync + 'static {
+    fn send(&self, item: Item) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Adds an item, inside the caller's write.
+pub fn enqueue(
+    conn: &Connection,
+    dest: &str,
+    ticket_id: &str,
+    kind: &str,
+    payload: &[u8],
+    urgent: bool,
+) -> Result<i64, DbError> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (dest, ticket_id, kind, payload, urgent) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![dest, ticket_id, kind, payload, urgent])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Items due now at `dest`, each the oldest owed for its ticket.
+pub fn due(conn: &Connection, dest: &str, now_ms: i64, limit: usize) -> Result<Vec<Item>, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT o.id, o.ticket_id, o.kind, o.payload, o.attempts FROM outbox o
+         WHERE o.dest = ?1 AND o.next_attempt_ms <= ?2
+           AND NOT EXISTS (SELECT 1 FROM outbox p
+                           WHERE p.dest = o.dest AND p.ticket_id = o.ticket_id AND p.id < o.id)
+         ORDER BY o.urgent DESC, o.id
+         LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![dest, now_ms, limit as i64], |r| {
+        Ok(Item {
+            id: r.get(0)?,
+            dest: dest.to_owned(),
+            ticket_id: r.get(1)?,
+            kind: r.get(2)?,
+            payload: r.get(3)?,
+            attempts: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// When the next item of `dest` falls due, if any is owed.
+pub fn next_due_ms(conn: &Connection, dest: &str) -> Result<Option<i64>, DbError> {
+    Ok(conn
+        .prepare_cached("SELECT min(next_attempt_ms) FROM outbox WHERE dest = ?1")?
+        .query_row([dest], |r| r.get(0))?)
+}
+
+/// How many items are owed, per destination.
+pub fn depth(conn: &Connection) -> Result<HashMap<String, i64>, DbError> {
+    let mut stmt = conn.prepare_cached("SELECT dest, count(*) FROM outbox GROUP BY dest")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn backoff_ms(attempts: i64) -> i64 {
+    let exp = BACKOFF_MIN_MS.saturating_mul(1i64 << attempts.clamp(0, 20));
+    let base = exp.min(BACKOFF_MAX_MS);
+    // ±25% jitter, so many retries do not come back in step.
+    let jitter = rand::rng().random_range(-(base / 4)..=(base / 4));
+    base + jitter
+}
+
+fn settle(conn: &Connection, item: &Item, outcome: Outcome, now_ms: i64) -> Result<(), DbError> {
+    match outcome {
+        Outcome::Delivered(follow_up) => {
+            conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                .execute([item.id])?;
+            if let Some(f) = follow_up {
+                f(conn)?;
+            }
+        }
+        Outcome::Retry(error) => {
+            let attempts = item.attempts + 1;
+            conn.prepare_cached(
+                "UPDATE outbox SET attempts = ?2, next_attempt_ms = ?3, last_error = ?4 WHERE id = ?1",
+            )?
+            .execute(params![item.id, attempts, now_ms + backoff_ms(item.attempts), error])?;
+        }
+        Outcome::Refused(error) => {
+            conn.prepare_cached(
+                "INSERT INTO dead_letters (id, dest, ticket_id, kind, payload, attempts, error, failed_ms)
+                 SELECT id, dest, ticket_id, kind, payload, attempts + 1, ?2, ?3 FROM outbox WHERE id = ?1",
+            )?
+            .execute(params![item.id, error, now_ms])?;
+            conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                .execute([item.id])?;
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The outbox of one database: wakes the worker of a destination when an
+/// item is added.
+#[derive(Clone, Default)]
+pub struct Outbox {
+    wakers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+}
+
+impl Outbox {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn waker(&self, dest: &str) -> Arc<Notify> {
+        let mut map = match self.wakers.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(dest.to_owned()).or_default().clone()
+    }
+
+    /// Tells the worker of `dest` there is something new (after the write
+    /// that enqueued it has committed).
+    pub fn wake(&self, dest: &str) {
+        self.waker(dest).notify_one();
+    }
+
+    /// Starts the worker of `dest` on `tasks`; it stops when `stop` turns true.
+    pub fn spawn_worker<S: Sender>(
+        &self,
+        tasks: &mut JoinSet<()>,
+        db: Db,
+        dest: String,
+        sender: Arc<S>,
+        stop: watch::Receiver<bool>,
+    ) {
+        let waker = self.waker(&dest);
+        tasks.spawn(worker(db, dest, sender, waker, stop));
+    }
+}
+
+async fn worker<S: Sender>(
+    db: Db,
+    dest: String,
+    sender: Arc<S>,
+    waker: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        let d = dest.clone();
+        let items = db
+            .read(move |c| due(c, &d, now_ms(), MAX_IN_FLIGHT))
+            .await;
+        let items = match items {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(dest = %dest, error = %e, "cannot read the outbox");
+                sleep_or_stop(&mut stop, &waker, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if items.is_empty() {
+            let d = dest.clone();
+            let next = db.read(move |c| next_due_ms(c, &d)).await.ok().flatten();
+            let wait = match next {
+                Some(at) => Duration::from_millis((at - now_ms()).clamp(1, 1000) as u64),
+                None => Duration::from_secs(1),
+            };
+            sleep_or_stop(&mut stop, &waker, wait).await;
+            continue;
+        }
+        let mut in_flight = JoinSet::new();
+        for item in items {
+            let sender = sender.clone();
+            in_flight.spawn(async move {
+                let outcome = sender.send(item.clone()).await;
+                (item, outcome)
+            });
+        }
+        let mut settled = Vec::new();
+        while let Some(done) = in_flight.join_next().await {
+            if let Ok(pair) = done {
+                settled.push(pair);
+            }
+        }
+        for (item, outcome) in &settled {
+            match outcome {
+                Outcome::Retry(e) if item.attempts >= 3 => tracing::warn!(
+                    dest = %dest, ticket = %item.ticket_id, kind = %item.kind,
+                    attempts = item.attempts + 1, error = %e, "delivery failed; will retry"),
+                Outcome::Refused(e) => tracing::error!(
+                    dest = %dest, ticket = %item.ticket_id, kind = %item.kind,
+                    error = %e, "refused for good; kept in dead_letters"),
+                _ => {}
+            }
+        }
+        let all_retry = settled.iter().all(|(_, o)| matches!(o, Outcome::Retry(_)));
+        let result = db
+            .write(move |c| {
+                let now = now_ms();
+                for (item, outcome) in settled {
+                    settle(c, &item, outcome, now)?;
+                }
+                Ok::<_, DbError>(())
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(dest = %dest, error = %e, "cannot record deliveries; they will be resent");
+            sleep_or_stop(&mut stop, &waker, Duration::from_millis(200)).await;
+        } else if all_retry {
+            // Everything failed: the next due time is in the future; the
+            // empty-read branch sleeps until then.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, waker: &Notify, wait: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = waker.notified() => {}
+        _ = stop.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Flaky {
+        calls: AtomicUsize,
+        seen: Mutex<Vec<(String, String)>>,
+    }
+
+    impl Sender for Flaky {
+        async fn send(&self, item: Item) -> Outcome {
+            // Every other call fails: the worker must retry, in order.
+            if self.calls.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                return Outcome::Retry("flaky".into());
+            }
+            if item.kind == "poison" {
+                return Outcome::Refused("never".into());
+            }
+            self.seen
+                .lock()
+                .unwrap()
+                .push((item.ticket_id.clone(), item.kind.clone()));
+            Outcome::Delivered(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn items_arrive_once_in_order_per_ticket_despite_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("o.db"), &[SCHEMA]).unwrap();
+        let outbox = Outbox::new();
+        db.write(|c| {
+            for t in 0..5 {
+                for k in 0..4 {
+                    enqueue(c, "yibin", &format!("t{t}"), &format!("e{k}"), b"", false)?;
+                }
+            }
+            enqueue(c, "yibin", "bad", "poison", b"", false)?;
+            Ok::<_, DbError>(())
+        })
+        .await
+        .unwrap();
+        let sender = Arc::new(Flaky {
+            calls: AtomicUsize::new(0),
+            seen: Mutex::new(Vec::new()),
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        outbox.spawn_worker(&mut tasks, db.clone(), "yibin".into(), sender.clone(), stop);
+        outbox.wake("yibin");
+        for _ in 0..200 {
+            let left = db.read(|c| depth(c)).await.unwrap();
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        stop_tx.send(true).unwrap();
+        while tasks.join_next().await.is_some() {}
+        let seen = sender.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 20, "{seen:?}");
+        for t in 0..5 {
+            let kinds: Vec<_> = seen
+                .iter()
+                .filter(|(id, _)| *id == format!("t{t}"))
+                .map(|(_, k)| k.clone())
+                .collect();
+            assert_eq!(kinds, ["e0", "e1", "e2", "e3"]);
+        }
+        let dead: i64 = db
+            .read(|c| c.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0)).map_err(DbError::from))
+            .await
+            .unwrap();
+        assert_eq!(dead, 1);
+    }
+}
