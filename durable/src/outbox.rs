@@ -65,8 +65,9 @@ pub struct Item {
     pub attempts: i64,
 }
 
-/// Work to do in the transaction that removes a delivered item.
-pub type FollowUp = Box<dyn FnOnce(&Connection) -> Result<(), DbError> + Send>;
+/// Work to do in the transaction that removes a delivered item; it returns
+/// the destinations whose workers should wake (it may enqueue more items).
+pub type FollowUp = Box<dyn FnOnce(&Connection) -> Result<Vec<String>, DbError> + Send>;
 
 /// What became of one attempt to send an item.
 pub enum Outcome {
@@ -145,13 +146,19 @@ fn backoff_ms(attempts: i64) -> i64 {
     base + jitter
 }
 
-fn settle(conn: &Connection, item: &Item, outcome: Outcome, now_ms: i64) -> Result<(), DbError> {
+fn settle(
+    conn: &Connection,
+    item: &Item,
+    outcome: Outcome,
+    now_ms: i64,
+    wake: &mut Vec<String>,
+) -> Result<(), DbError> {
     match outcome {
         Outcome::Delivered(follow_up) => {
             conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
                 .execute([item.id])?;
             if let Some(f) = follow_up {
-                f(conn)?;
+                wake.extend(f(conn)?);
             }
         }
         Outcome::Retry(error) => {
@@ -217,11 +224,12 @@ impl Outbox {
         stop: watch::Receiver<bool>,
     ) {
         let waker = self.waker(&dest);
-        tasks.spawn(worker(db, dest, sender, waker, stop));
+        tasks.spawn(worker(self.clone(), db, dest, sender, waker, stop));
     }
 }
 
 async fn worker<S: Sender>(
+    outbox: Outbox,
     db: Db,
     dest: String,
     sender: Arc<S>,
@@ -280,12 +288,18 @@ async fn worker<S: Sender>(
         let result = db
             .write(move |c| {
                 let now = now_ms();
+                let mut wake = Vec::new();
                 for (item, outcome) in settled {
-                    settle(c, &item, outcome, now)?;
+                    settle(c, &item, outcome, now, &mut wake)?;
                 }
-                Ok::<_, DbError>(())
+                Ok::<_, DbError>(wake)
             })
             .await;
+        if let Ok(wake) = &result {
+            for dest in wake {
+                outbox.wake(dest);
+            }
+        }
         if let Err(e) = result {
             tracing::error!(dest = %dest, error = %e, "cannot record deliveries; they will be resent");
             sleep_or_stop(&mut stop, &waker, Duration::from_millis(200)).await;
@@ -357,7 +371,7 @@ mod tests {
         outbox.spawn_worker(&mut tasks, db.clone(), "yibin".into(), sender.clone(), stop);
         outbox.wake("yibin");
         for _ in 0..200 {
-            let left = db.read(|c| depth(c)).await.unwrap();
+            let left = db.read(depth).await.unwrap();
             if left.is_empty() {
                 break;
             }

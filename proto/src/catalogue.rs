@@ -79,6 +79,27 @@ impl Catalogue {
     }
 }
 
+/// The catalogue as a configuration file may give it: either list may be left
+/// out for its default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueConfig {
+    #[serde(default)]
+    pub cities: Option<Vec<City>>,
+    #[serde(default)]
+    pub categories: Option<Vec<Category>>,
+}
+
+impl CatalogueConfig {
+    pub fn build(self) -> Result<Catalogue, String> {
+        let defaults = Catalogue::default();
+        Catalogue::new(
+            self.cities.unwrap_or(defaults.cities),
+            self.categories.unwrap_or(defaults.categories),
+        )
+    }
+}
+
 impl Default for Catalogue {
     fn default() -> Self {
         Self::south_sichuan()

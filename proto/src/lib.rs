@@ -15,6 +15,7 @@
 
 pub mod catalogue;
 pub mod error;
+pub mod grpc;
 pub mod ids;
 pub mod privacy;
 pub mod state;

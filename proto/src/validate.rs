@@ -242,7 +242,8 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         let c = Catalogue::default();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Ticket)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Ticket)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("ticket.target_cities", Box::new(|t| t.target_cities.clear())),
             ("ticket.target_cities[0]", Box::new(|t| t.target_cities[0] = "chengdu".into())),
             ("ticket.target_cities[1]", Box::new(|t| t.target_cities.push("yibin".into()))),

@@ -1,0 +1,122 @@
+//! The gateway's configuration file (TOML). Every key is documented in
+//! `config/gateway.example.toml`, which the tests load.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use hotline_proto::Catalogue;
+use hotline_proto::catalogue::{Category, CatalogueConfig, City};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where the gRPC services listen.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the ledger (`gateway.db`) lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Each member city's node address.
+    pub nodes: BTreeMap<String, String>,
+    /// Member cities; the four cities of southern Sichuan when absent.
+    #[serde(default)]
+    pub cities: Option<Vec<City>>,
+    /// Hot categories; the 14 of the domain when absent.
+    #[serde(default)]
+    pub categories: Option<Vec<Category>>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7400))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data/gateway")
+}
+
+impl GatewayConfig {
+    /// Reads `path`, then applies the environment overrides
+    /// `HOTLINE_LISTEN` and `HOTLINE_DATA_DIR`.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut config = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        config.apply_env(env)?;
+        config.catalogue()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn apply_env(&mut self, env: &HashMap<String, String>) -> anyhow::Result<()> {
+        if let Some(v) = env.get("HOTLINE_LISTEN") {
+            self.listen = v
+                .parse()
+                .with_context(|| format!("HOTLINE_LISTEN={v:?} is not an address"))?;
+        }
+        if let Some(v) = env.get("HOTLINE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        Ok(())
+    }
+
+    /// The catalogue, checked against the node list: every member city needs
+    /// a node, and every node a member city.
+    pub fn catalogue(&self) -> anyhow::Result<Catalogue> {
+        let catalogue = CatalogueConfig {
+            cities: self.cities.clone(),
+            categories: self.categories.clone(),
+        }
+        .build()
+        .map_err(anyhow::Error::msg)?;
+        for city in self.nodes.keys() {
+            if catalogue.city(city).is_none() {
+                bail!("nodes.{city}: not a member city");
+            }
+        }
+        for city in catalogue.city_ids() {
+            if !self.nodes.contains_key(city) {
+                bail!("nodes: no address for member city {city:?}");
+            }
+        }
+        Ok(catalogue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.example.toml");
+        let c = GatewayConfig::load(&path, &HashMap::new()).unwrap();
+        assert_eq!(c.nodes.len(), 4);
+        assert_eq!(c.catalogue().unwrap().categories.len(), 14);
+    }
+
+    #[test]
+    fn environment_overrides_and_bad_keys() {
+        let text = r#"
+            [nodes]
+            luzhou = "127.0.0.1:1"
+            yibin = "127.0.0.1:2"
+            zigong = "127.0.0.1:3"
+            neijiang = "127.0.0.1:4"
+        "#;
+        let mut c = GatewayConfig::parse(text).unwrap();
+        let env = HashMap::from([("HOTLINE_LISTEN".to_owned(), "127.0.0.1:9".to_owned())]);
+        c.apply_env(&env).unwrap();
+        assert_eq!(c.listen.port(), 9);
+        let bad = HashMap::from([("HOTLINE_LISTEN".to_owned(), "nine".to_owned())]);
+        assert!(c.apply_env(&bad).is_err());
+        assert!(GatewayConfig::parse(&format!("lisen = \"x\"\n{text}")).is_err());
+        c.nodes.remove("yibin");
+        assert!(c.catalogue().unwrap_err().to_string().contains("yibin"));
+    }
+}

@@ -1,0 +1,137 @@
+//! Delivery to the city nodes: one outbox worker per member city, over one
+//! long-lived HTTP/2 channel per city. What a city acknowledges leaves the
+//! outbox in the same transaction that records it; what it cannot take now
+//! is retried with backoff; what it refuses for good is set aside.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotline_durable::outbox::{Item, Outcome, Sender};
+use hotline_proto::pb::city_node_client::CityNodeClient;
+use hotline_proto::pb::{DeliverEventRequest, DeliverTicketRequest, EventKind};
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::ledger::{self, DELIVER_EVENT, DELIVER_TICKET};
+
+/// How long one delivery may take before it counts as failed and is retried.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends outbox items to the city nodes.
+pub struct NodeSender {
+    clients: HashMap<String, CityNodeClient<Channel>>,
+}
+
+impl NodeSender {
+    /// One lazily connected channel per city; a city that is down now is
+    /// reached when it comes back.
+    pub fn new(nodes: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let mut clients = HashMap::new();
+        for (city, addr) in nodes {
+            let channel = endpoint(addr)?.connect_lazy();
+            clients.insert(city.clone(), CityNodeClient::new(channel));
+        }
+        Ok(Self { clients })
+    }
+}
+
+/// A client endpoint with the federation's timeouts.
+pub fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| anyhow::anyhow!("address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(DELIVERY_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true))
+}
+
+/// Whether a failure may pass (retry) or is final (set aside).
+pub fn outcome_of(status: &Status) -> Outcome {
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::ResourceExhausted
+        | Code::Unknown
+        | Code::Internal
+        | Code::Cancelled => Outcome::Retry(format!("{:?}: {}", status.code(), status.message())),
+        _ => Outcome::Refused(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+impl Sender for NodeSender {
+    async fn send(&self, item: Item) -> Outcome {
+        let Some(client) = self.clients.get(&item.dest) else {
+            return Outcome::Retry(format!("no node address for city {:?}", item.dest));
+        };
+        let mut client = client.clone();
+        match item.kind.as_str() {
+            DELIVER_TICKET => {
+                let Ok(req) = DeliverTicketRequest::decode(item.payload.as_slice()) else {
+                    return Outcome::Refused("payload does not decode".into());
+                };
+                let delivered = req
+                    .ticket
+                    .as_ref()
+                    .and_then(|t| t.history.last())
+                    .filter(|e| e.kind == EventKind::Delivered as i32)
+                    .cloned();
+                let Some(delivered) = delivered else {
+                    return Outcome::Refused("delivery without its DELIVERED event".into());
+                };
+                match client.deliver_ticket(req).await {
+                    Ok(_) => Outcome::Delivered(Some(Box::new(move |c| {
+                        match ledger::mark_delivered(c, &delivered) {
+                            Ok(wake) => Ok(wake),
+                            Err(crate::GatewayError::Db(e)) => Err(e),
+                            Err(e) => {
+                                tracing::error!(ticket = %delivered.ticket_id, error = %e,
+                                    "delivered ticket does not fit the ledger");
+                                Ok(Vec::new())
+                            }
+                        }
+                    }))),
+                    Err(status) => outcome_of(&status),
+                }
+            }
+            DELIVER_EVENT => {
+                let Ok(req) = DeliverEventRequest::decode(item.payload.as_slice()) else {
+                    return Outcome::Refused("payload does not decode".into());
+                };
+                match client.deliver_event(req).await {
+                    Ok(_) => Outcome::Delivered(None),
+                    Err(status) => outcome_of(&status),
+                }
+            }
+            other => Outcome::Refused(format!("unknown outbox kind {other:?}")),
+        }
+    }
+}
+
+/// Starts a delivery worker for every city.
+pub fn spawn_workers(
+    ledger: &ledger::Ledger,
+    nodes: &HashMap<String, String>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let sender = Arc::new(NodeSender::new(nodes)?);
+    for city in nodes.keys() {
+        ledger.outbox().spawn_worker(
+            tasks,
+            ledger.db().clone(),
+            city.clone(),
+            sender.clone(),
+            stop.clone(),
+        );
+    }
+    Ok(())
+}

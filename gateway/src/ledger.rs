@@ -1,0 +1,535 @@
+//! The ledger: every cross-city ticket and event the gateway has committed,
+//! the coordination queue, and the outbox of what each city is still owed.
+//!
+//! Each operation is one transaction: the ticket or event, the statistics it
+//! moves, and the outbox items it makes are committed together, before the
+//! caller is answered. The ledger is the one order of a ticket's events:
+//! an event is accepted only as the next number after the last one, by the
+//! party the state machine names for it.
+
+use std::sync::Arc;
+
+use hotline_durable::{Db, Outbox, outbox};
+use hotline_proto::pb::{
+    CoordinationItem, DeliverEventRequest, DeliverTicketRequest, EventKind, Ticket, TicketEvent,
+    TicketStatus,
+};
+use hotline_proto::state::{self, Actor};
+use hotline_proto::{Catalogue, ContractError, time};
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::GatewayError;
+use crate::stats::{self, RECEIVED, SENT};
+
+/// Outbox kinds.
+pub const DELIVER_TICKET: &str = "deliver-ticket";
+pub const DELIVER_EVENT: &str = "deliver-event";
+
+const SCHEMA: &str = "
+CREATE TABLE tickets (
+    id TEXT PRIMARY KEY,
+    origin TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    parent_id TEXT,
+    category TEXT NOT NULL,
+    urgent INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE events (
+    ticket_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (ticket_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE coordination (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    ticket_id TEXT NOT NULL UNIQUE,
+    origin TEXT NOT NULL,
+    category TEXT NOT NULL,
+    rejected_by TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    reject_ms INTEGER NOT NULL,
+    assigned_city TEXT,
+    assign_ms INTEGER
+);
+";
+
+/// The gateway's durable state.
+#[derive(Clone)]
+pub struct Ledger {
+    db: Db,
+    outbox: Outbox,
+    catalogue: Arc<Catalogue>,
+}
+
+/// A ticket's row: what the ledger decides on.
+struct Row {
+    origin: String,
+    handler: String,
+    category: String,
+    urgent: bool,
+    status: TicketStatus,
+    seq: u64,
+}
+
+type Result<T, E = GatewayError> = std::result::Result<T, E>;
+
+impl Ledger {
+    pub fn open(path: &std::path::Path, catalogue: Arc<Catalogue>) -> Result<Self> {
+        let db = Db::open(path, &[SCHEMA, outbox::SCHEMA, stats::SCHEMA])?;
+        Ok(Self {
+            db,
+            outbox: Outbox::new(),
+            catalogue,
+        })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// Commits a dispatched ticket (already validated) and queues it for its
+    /// target. A retry of the same ticket returns the same DISPATCHED event.
+    pub async fn dispatch(&self, ticket: Ticket) -> Result<TicketEvent> {
+        let target = ticket.target_cities.first().cloned().unwrap_or_default();
+        let (event, fresh) = self
+            .db
+            .write(move |c| dispatch(c, ticket))
+            .await?;
+        if fresh {
+            self.outbox.wake(&target);
+        }
+        Ok(event)
+    }
+
+    /// Commits an event a city reports and queues it for the other side.
+    pub async fn report(&self, city: String, event: TicketEvent) -> Result<Vec<TicketEvent>> {
+        let (events, wake) = self.db.write(move |c| report(c, &city, event)).await?;
+        for dest in wake {
+            self.outbox.wake(&dest);
+        }
+        Ok(events)
+    }
+
+    /// Coordination names the owner of a rejected ticket.
+    pub async fn assign(&self, ticket_id: String, owner: String, note: String) -> Result<TicketEvent> {
+        let (event, wake) = self
+            .db
+            .write(move |c| assign(c, &ticket_id, &owner, &note))
+            .await?;
+        for dest in wake {
+            self.outbox.wake(&dest);
+        }
+        Ok(event)
+    }
+
+    pub async fn coordination(
+        &self,
+        after: i64,
+        limit: usize,
+        include_assigned: bool,
+    ) -> Result<(Vec<CoordinationItem>, Option<i64>)> {
+        self.db
+            .read(move |c| coordination(c, after, limit, include_assigned))
+            .await
+    }
+
+    pub async fn ticket(&self, id: String) -> Result<Ticket> {
+        self.db
+            .read(move |c| {
+                snapshot(c, &id)?.ok_or_else(|| GatewayError::UnknownTicket(id.clone()))
+            })
+            .await
+    }
+
+    pub async fn stats(&self, cities: Vec<String>) -> Result<Vec<hotline_proto::pb::CityStats>> {
+        self.db.read(move |c| stats::read(c, &cities)).await
+    }
+}
+
+fn decode<M: Message + Default>(id: &str, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|e| GatewayError::Corrupt(id.to_owned(), e.to_string()))
+}
+
+fn status_of(id: &str, raw: i64) -> Result<TicketStatus> {
+    i32::try_from(raw)
+        .ok()
+        .and_then(|v| TicketStatus::try_from(v).ok())
+        .ok_or_else(|| GatewayError::Corrupt(id.to_owned(), format!("status {raw}")))
+}
+
+fn load(c: &Connection, id: &str) -> Result<Option<Row>> {
+    let raw = c
+        .prepare_cached(
+            "SELECT origin, handler, category, urgent, status, seq FROM tickets WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .optional()?;
+    raw.map(|(origin, handler, category, urgent, status, seq)| {
+        Ok(Row {
+            origin,
+            handler,
+            category,
+            urgent,
+            status: status_of(id, status)?,
+            seq: u64::try_from(seq).unwrap_or(0),
+        })
+    })
+    .transpose()
+}
+
+fn history(c: &Connection, id: &str) -> Result<Vec<TicketEvent>> {
+    let mut stmt = c.prepare_cached("SELECT body FROM events WHERE ticket_id = ?1 ORDER BY seq")?;
+    let rows = stmt.query_map([id], |r| r.get::<_, Vec<u8>>(0))?;
+    rows.map(|b| decode(id, &b?)).collect()
+}
+
+fn stored_event(c: &Connection, id: &str, seq: u64) -> Result<Option<TicketEvent>> {
+    let body: Option<Vec<u8>> = c
+        .prepare_cached("SELECT body FROM events WHERE ticket_id = ?1 AND seq = ?2")?
+        .query_row(params![id, seq as i64], |r| r.get(0))
+        .optional()?;
+    body.map(|b| decode(id, &b)).transpose()
+}
+
+/// The ticket as the ledger knows it now, with its history.
+fn snapshot(c: &Connection, id: &str) -> Result<Option<Ticket>> {
+    let raw: Option<(Vec<u8>, String, i64, i64)> = c
+        .prepare_cached("SELECT body, handler, status, seq FROM tickets WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((body, handler, status, seq)) = raw else {
+        return Ok(None);
+    };
+    let mut t: Ticket = decode(id, &body)?;
+    t.handling_city = handler;
+    t.status = status_of(id, status)? as i32;
+    t.seq = u64::try_from(seq).unwrap_or(0);
+    t.history = history(c, id)?;
+    for e in &t.history {
+        match EventKind::try_from(e.kind) {
+            Ok(EventKind::Reopened) => t.reopen_count += 1,
+            Ok(EventKind::Closed) => t.satisfaction = e.satisfaction,
+            _ => {}
+        }
+    }
+    Ok(Some(t))
+}
+
+/// Appends an event and moves the ticket and the statistics with it.
+fn append(c: &Connection, row: &mut Row, id: &str, event: &TicketEvent) -> Result<()> {
+    let to = status_of(id, i64::from(event.status))?;
+    c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![id, event.seq as i64, event.kind, event.encode_to_vec()])?;
+    c.prepare_cached("UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4 WHERE id = ?1")?
+        .execute(params![id, to as i32, event.seq as i64, time::now_ms()])?;
+    stats::move_status(c, &row.origin, SENT, Some(row.status), Some(to))?;
+    stats::move_status(c, &row.handler, RECEIVED, Some(row.status), Some(to))?;
+    row.status = to;
+    row.seq = event.seq;
+    Ok(())
+}
+
+fn enqueue_event(c: &Connection, dest: &str, row: &Row, event: &TicketEvent) -> Result<()> {
+    let payload = DeliverEventRequest {
+        event: Some(event.clone()),
+    }
+    .encode_to_vec();
+    outbox::enqueue(c, dest, &event.ticket_id, DELIVER_EVENT, &payload, row.urgent)?;
+    Ok(())
+}
+
+/// Queues the ticket for its handler, with the DELIVERED event it will have
+/// once the handler commits it.
+fn enqueue_delivery(c: &Connection, id: &str, row: &Row) -> Result<()> {
+    let mut ticket = snapshot(c, id)?.ok_or_else(|| GatewayError::UnknownTicket(id.to_owned()))?;
+    let mut delivered = state::event(
+        id,
+        row.seq + 1,
+        EventKind::Delivered,
+        "gateway",
+        TicketStatus::Delivered,
+    );
+    delivered.city = row.handler.clone();
+    ticket.history.push(delivered);
+    ticket.status = TicketStatus::Delivered as i32;
+    ticket.seq = row.seq + 1;
+    let payload = DeliverTicketRequest {
+        ticket: Some(ticket),
+    }
+    .encode_to_vec();
+    outbox::enqueue(c, &row.handler, id, DELIVER_TICKET, &payload, row.urgent)?;
+    Ok(())
+}
+
+fn dispatch(c: &Connection, mut ticket: Ticket) -> Result<(TicketEvent, bool)> {
+    let id = ticket.id.clone();
+    let created = ticket
+        .history
+        .first()
+        .filter(|e| e.kind == EventKind::Created as i32 && e.seq == 1)
+        .cloned();
+    ticket.history.clear();
+    ticket.status = TicketStatus::Unspecified as i32;
+    ticket.seq = 0;
+    ticket.handling_city.clear();
+    let body = ticket.encode_to_vec();
+
+    let existing: Option<Vec<u8>> = c
+        .prepare_cached("SELECT body FROM tickets WHERE id = ?1")?
+        .query_row([&id], |r| r.get(0))
+        .optional()?;
+    if let Some(stored) = existing {
+        if stored != body {
+            return Err(GatewayError::AlreadyExists(format!(
+                "ticket {id} is already in the ledger with other content"
+            )));
+        }
+        let event = stored_event(c, &id, 2)?
+            .ok_or_else(|| GatewayError::Corrupt(id.clone(), "no DISPATCHED event".into()))?;
+        return Ok((event, false));
+    }
+
+    let target = ticket.target_cities.first().cloned().unwrap_or_default();
+    let urgent = ticket.priority == hotline_proto::pb::Priority::Urgent as i32;
+    let now = time::now_ms();
+    let created_ms = ticket
+        .create_time
+        .as_ref()
+        .map(time::to_unix_ms)
+        .unwrap_or(now);
+    c.prepare_cached(
+        "INSERT INTO tickets (id, origin, handler, parent_id, category, urgent, status, seq, body, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        id,
+        ticket.origin_city,
+        target,
+        (!ticket.parent_id.is_empty()).then_some(&ticket.parent_id),
+        ticket.category,
+        urgent,
+        TicketStatus::Pending as i32,
+        body,
+        created_ms,
+        now
+    ])?;
+    let mut created = created.unwrap_or_else(|| {
+        state::event(&id, 1, EventKind::Created, &ticket.origin_city, TicketStatus::Pending)
+    });
+    created.status = TicketStatus::Pending as i32;
+    c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, 1, ?2, ?3)")?
+        .execute(params![id, EventKind::Created as i32, created.encode_to_vec()])?;
+
+    let mut row = Row {
+        origin: ticket.origin_city.clone(),
+        handler: target.clone(),
+        category: ticket.category.clone(),
+        urgent,
+        status: TicketStatus::Pending,
+        seq: 1,
+    };
+    stats::count_total(c, &row.origin, SENT, &row.category)?;
+    stats::move_status(c, &row.origin, SENT, None, Some(TicketStatus::Pending))?;
+    stats::move_status(c, &row.handler, RECEIVED, None, Some(TicketStatus::Pending))?;
+
+    let mut dispatched = state::event(&id, 2, EventKind::Dispatched, "gateway", TicketStatus::Dispatched);
+    dispatched.city = target;
+    append(c, &mut row, &id, &dispatched)?;
+    enqueue_delivery(c, &id, &row)?;
+    Ok((dispatched, true))
+}
+
+/// Records that the handler committed the ticket (its DELIVERED event), once.
+/// Returns the destinations to wake.
+pub fn mark_delivered(c: &Connection, delivered: &TicketEvent) -> Result<Vec<String>> {
+    let id = &delivered.ticket_id;
+    let Some(mut row) = load(c, id)? else {
+        return Err(GatewayError::UnknownTicket(id.clone()));
+    };
+    if row.seq >= delivered.seq {
+        // Already known, from a report that proved delivery first.
+        return Ok(Vec::new());
+    }
+    if row.seq + 1 != delivered.seq || row.status != TicketStatus::Dispatched {
+        return Err(GatewayError::FailedPrecondition(format!(
+            "ticket {id}: a delivery at seq {} does not follow status {} at seq {}",
+            delivered.seq,
+            row.status.as_str_name(),
+            row.seq
+        )));
+    }
+    append(c, &mut row, id, delivered)?;
+    stats::count_total(c, &row.handler, RECEIVED, &row.category)?;
+    enqueue_event(c, &row.origin, &row, delivered)?;
+    Ok(vec![row.origin])
+}
+
+fn report(c: &Connection, city: &str, mut event: TicketEvent) -> Result<(Vec<TicketEvent>, Vec<String>)> {
+    let id = event.ticket_id.clone();
+    let Some(mut row) = load(c, &id)? else {
+        return Err(GatewayError::UnknownTicket(id));
+    };
+    let kind = EventKind::try_from(event.kind)
+        .map_err(|_| ContractError::invalid("event.kind", "unknown value"))?;
+    let actor = state::actor_of(kind);
+    let allowed = match actor {
+        Actor::Origin => row.origin == city,
+        Actor::Handler => row.handler == city,
+        Actor::Gateway | Actor::Province => false,
+    };
+    if !allowed {
+        return Err(GatewayError::PermissionDenied(format!(
+            "{city} is not the {} of ticket {id}; only it may report {}",
+            actor.name(),
+            kind.as_str_name()
+        )));
+    }
+    if event.seq <= row.seq {
+        // A retry: the same event again is fine; another one is a conflict.
+        return match stored_event(c, &id, event.seq)? {
+            Some(stored) if stored.kind == event.kind && stored.actor == city => {
+                Ok((vec![stored], Vec::new()))
+            }
+            _ => Err(GatewayError::FailedPrecondition(format!(
+                "ticket {id} already has a different event at seq {}",
+                event.seq
+            ))),
+        };
+    }
+    let mut committed = Vec::new();
+    let mut wake = Vec::new();
+    if actor == Actor::Handler && row.status == TicketStatus::Dispatched && event.seq == row.seq + 2 {
+        // The handler acts on a ticket whose delivery acknowledgement has
+        // not been recorded yet: its report proves the delivery.
+        let mut delivered = state::event(&id, row.seq + 1, EventKind::Delivered, "gateway", TicketStatus::Delivered);
+        delivered.city = row.handler.clone();
+        wake.extend(mark_delivered(c, &delivered)?);
+        row.status = TicketStatus::Delivered;
+        row.seq += 1;
+        committed.push(delivered);
+    }
+    if event.seq != row.seq + 1 {
+        return Err(GatewayError::SequenceGap {
+            ticket: id,
+            have: row.seq,
+            got: event.seq,
+        });
+    }
+    let to = state::next(row.status, kind)?;
+    event.status = to as i32;
+    event.actor = city.to_owned();
+    if event.time.is_none() {
+        event.time = Some(time::now());
+    }
+    append(c, &mut row, &id, &event)?;
+    if kind == EventKind::Rejected {
+        c.prepare_cached(
+            "INSERT INTO coordination (ticket_id, origin, category, rejected_by, reason, reject_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (ticket_id) DO UPDATE SET rejected_by = excluded.rejected_by,
+               reason = excluded.reason, reject_ms = excluded.reject_ms,
+               assigned_city = NULL, assign_ms = NULL",
+        )?
+        .execute(params![id, row.origin, row.category, city, event.reason, time::now_ms()])?;
+        tracing::info!(ticket = %id, rejected_by = %city, "ticket sent to coordination");
+    }
+    let dest = if actor == Actor::Origin {
+        row.handler.clone()
+    } else {
+        row.origin.clone()
+    };
+    enqueue_event(c, &dest, &row, &event)?;
+    wake.push(dest);
+    committed.push(event);
+    Ok((committed, wake))
+}
+
+fn assign(c: &Connection, id: &str, owner: &str, note: &str) -> Result<(TicketEvent, Vec<String>)> {
+    let Some(mut row) = load(c, id)? else {
+        return Err(GatewayError::UnknownTicket(id.to_owned()));
+    };
+    if owner == row.origin {
+        return Err(ContractError::invalid(
+            "owner_city",
+            "is the ticket's origin; name another city (the origin handles its own requests locally)",
+        )
+        .into());
+    }
+    let to = state::next(row.status, EventKind::Assigned)?;
+    let mut event = state::event(id, row.seq + 1, EventKind::Assigned, "province", to);
+    event.city = owner.to_owned();
+    event.note = note.to_owned();
+    // The old handler lets go of it; the owner takes it in the new status.
+    stats::move_status(c, &row.handler, RECEIVED, Some(row.status), None)?;
+    stats::move_status(c, owner, RECEIVED, None, Some(row.status))?;
+    c.prepare_cached("UPDATE tickets SET handler = ?2 WHERE id = ?1")?
+        .execute(params![id, owner])?;
+    row.handler = owner.to_owned();
+    append(c, &mut row, id, &event)?;
+    c.prepare_cached("UPDATE coordination SET assigned_city = ?2, assign_ms = ?3 WHERE ticket_id = ?1")?
+        .execute(params![id, owner, time::now_ms()])?;
+    enqueue_event(c, &row.origin, &row, &event)?;
+    enqueue_delivery(c, id, &row)?;
+    tracing::info!(ticket = %id, owner = %owner, "coordination named an owner");
+    Ok((event, vec![row.origin.clone(), owner.to_owned()]))
+}
+
+fn coordination(
+    c: &Connection,
+    after: i64,
+    limit: usize,
+    include_assigned: bool,
+) -> Result<(Vec<CoordinationItem>, Option<i64>)> {
+    let mut stmt = c.prepare_cached(
+        "SELECT pos, ticket_id, origin, category, rejected_by, reason, reject_ms, assigned_city, assign_ms
+         FROM coordination WHERE pos > ?1 AND (?2 OR assigned_city IS NULL)
+         ORDER BY pos LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![after, include_assigned, (limit + 1) as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            CoordinationItem {
+                ticket_id: r.get(1)?,
+                origin_city: r.get(2)?,
+                category: r.get(3)?,
+                rejected_by: r.get(4)?,
+                reason: r.get(5)?,
+                reject_time: Some(time::from_unix_ms(r.get(6)?)),
+                assigned_city: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                assign_time: r.get::<_, Option<i64>>(8)?.map(time::from_unix_ms),
+            },
+        ))
+    })?;
+    let mut items: Vec<(i64, CoordinationItem)> = rows.collect::<Result<_, _>>()?;
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|(pos, _)| *pos)
+    } else {
+        None
+    };
+    Ok((items.into_iter().map(|(_, i)| i).collect(), next))
+}

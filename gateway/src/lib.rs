@@ -1,0 +1,28 @@
+//! The provincial gateway of the 12345 hotline federation.
+//!
+//! City nodes dispatch cross-city tickets (工单互派) and report their events
+//! through the `Federation` service; the gateway commits each to its
+//! [`ledger`] before it answers, and forwards from the ledger's outbox to
+//! each city's node ([`delivery`]) until the node acknowledges. The ledger is
+//! the single order of each ticket's events and enforces the state machine of
+//! the contract crate: a rejected ticket goes to the coordination queue,
+//! never on to a third city (一件转办). The provincial centre reads per-city
+//! statistics ([`stats`], kept up to date on write) and works the
+//! coordination queue through the `Observatory` service ([`observatory`]).
+//!
+//! - [`config`]: the TOML configuration.
+//! - [`federation`]: the `Federation` service.
+//! - [`server`]: starts everything on a bound listener and stops gracefully.
+
+pub mod config;
+pub mod delivery;
+pub mod error;
+pub mod federation;
+pub mod ledger;
+pub mod observatory;
+pub mod server;
+pub mod stats;
+
+pub use config::GatewayConfig;
+pub use error::GatewayError;
+pub use server::serve;

@@ -1,0 +1,68 @@
+//! Starts the gateway on a listener the caller bound (so tests and the demo
+//! bind port 0 without races) and stops it gracefully: stop taking calls,
+//! let the delivery workers finish their batch, close the ledger.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotline_proto::grpc;
+use hotline_proto::pb::federation_server::FederationServer;
+use hotline_proto::pb::observatory_server::ObservatoryServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::config::GatewayConfig;
+use crate::delivery;
+use crate::federation::FederationService;
+use crate::ledger::Ledger;
+use crate::observatory::ObservatoryService;
+
+/// Largest request the gateway decodes.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+pub async fn serve(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let catalogue = Arc::new(config.catalogue()?);
+    let ledger = Ledger::open(&config.data_dir.join("gateway.db"), catalogue)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let nodes = config.nodes.clone().into_iter().collect();
+    delivery::spawn_workers(&ledger, &nodes, &mut tasks, stop_rx)?;
+
+    let (_health_reporter, health) = grpc::health(&[
+        "hotline.federation.v1.Federation",
+        "hotline.federation.v1.Observatory",
+    ])
+    .await;
+    let result = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .add_service(health)
+        .add_service(grpc::reflection()?)
+        .add_service(
+            FederationServer::new(FederationService::new(ledger.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ObservatoryServer::new(ObservatoryService::new(ledger.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("delivery workers did not stop in time; their items stay queued");
+    }
+    result?;
+    Ok(())
+}
