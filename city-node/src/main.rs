@@ -1,1 +1,50 @@
-fn main() {}
+//! `city-node --config FILE`: a city's node of the 12345 hotline federation.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use city_node::NodeConfig;
+use clap::Parser;
+
+/// A city's node of the 12345 hotline federation.
+///
+/// The city's hotline platform and operator consoles create and handle
+/// tickets here (gRPC service CityHotline). Tickets for another city are
+/// committed locally and then dispatched through the provincial gateway;
+/// the gateway delivers this city's incoming tickets and every status change
+/// of the tickets it sent (service CityNode). Health and reflection are
+/// served too.
+///
+/// Example: city-node --config config/city-node.example.toml
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The TOML configuration file (see config/city-node.example.toml).
+    /// HOTLINE_LISTEN, HOTLINE_DATA_DIR and HOTLINE_GATEWAY override its
+    /// listen, data_dir and gateway.
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = NodeConfig::load(&args.config, &env)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    println!("{}: {addr}", config.city);
+    tracing::info!(city = %config.city, %addr, gateway = %config.gateway, "city node started");
+    city_node::serve(config, listener, hotline_proto::grpc::shutdown_signal()).await?;
+    tracing::info!("city node stopped");
+    Ok(())
+}

@@ -80,6 +80,17 @@ pub enum Outcome {
     Refused(String),
 }
 
+impl Outcome {
+    /// A failed attempt: retried if `transient`, set aside otherwise.
+    pub fn failed(transient: bool, reason: String) -> Self {
+        if transient {
+            Outcome::Retry(reason)
+        } else {
+            Outcome::Refused(reason)
+        }
+    }
+}
+
 /// Sends items to one kind of destination.
 pub trait Sender: Send + Sync + 'static {
     fn send(&self, item: Item) -> impl Future<Output = Outcome> + Send;

@@ -11,8 +11,8 @@ use hotline_durable::outbox::{Item, Outcome, Sender};
 use hotline_proto::pb::city_node_client::CityNodeClient;
 use hotline_proto::pb::{DeliverEventRequest, DeliverTicketRequest, EventKind};
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::transport::Channel;
+use tonic::Status;
 
 use crate::ledger::{self, DELIVER_EVENT, DELIVER_TICKET};
 
@@ -30,41 +30,20 @@ impl NodeSender {
     pub fn new(nodes: &HashMap<String, String>) -> anyhow::Result<Self> {
         let mut clients = HashMap::new();
         for (city, addr) in nodes {
-            let channel = endpoint(addr)?.connect_lazy();
+            let channel = hotline_proto::grpc::endpoint(addr, DELIVERY_TIMEOUT)
+                .map_err(anyhow::Error::msg)?
+                .connect_lazy();
             clients.insert(city.clone(), CityNodeClient::new(channel));
         }
         Ok(Self { clients })
     }
 }
 
-/// A client endpoint with the federation's timeouts.
-pub fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| anyhow::anyhow!("address {addr:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(DELIVERY_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true))
-}
 
-/// Whether a failure may pass (retry) or is final (set aside).
-pub fn outcome_of(status: &Status) -> Outcome {
-    match status.code() {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::ResourceExhausted
-        | Code::Unknown
-        | Code::Internal
-        | Code::Cancelled => Outcome::Retry(format!("{:?}: {}", status.code(), status.message())),
-        _ => Outcome::Refused(format!("{:?}: {}", status.code(), status.message())),
-    }
+/// A passing failure is retried; any other is set aside for good.
+fn outcome_of(status: &Status) -> Outcome {
+    let text = format!("{:?}: {}", status.code(), status.message());
+    Outcome::failed(hotline_proto::grpc::is_transient(status.code()), text)
 }
 
 impl Sender for NodeSender {

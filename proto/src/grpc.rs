@@ -55,3 +55,39 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
 }
+
+/// A client endpoint with the federation's timeouts: `addr` is
+/// `host:port` or a URI.
+pub fn endpoint(
+    addr: &str,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Endpoint, String> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|e| format!("address {addr:?}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+        .keep_alive_while_idle(true))
+}
+
+/// Whether a failed call may succeed if sent again later (the peer is down,
+/// busy, or not ready for it yet), as opposed to a refusal for good.
+pub fn is_transient(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+    )
+}

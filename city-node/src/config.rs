@@ -1,0 +1,108 @@
+//! A city node's configuration file (TOML). Every key is documented in
+//! `config/city-node.example.toml`, which the tests load.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use hotline_proto::Catalogue;
+use hotline_proto::catalogue::{Category, CatalogueConfig, City};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's city: a member city id.
+    pub city: String,
+    /// Where the gRPC services listen.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the store (`node.db`) lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The gateway's address.
+    pub gateway: String,
+    #[serde(default)]
+    pub cities: Option<Vec<City>>,
+    #[serde(default)]
+    pub categories: Option<Vec<Category>>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7401))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data/node")
+}
+
+impl NodeConfig {
+    /// Reads `path`, then applies the environment overrides `HOTLINE_LISTEN`,
+    /// `HOTLINE_DATA_DIR` and `HOTLINE_GATEWAY`.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut config = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        config.apply_env(env)?;
+        config.catalogue()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn apply_env(&mut self, env: &HashMap<String, String>) -> anyhow::Result<()> {
+        if let Some(v) = env.get("HOTLINE_LISTEN") {
+            self.listen = v
+                .parse()
+                .with_context(|| format!("HOTLINE_LISTEN={v:?} is not an address"))?;
+        }
+        if let Some(v) = env.get("HOTLINE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env.get("HOTLINE_GATEWAY") {
+            self.gateway = v.clone();
+        }
+        Ok(())
+    }
+
+    /// The catalogue; this node's city must be a member.
+    pub fn catalogue(&self) -> anyhow::Result<Catalogue> {
+        let catalogue = CatalogueConfig {
+            cities: self.cities.clone(),
+            categories: self.categories.clone(),
+        }
+        .build()
+        .map_err(anyhow::Error::msg)?;
+        if catalogue.city(&self.city).is_none() {
+            bail!("city: {:?} is not a member city", self.city);
+        }
+        if self.gateway.trim().is_empty() {
+            bail!("gateway: is required");
+        }
+        Ok(catalogue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_loads_and_the_environment_overrides_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/city-node.example.toml");
+        let env = HashMap::from([("HOTLINE_GATEWAY".to_owned(), "127.0.0.1:1".to_owned())]);
+        let c = NodeConfig::load(&path, &env).unwrap();
+        assert_eq!(c.city, "luzhou");
+        assert_eq!(c.gateway, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn an_unknown_city_or_key_is_refused() {
+        let c = NodeConfig::parse("city = \"chengdu\"\ngateway = \"x:1\"").unwrap();
+        assert!(c.catalogue().unwrap_err().to_string().contains("chengdu"));
+        assert!(NodeConfig::parse("city = \"luzhou\"\ngateway = \"x:1\"\nport = 1").is_err());
+    }
+}

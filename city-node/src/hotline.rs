@@ -1,0 +1,217 @@
+//! The `CityHotline` service: the city's own hotline platform and consoles
+//! create tickets here and act on them. Every call checks its input first
+//! (a bad field is INVALID_ARGUMENT naming it), then commits its change,
+//! with what the gateway is owed, in one transaction.
+
+use std::sync::Arc;
+
+use hotline_durable::{Db, Outbox};
+use hotline_proto::pb::city_hotline_server::CityHotline;
+use hotline_proto::pb::*;
+use hotline_proto::{Catalogue, error::invalid_argument, validate};
+use tonic::{Request, Response, Status};
+
+use crate::lifecycle::{self, Action};
+use crate::store::{self, GATEWAY};
+
+pub struct HotlineService {
+    city: String,
+    db: Db,
+    outbox: Outbox,
+    catalogue: Arc<Catalogue>,
+}
+
+impl HotlineService {
+    pub fn new(city: String, db: Db, outbox: Outbox, catalogue: Arc<Catalogue>) -> Self {
+        Self {
+            city,
+            db,
+            outbox,
+            catalogue,
+        }
+    }
+
+    async fn act(
+        &self,
+        ticket_id: String,
+        kind: EventKind,
+        action: Action,
+    ) -> Result<Ticket, Status> {
+        validate::ticket_id("ticket_id", &ticket_id).map_err(Status::from)?;
+        validate::text("note", &action.note, validate::MAX_NOTE, false).map_err(Status::from)?;
+        let city = self.city.clone();
+        let (ticket, queued) = self
+            .db
+            .write(move |c| lifecycle::act(c, &city, &ticket_id, kind, action))
+            .await?;
+        if queued {
+            self.outbox.wake(GATEWAY);
+        }
+        tracing::debug!(ticket = %ticket.id, event = kind.as_str_name(), "ticket updated");
+        Ok(ticket)
+    }
+}
+
+fn page_size(requested: i32) -> Result<usize, Status> {
+    match requested {
+        0 => Ok(100),
+        n if n < 0 => Err(invalid_argument("page_size", "must not be negative")),
+        n => Ok((n as usize).min(1000)),
+    }
+}
+
+#[tonic::async_trait]
+impl CityHotline for HotlineService {
+    async fn create_ticket(
+        &self,
+        request: Request<CreateTicketRequest>,
+    ) -> Result<Response<CreateTicketResponse>, Status> {
+        let draft = request
+            .into_inner()
+            .ticket
+            .ok_or_else(|| invalid_argument("ticket", "is required"))?;
+        validate::new_ticket(&draft, &self.city, &self.catalogue).map_err(Status::from)?;
+        let city = self.city.clone();
+        let (ticket, queued) = self
+            .db
+            .write(move |c| lifecycle::create(c, &city, draft))
+            .await?;
+        if queued {
+            self.outbox.wake(GATEWAY);
+        }
+        tracing::info!(ticket = %ticket.id, targets = ?ticket.target_cities,
+            category = %ticket.category, "ticket created");
+        Ok(Response::new(CreateTicketResponse {
+            ticket: Some(ticket),
+        }))
+    }
+
+    async fn get_ticket(
+        &self,
+        request: Request<GetTicketRequest>,
+    ) -> Result<Response<GetTicketResponse>, Status> {
+        let id = request.into_inner().ticket_id;
+        validate::ticket_id("ticket_id", &id).map_err(Status::from)?;
+        let (ticket, parts) = self
+            .db
+            .read(move |c| {
+                let t = store::full(c, &id)?;
+                let parts = store::parts(c, &t)?;
+                Ok::<_, crate::NodeError>((t, parts))
+            })
+            .await?;
+        Ok(Response::new(GetTicketResponse {
+            ticket: Some(ticket),
+            parts,
+        }))
+    }
+
+    async fn list_tickets(
+        &self,
+        request: Request<ListTicketsRequest>,
+    ) -> Result<Response<ListTicketsResponse>, Status> {
+        let req = request.into_inner();
+        let role = TicketRole::try_from(req.role)
+            .map_err(|_| invalid_argument("role", "unknown value"))?;
+        let status = TicketStatus::try_from(req.status)
+            .map_err(|_| invalid_argument("status", "unknown value"))?;
+        let limit = page_size(req.page_size)?;
+        if !req.page_token.is_empty() {
+            validate::ticket_id("page_token", &req.page_token).map_err(Status::from)?;
+        }
+        let after = req.page_token;
+        let with_history = !req.omit_history;
+        let tickets = self
+            .db
+            .read(move |c| store::list(c, role, status, &after, limit, with_history))
+            .await?;
+        let next_page_token = if tickets.len() == limit {
+            tickets.last().map(|t| t.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListTicketsResponse {
+            tickets,
+            next_page_token,
+        }))
+    }
+
+    async fn accept_ticket(
+        &self,
+        request: Request<AcceptTicketRequest>,
+    ) -> Result<Response<AcceptTicketResponse>, Status> {
+        let req = request.into_inner();
+        let action = Action {
+            note: req.note,
+            ..Default::default()
+        };
+        let ticket = self.act(req.ticket_id, EventKind::Accepted, action).await?;
+        Ok(Response::new(AcceptTicketResponse {
+            ticket: Some(ticket),
+        }))
+    }
+
+    async fn reject_ticket(
+        &self,
+        request: Request<RejectTicketRequest>,
+    ) -> Result<Response<RejectTicketResponse>, Status> {
+        let req = request.into_inner();
+        validate::text("reason", &req.reason, validate::MAX_REASON, true).map_err(Status::from)?;
+        let action = Action {
+            reason: req.reason,
+            ..Default::default()
+        };
+        let ticket = self.act(req.ticket_id, EventKind::Rejected, action).await?;
+        Ok(Response::new(RejectTicketResponse {
+            ticket: Some(ticket),
+        }))
+    }
+
+    async fn resolve_ticket(
+        &self,
+        request: Request<ResolveTicketRequest>,
+    ) -> Result<Response<ResolveTicketResponse>, Status> {
+        let req = request.into_inner();
+        let action = Action {
+            note: req.note,
+            ..Default::default()
+        };
+        let ticket = self.act(req.ticket_id, EventKind::Resolved, action).await?;
+        Ok(Response::new(ResolveTicketResponse {
+            ticket: Some(ticket),
+        }))
+    }
+
+    async fn close_ticket(
+        &self,
+        request: Request<CloseTicketRequest>,
+    ) -> Result<Response<CloseTicketResponse>, Status> {
+        let req = request.into_inner();
+        validate::satisfaction("satisfaction", req.satisfaction).map_err(Status::from)?;
+        let action = Action {
+            note: req.note,
+            satisfaction: Satisfaction::try_from(req.satisfaction).unwrap_or_default(),
+            ..Default::default()
+        };
+        let ticket = self.act(req.ticket_id, EventKind::Closed, action).await?;
+        Ok(Response::new(CloseTicketResponse {
+            ticket: Some(ticket),
+        }))
+    }
+
+    async fn reopen_ticket(
+        &self,
+        request: Request<ReopenTicketRequest>,
+    ) -> Result<Response<ReopenTicketResponse>, Status> {
+        let req = request.into_inner();
+        validate::text("reason", &req.reason, validate::MAX_REASON, true).map_err(Status::from)?;
+        let action = Action {
+            reason: req.reason,
+            ..Default::default()
+        };
+        let ticket = self.act(req.ticket_id, EventKind::Reopened, action).await?;
+        Ok(Response::new(ReopenTicketResponse {
+            ticket: Some(ticket),
+        }))
+    }
+}

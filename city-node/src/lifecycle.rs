@@ -1,0 +1,212 @@
+//! What a city's own systems do to tickets, as rules: creating one (single,
+//! local, or a parent with one part per city), and the actions of the
+//! handling city (accept, reject, resolve) and of the origin (close, reopen).
+//! Each action is checked against the state machine, stored with its event,
+//! and, for a cross-city ticket, queued for the gateway in the same
+//! transaction.
+
+use hotline_proto::pb::{
+    Channel, DispatchTicketRequest, EventKind, Priority, ReportEventRequest, Satisfaction, Ticket,
+    TicketEvent, TicketRole, TicketStatus,
+};
+use hotline_proto::state::{self, Actor};
+use hotline_proto::{ContractError, TicketId, time};
+use prost::Message;
+use rusqlite::Connection;
+
+use crate::error::NodeError;
+use crate::store::{self, DISPATCH, REPORT_EVENT, Result, Stored};
+
+/// What an action carries besides its kind.
+#[derive(Debug, Default, Clone)]
+pub struct Action {
+    pub reason: String,
+    pub note: String,
+    pub satisfaction: Satisfaction,
+}
+
+/// Records a new ticket made at `city`. Returns the ticket and whether
+/// anything was queued for the gateway. A repeated `request_id` returns the
+/// ticket first made.
+pub fn create(c: &Connection, city: &str, draft: Ticket) -> Result<(Ticket, bool)> {
+    if !draft.request_id.is_empty()
+        && let Some(id) = store::by_request_id(c, &draft.request_id)?
+    {
+        return Ok((store::full(c, &id)?, false));
+    }
+    let id = TicketId::new(city);
+    let mut base = Ticket {
+        id: id.to_string(),
+        origin_city: city.to_owned(),
+        create_time: Some(time::now()),
+        history: Vec::new(),
+        parent_id: String::new(),
+        part_ids: Vec::new(),
+        handling_city: String::new(),
+        seq: 0,
+        reopen_count: 0,
+        satisfaction: Satisfaction::Unspecified as i32,
+        status: TicketStatus::Unspecified as i32,
+        ..draft
+    };
+    if base.channel == Channel::Unspecified as i32 {
+        base.channel = Channel::Phone as i32;
+    }
+    if base.priority == Priority::Unspecified as i32 {
+        base.priority = Priority::Normal as i32;
+    }
+    let mut queued = false;
+    if let [target] = base.target_cities.as_slice() {
+        let target = target.clone();
+        queued |= create_one(c, city, base.clone(), &target, false)?;
+        return Ok((store::full(c, &base.id)?, queued));
+    }
+    // Parallel handling: a parent, and one part per target city.
+    base.part_ids = base
+        .target_cities
+        .iter()
+        .map(|t| id.part(t).to_string())
+        .collect();
+    let mut parent = base.clone();
+    parent.seq = 1;
+    parent.status = TicketStatus::Pending as i32;
+    let created = state::event(&parent.id, 1, EventKind::Created, city, TicketStatus::Pending);
+    store::save(
+        c,
+        &Stored {
+            ticket: parent.clone(),
+            role: TicketRole::Sent,
+            is_part: false,
+        },
+    )?;
+    store::insert_event(c, &created)?;
+    for (target, part_id) in base.target_cities.iter().zip(&base.part_ids) {
+        let part = Ticket {
+            id: part_id.clone(),
+            parent_id: parent.id.clone(),
+            target_cities: vec![target.clone()],
+            part_ids: Vec::new(),
+            request_id: String::new(),
+            ..base.clone()
+        };
+        queued |= create_one(c, city, part, target, true)?;
+    }
+    store::refresh_parent(c, &parent.id)?;
+    Ok((store::full(c, &parent.id)?, queued))
+}
+
+fn create_one(c: &Connection, city: &str, mut t: Ticket, target: &str, is_part: bool) -> Result<bool> {
+    let local = target == city;
+    let status = state::initial_status(local);
+    t.status = status as i32;
+    t.seq = 1;
+    t.handling_city = target.to_owned();
+    let created = state::event(&t.id, 1, EventKind::Created, city, status);
+    let role = if local { TicketRole::Local } else { TicketRole::Sent };
+    store::save(
+        c,
+        &Stored {
+            ticket: t.clone(),
+            role,
+            is_part,
+        },
+    )?;
+    store::insert_event(c, &created)?;
+    if !local {
+        t.history = vec![created];
+        let payload = DispatchTicketRequest {
+            city: city.to_owned(),
+            ticket: Some(t.clone()),
+        }
+        .encode_to_vec();
+        store::enqueue(c, &t, DISPATCH, payload)?;
+    }
+    Ok(!local)
+}
+
+/// An action of this city on one of its tickets. Returns the ticket after
+/// it, and whether anything was queued for the gateway.
+pub fn act(
+    c: &Connection,
+    city: &str,
+    id: &str,
+    kind: EventKind,
+    action: Action,
+) -> Result<(Ticket, bool)> {
+    let stored = store::require(c, id)?;
+    let actor = state::actor_of(kind);
+    let t = &stored.ticket;
+    let may = match (actor, stored.role) {
+        (Actor::Handler, TicketRole::Received | TicketRole::Local) => t.part_ids.is_empty(),
+        (Actor::Origin, TicketRole::Sent | TicketRole::Local) => true,
+        _ => false,
+    };
+    if !may {
+        let what = if actor == Actor::Handler {
+            "handled by"
+        } else {
+            "sent by"
+        };
+        return Err(NodeError::FailedPrecondition(format!(
+            "ticket {id} is not {what} {city}, so {city} cannot {}",
+            kind.as_str_name().trim_start_matches("EVENT_KIND_").to_lowercase()
+        )));
+    }
+    if kind == EventKind::Rejected && stored.role == TicketRole::Local {
+        return Err(NodeError::FailedPrecondition(format!(
+            "ticket {id} is {city}'s own; route it within the city instead of rejecting it"
+        )));
+    }
+    if !t.part_ids.is_empty() {
+        return act_on_parent(c, city, stored, kind, action);
+    }
+    let queued = act_on_one(c, city, stored, kind, &action)?;
+    Ok((store::full(c, id)?, queued))
+}
+
+fn act_on_one(c: &Connection, city: &str, mut stored: Stored, kind: EventKind, action: &Action) -> Result<bool> {
+    let t = &stored.ticket;
+    let from = TicketStatus::try_from(t.status).unwrap_or(TicketStatus::Unspecified);
+    let to = state::next(from, kind)?;
+    let mut event = state::event(&t.id, t.seq + 1, kind, city, to);
+    event.reason = action.reason.clone();
+    event.note = action.note.clone();
+    if kind == EventKind::Closed {
+        event.satisfaction = action.satisfaction as i32;
+    }
+    store::apply(c, &mut stored, &event)?;
+    if stored.role == TicketRole::Local {
+        return Ok(false);
+    }
+    report(c, city, &stored.ticket, event)?;
+    Ok(true)
+}
+
+/// The origin closes or reopens a parent: every resolved part with it.
+fn act_on_parent(c: &Connection, city: &str, parent: Stored, kind: EventKind, action: Action) -> Result<(Ticket, bool)> {
+    let parent_status = TicketStatus::try_from(parent.ticket.status).unwrap_or_default();
+    if parent_status != TicketStatus::Resolved {
+        return Err(ContractError::IllegalTransition {
+            from: parent_status,
+            event: kind,
+        }
+        .into());
+    }
+    let mut queued = false;
+    for part_id in &parent.ticket.part_ids {
+        let part = store::require(c, part_id)?;
+        if part.ticket.status == TicketStatus::Resolved as i32 {
+            queued |= act_on_one(c, city, part, kind, &action)?;
+        }
+    }
+    Ok((store::full(c, &parent.ticket.id)?, queued))
+}
+
+fn report(c: &Connection, city: &str, ticket: &Ticket, event: TicketEvent) -> Result<()> {
+    let payload = ReportEventRequest {
+        city: city.to_owned(),
+        event: Some(event),
+    }
+    .encode_to_vec();
+    store::enqueue(c, ticket, REPORT_EVENT, payload)
+}

@@ -1,0 +1,83 @@
+//! Starts a city node on a listener the caller bound and stops it
+//! gracefully.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotline_durable::{Db, Outbox, outbox};
+use hotline_proto::grpc;
+use hotline_proto::pb::city_hotline_server::CityHotlineServer;
+use hotline_proto::pb::city_node_server::CityNodeServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::config::NodeConfig;
+use crate::hotline::HotlineService;
+use crate::inbound::InboundService;
+use crate::store::{self, GATEWAY};
+use crate::uplink::GatewaySender;
+
+/// Largest request a node decodes.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+pub async fn serve(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let catalogue = Arc::new(config.catalogue()?);
+    let db = Db::open(
+        &config.data_dir.join("node.db"),
+        &[store::SCHEMA, outbox::SCHEMA],
+    )?;
+    let outbox = Outbox::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    outbox.spawn_worker(
+        &mut tasks,
+        db.clone(),
+        GATEWAY.to_owned(),
+        Arc::new(GatewaySender::new(&config.gateway)?),
+        stop_rx,
+    );
+
+    let (_health_reporter, health) = grpc::health(&[
+        "hotline.federation.v1.CityHotline",
+        "hotline.federation.v1.CityNode",
+    ])
+    .await;
+    let city = config.city.clone();
+    let result = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .add_service(health)
+        .add_service(grpc::reflection()?)
+        .add_service(
+            CityHotlineServer::new(HotlineService::new(
+                city.clone(),
+                db.clone(),
+                outbox.clone(),
+                catalogue.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            CityNodeServer::new(InboundService::new(city, db.clone(), catalogue))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("the uplink did not stop in time; its items stay queued");
+    }
+    result?;
+    Ok(())
+}
