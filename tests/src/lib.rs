@@ -1,0 +1,343 @@
+//! The test harness: a whole federation of real processes on loopback.
+//!
+//! [`Federation::start`] builds the `gateway` and `city-node` binaries (a
+//! no-op when they are fresh), writes a configuration file per process into
+//! a temporary directory, starts each process, and waits until its gRPC
+//! health service answers. Processes can be killed with SIGKILL and started
+//! again on the same address and data. Dropping the federation kills what is
+//! left. Each process's output goes to a log file beside its data, shown
+//! when a test fails through [`Federation::logs`].
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hotline_proto::pb::city_hotline_client::CityHotlineClient;
+use hotline_proto::pb::federation_client::FederationClient;
+use hotline_proto::pb::observatory_client::ObservatoryClient;
+use hotline_proto::pb::{
+    CreateTicketRequest, GetTicketRequest, ListTicketsRequest, Ticket, TicketKind, TicketRole,
+};
+use tonic::transport::Channel;
+
+pub const CITIES: [&str; 4] = ["luzhou", "yibin", "zigong", "neijiang"];
+
+/// Where the workspace's binaries are, built once per test process.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // .../target/<profile>/deps/<test> → .../target/<profile>
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "gateway", "-p", "city-node", "-p", "simulator"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        dir
+    })
+}
+
+/// A free port on loopback (the process binds it right after).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+pub struct Proc {
+    name: String,
+    bin: &'static str,
+    config: PathBuf,
+    log: PathBuf,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin_dir().join(self.bin))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        child.wait().unwrap()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Federation {
+    pub dir: tempfile::TempDir,
+    pub gateway: Proc,
+    pub nodes: BTreeMap<String, Proc>,
+}
+
+impl Federation {
+    /// The four cities of southern Sichuan, a gateway, all running and
+    /// healthy.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway_addr = free_addr();
+        let node_addrs: BTreeMap<String, SocketAddr> =
+            CITIES.iter().map(|c| (c.to_string(), free_addr())).collect();
+        let mut nodes_toml = String::from("[nodes]\n");
+        for (city, addr) in &node_addrs {
+            nodes_toml.push_str(&format!("{city} = \"http://{addr}\"\n"));
+        }
+        let gw_config = dir.path().join("gateway.toml");
+        std::fs::write(
+            &gw_config,
+            format!(
+                "listen = \"{gateway_addr}\"\ndata_dir = \"{}\"\n{nodes_toml}",
+                dir.path().join("gateway").display()
+            ),
+        )
+        .unwrap();
+        let gateway = Proc {
+            name: "gateway".into(),
+            bin: "gateway",
+            config: gw_config,
+            log: dir.path().join("gateway.log"),
+            addr: gateway_addr,
+            child: None,
+        };
+        let mut nodes = BTreeMap::new();
+        for (city, addr) in &node_addrs {
+            let config = dir.path().join(format!("{city}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway_addr}\"\n",
+                    dir.path().join(city).display()
+                ),
+            )
+            .unwrap();
+            nodes.insert(
+                city.clone(),
+                Proc {
+                    name: city.clone(),
+                    bin: "city-node",
+                    config,
+                    log: dir.path().join(format!("{city}.log")),
+                    addr: *addr,
+                    child: None,
+                },
+            );
+        }
+        let mut f = Self {
+            dir,
+            gateway,
+            nodes,
+        };
+        f.gateway.start();
+        for p in f.nodes.values_mut() {
+            p.start();
+        }
+        let addrs: Vec<SocketAddr> = std::iter::once(f.gateway.addr)
+            .chain(f.nodes.values().map(|p| p.addr))
+            .collect();
+        for addr in addrs {
+            wait_healthy(addr).await;
+        }
+        f
+    }
+
+    pub fn node(&mut self, city: &str) -> &mut Proc {
+        self.nodes.get_mut(city).unwrap()
+    }
+
+    pub async fn restart_gateway(&mut self) {
+        self.gateway.kill();
+        self.gateway.start();
+        wait_healthy(self.gateway.addr).await;
+    }
+
+    pub async fn start_gateway(&mut self) {
+        self.gateway.start();
+        wait_healthy(self.gateway.addr).await;
+    }
+
+    pub async fn start_node(&mut self, city: &str) {
+        let p = self.node(city);
+        p.start();
+        let addr = p.addr;
+        wait_healthy(addr).await;
+    }
+
+    pub async fn hotline(&self, city: &str) -> CityHotlineClient<Channel> {
+        CityHotlineClient::new(channel(self.nodes[city].addr).await)
+    }
+
+    pub async fn observatory(&self) -> ObservatoryClient<Channel> {
+        ObservatoryClient::new(channel(self.gateway.addr).await)
+    }
+
+    pub async fn federation(&self) -> FederationClient<Channel> {
+        FederationClient::new(channel(self.gateway.addr).await)
+    }
+
+    /// Every process's log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in std::iter::once(&self.gateway).chain(self.nodes.values()) {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("----- {} -----\n", p.name));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    hotline_proto::grpc::endpoint(&addr.to_string(), Duration::from_secs(10))
+        .unwrap()
+        .connect_lazy()
+}
+
+/// Waits until the process at `addr` answers its health check.
+pub async fn wait_healthy(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel(addr).await);
+        let ok = client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_ok_and(|r| r.into_inner().status == 1);
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr} did not become healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails with `what` after
+/// `timeout`. For conditions that become true as messages flow.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A ticket draft from `origin` for `targets`.
+pub fn draft(targets: &[&str], category: &str) -> Ticket {
+    Ticket {
+        target_cities: targets.iter().map(|s| s.to_string()).collect(),
+        category: category.into(),
+        kind: TicketKind::Consultation as i32,
+        subject: "社保关系转移咨询".into(),
+        description: "在外地缴纳的社保如何转回本地".into(),
+        location: "江阳区".into(),
+        citizen: Some(hotline_proto::pb::Citizen {
+            name: "王小明".into(),
+            phone: "13912345678".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub async fn create(client: &mut CityHotlineClient<Channel>, ticket: Ticket) -> Ticket {
+    client
+        .create_ticket(CreateTicketRequest {
+            ticket: Some(ticket),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap()
+}
+
+pub async fn get(client: &mut CityHotlineClient<Channel>, id: &str) -> Option<Ticket> {
+    client
+        .get_ticket(GetTicketRequest {
+            ticket_id: id.into(),
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().ticket)
+}
+
+/// Every ticket of a role at a node, all pages.
+pub async fn list_all(client: &mut CityHotlineClient<Channel>, role: TicketRole) -> Vec<Ticket> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_tickets(ListTicketsRequest {
+                role: role as i32,
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.tickets);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
