@@ -20,10 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(FILES, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("hotline_descriptor.bin"),
-        fds.encode_to_vec(),
-    )?;
+    std::fs::write(out_dir.join("hotline_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         // Personal data must not reach logs through `{:?}`: Citizen gets a
         // hand-written Debug that masks it.

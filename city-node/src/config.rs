@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use hotline_proto::Catalogue;
-use hotline_proto::catalogue::{Category, CatalogueConfig, City};
+use hotline_proto::catalogue::{CatalogueConfig, Category, City};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use hotline_durable::Db;
 use hotline_proto::pb::city_node_server::CityNode;
 use hotline_proto::pb::{
-    DeliverEventRequest, DeliverEventResponse, DeliverTicketRequest, DeliverTicketResponse,
-    Ticket, TicketRole,
+    DeliverEventRequest, DeliverEventResponse, DeliverTicketRequest, DeliverTicketResponse, Ticket,
+    TicketRole,
 };
 use hotline_proto::{Catalogue, error::invalid_argument, validate};
 use rusqlite::Connection;
@@ -25,7 +25,11 @@ pub struct InboundService {
 
 impl InboundService {
     pub fn new(city: String, db: Db, catalogue: Arc<Catalogue>) -> Self {
-        Self { city, db, catalogue }
+        Self {
+            city,
+            db,
+            catalogue,
+        }
     }
 }
 
@@ -88,7 +92,11 @@ impl CityNode for InboundService {
                 "must hold every event up to ticket.seq",
             ));
         }
-        let (id, origin, category) = (ticket.id.clone(), ticket.origin_city.clone(), ticket.category.clone());
+        let (id, origin, category) = (
+            ticket.id.clone(),
+            ticket.origin_city.clone(),
+            ticket.category.clone(),
+        );
         let fresh = self.db.write(move |c| deliver(c, ticket)).await?;
         if fresh {
             tracing::info!(ticket = %id, origin = %origin, category = %category, "ticket received");

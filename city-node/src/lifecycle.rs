@@ -70,7 +70,13 @@ pub fn create(c: &Connection, city: &str, draft: Ticket) -> Result<(Ticket, bool
     let mut parent = base.clone();
     parent.seq = 1;
     parent.status = TicketStatus::Pending as i32;
-    let created = state::event(&parent.id, 1, EventKind::Created, city, TicketStatus::Pending);
+    let created = state::event(
+        &parent.id,
+        1,
+        EventKind::Created,
+        city,
+        TicketStatus::Pending,
+    );
     store::save(
         c,
         &Stored {
@@ -95,14 +101,24 @@ pub fn create(c: &Connection, city: &str, draft: Ticket) -> Result<(Ticket, bool
     Ok((store::full(c, &parent.id)?, queued))
 }
 
-fn create_one(c: &Connection, city: &str, mut t: Ticket, target: &str, is_part: bool) -> Result<bool> {
+fn create_one(
+    c: &Connection,
+    city: &str,
+    mut t: Ticket,
+    target: &str,
+    is_part: bool,
+) -> Result<bool> {
     let local = target == city;
     let status = state::initial_status(local);
     t.status = status as i32;
     t.seq = 1;
     t.handling_city = target.to_owned();
     let created = state::event(&t.id, 1, EventKind::Created, city, status);
-    let role = if local { TicketRole::Local } else { TicketRole::Sent };
+    let role = if local {
+        TicketRole::Local
+    } else {
+        TicketRole::Sent
+    };
     store::save(
         c,
         &Stored {
@@ -149,7 +165,9 @@ pub fn act(
         };
         return Err(NodeError::FailedPrecondition(format!(
             "ticket {id} is not {what} {city}, so {city} cannot {}",
-            kind.as_str_name().trim_start_matches("EVENT_KIND_").to_lowercase()
+            kind.as_str_name()
+                .trim_start_matches("EVENT_KIND_")
+                .to_lowercase()
         )));
     }
     if kind == EventKind::Rejected && stored.role == TicketRole::Local {
@@ -164,7 +182,13 @@ pub fn act(
     Ok((store::full(c, id)?, queued))
 }
 
-fn act_on_one(c: &Connection, city: &str, mut stored: Stored, kind: EventKind, action: &Action) -> Result<bool> {
+fn act_on_one(
+    c: &Connection,
+    city: &str,
+    mut stored: Stored,
+    kind: EventKind,
+    action: &Action,
+) -> Result<bool> {
     let t = &stored.ticket;
     let from = TicketStatus::try_from(t.status).unwrap_or(TicketStatus::Unspecified);
     let to = state::next(from, kind)?;
@@ -183,7 +207,13 @@ fn act_on_one(c: &Connection, city: &str, mut stored: Stored, kind: EventKind, a
 }
 
 /// The origin closes or reopens a parent: every resolved part with it.
-fn act_on_parent(c: &Connection, city: &str, parent: Stored, kind: EventKind, action: Action) -> Result<(Ticket, bool)> {
+fn act_on_parent(
+    c: &Connection,
+    city: &str,
+    parent: Stored,
+    kind: EventKind,
+    action: Action,
+) -> Result<(Ticket, bool)> {
     let parent_status = TicketStatus::try_from(parent.ticket.status).unwrap_or_default();
     if parent_status != TicketStatus::Resolved {
         return Err(ContractError::IllegalTransition {

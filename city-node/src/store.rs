@@ -233,10 +233,9 @@ pub fn list(
 }
 
 pub fn by_request_id(c: &Connection, request_id: &str) -> Result<Option<String>> {
-    Ok(c
-        .prepare_cached(
-            "SELECT id FROM tickets WHERE request_id = ?1 AND role != 2 AND is_part = 0",
-        )?
-        .query_row([request_id], |r| r.get(0))
-        .optional()?)
+    Ok(c.prepare_cached(
+        "SELECT id FROM tickets WHERE request_id = ?1 AND role != 2 AND is_part = 0",
+    )?
+    .query_row([request_id], |r| r.get(0))
+    .optional()?)
 }

@@ -9,8 +9,8 @@ use hotline_durable::outbox::{Item, Outcome, Sender};
 use hotline_proto::pb::federation_client::FederationClient;
 use hotline_proto::pb::{DispatchTicketRequest, ReportEventRequest};
 use prost::Message;
-use tonic::transport::Channel;
 use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::error::NodeError;
 use crate::store::{self, DISPATCH, REPORT_EVENT};
@@ -32,7 +32,6 @@ impl GatewaySender {
         })
     }
 }
-
 
 /// A passing failure is retried; any other is set aside for good.
 fn outcome_of(status: &Status) -> Outcome {

@@ -131,7 +131,9 @@ impl Db {
                 let _ = tx.send(out);
             })
         });
-        self.jobs.send(job).map_err(|_| E::from(DbError::WriterGone))?;
+        self.jobs
+            .send(job)
+            .map_err(|_| E::from(DbError::WriterGone))?;
         rx.await.map_err(|_| E::from(DbError::WriterGone))?
     }
 
@@ -166,7 +168,8 @@ fn in_savepoint<T, E: From<DbError>>(
     f: impl FnOnce(&Connection) -> Result<T, E>,
 ) -> Result<T, E> {
     conn.execute_batch("SAVEPOINT job").map_err(DbError::from)?;
-    let result = catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| Err(E::from(DbError::Panicked)));
+    let result = catch_unwind(AssertUnwindSafe(|| f(conn)))
+        .unwrap_or_else(|_| Err(E::from(DbError::Panicked)));
     let end = if result.is_ok() {
         "RELEASE job"
     } else {
@@ -254,7 +257,10 @@ mod tests {
         }
         assert_eq!(failed, 5);
         let n: i64 = db
-            .read(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).map_err(DbError::from))
+            .read(|c| {
+                c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .map_err(DbError::from)
+            })
             .await
             .unwrap();
         assert_eq!(n, 495);
@@ -268,13 +274,19 @@ mod tests {
         let path = dir.path().join("t.db");
         {
             let db = Db::open(&path, SCHEMA).unwrap();
-            db.write(|c| c.execute("INSERT INTO t VALUES (1, 'a')", []).map_err(DbError::from))
-                .await
-                .unwrap();
+            db.write(|c| {
+                c.execute("INSERT INTO t VALUES (1, 'a')", [])
+                    .map_err(DbError::from)
+            })
+            .await
+            .unwrap();
         }
         let db = Db::open(&path, SCHEMA).unwrap();
         let v: String = db
-            .read(|c| c.query_row("SELECT v FROM t WHERE k = 1", [], |r| r.get(0)).map_err(DbError::from))
+            .read(|c| {
+                c.query_row("SELECT v FROM t WHERE k = 1", [], |r| r.get(0))
+                    .map_err(DbError::from)
+            })
             .await
             .unwrap();
         assert_eq!(v, "a");

@@ -249,9 +249,7 @@ async fn worker<S: Sender>(
 ) {
     while !*stop.borrow() {
         let d = dest.clone();
-        let items = db
-            .read(move |c| due(c, &d, now_ms(), MAX_IN_FLIGHT))
-            .await;
+        let items = db.read(move |c| due(c, &d, now_ms(), MAX_IN_FLIGHT)).await;
         let items = match items {
             Ok(items) => items,
             Err(e) => {
@@ -401,7 +399,10 @@ mod tests {
             assert_eq!(kinds, ["e0", "e1", "e2", "e3"]);
         }
         let dead: i64 = db
-            .read(|c| c.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0)).map_err(DbError::from))
+            .read(|c| {
+                c.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
+                    .map_err(DbError::from)
+            })
             .await
             .unwrap();
         assert_eq!(dead, 1);

@@ -11,8 +11,8 @@ use hotline_durable::outbox::{Item, Outcome, Sender};
 use hotline_proto::pb::city_node_client::CityNodeClient;
 use hotline_proto::pb::{DeliverEventRequest, DeliverTicketRequest, EventKind};
 use prost::Message;
-use tonic::transport::Channel;
 use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::ledger::{self, DELIVER_EVENT, DELIVER_TICKET};
 
@@ -38,7 +38,6 @@ impl NodeSender {
         Ok(Self { clients })
     }
 }
-
 
 /// A passing failure is retried; any other is set aside for good.
 fn outcome_of(status: &Status) -> Outcome {
@@ -67,17 +66,19 @@ impl Sender for NodeSender {
                     return Outcome::Refused("delivery without its DELIVERED event".into());
                 };
                 match client.deliver_ticket(req).await {
-                    Ok(_) => Outcome::Delivered(Some(Box::new(move |c| {
-                        match ledger::mark_delivered(c, &delivered) {
-                            Ok(wake) => Ok(wake),
-                            Err(crate::GatewayError::Db(e)) => Err(e),
-                            Err(e) => {
-                                tracing::error!(ticket = %delivered.ticket_id, error = %e,
+                    Ok(_) => {
+                        Outcome::Delivered(Some(Box::new(move |c| {
+                            match ledger::mark_delivered(c, &delivered) {
+                                Ok(wake) => Ok(wake),
+                                Err(crate::GatewayError::Db(e)) => Err(e),
+                                Err(e) => {
+                                    tracing::error!(ticket = %delivered.ticket_id, error = %e,
                                     "delivered ticket does not fit the ledger");
-                                Ok(Vec::new())
+                                    Ok(Vec::new())
+                                }
                             }
-                        }
-                    }))),
+                        })))
+                    }
                     Err(status) => outcome_of(&status),
                 }
             }

@@ -106,10 +106,7 @@ impl Ledger {
     /// target. A retry of the same ticket returns the same DISPATCHED event.
     pub async fn dispatch(&self, ticket: Ticket) -> Result<TicketEvent> {
         let target = ticket.target_cities.first().cloned().unwrap_or_default();
-        let (event, fresh) = self
-            .db
-            .write(move |c| dispatch(c, ticket))
-            .await?;
+        let (event, fresh) = self.db.write(move |c| dispatch(c, ticket)).await?;
         if fresh {
             self.outbox.wake(&target);
         }
@@ -126,7 +123,12 @@ impl Ledger {
     }
 
     /// Coordination names the owner of a rejected ticket.
-    pub async fn assign(&self, ticket_id: String, owner: String, note: String) -> Result<TicketEvent> {
+    pub async fn assign(
+        &self,
+        ticket_id: String,
+        owner: String,
+        note: String,
+    ) -> Result<TicketEvent> {
         let (event, wake) = self
             .db
             .write(move |c| assign(c, &ticket_id, &owner, &note))
@@ -150,9 +152,7 @@ impl Ledger {
 
     pub async fn ticket(&self, id: String) -> Result<Ticket> {
         self.db
-            .read(move |c| {
-                snapshot(c, &id)?.ok_or_else(|| GatewayError::UnknownTicket(id.clone()))
-            })
+            .read(move |c| snapshot(c, &id)?.ok_or_else(|| GatewayError::UnknownTicket(id.clone())))
             .await
     }
 
@@ -243,7 +243,12 @@ fn snapshot(c: &Connection, id: &str) -> Result<Option<Ticket>> {
 fn append(c: &Connection, row: &mut Row, id: &str, event: &TicketEvent) -> Result<()> {
     let to = status_of(id, i64::from(event.status))?;
     c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![id, event.seq as i64, event.kind, event.encode_to_vec()])?;
+        .execute(params![
+            id,
+            event.seq as i64,
+            event.kind,
+            event.encode_to_vec()
+        ])?;
     c.prepare_cached("UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4 WHERE id = ?1")?
         .execute(params![id, to as i32, event.seq as i64, time::now_ms()])?;
     stats::move_status(c, &row.origin, SENT, Some(row.status), Some(to))?;
@@ -258,7 +263,14 @@ fn enqueue_event(c: &Connection, dest: &str, row: &Row, event: &TicketEvent) -> 
         event: Some(event.clone()),
     }
     .encode_to_vec();
-    outbox::enqueue(c, dest, &event.ticket_id, DELIVER_EVENT, &payload, row.urgent)?;
+    outbox::enqueue(
+        c,
+        dest,
+        &event.ticket_id,
+        DELIVER_EVENT,
+        &payload,
+        row.urgent,
+    )?;
     Ok(())
 }
 
@@ -338,11 +350,21 @@ fn dispatch(c: &Connection, mut ticket: Ticket) -> Result<(TicketEvent, bool)> {
         now
     ])?;
     let mut created = created.unwrap_or_else(|| {
-        state::event(&id, 1, EventKind::Created, &ticket.origin_city, TicketStatus::Pending)
+        state::event(
+            &id,
+            1,
+            EventKind::Created,
+            &ticket.origin_city,
+            TicketStatus::Pending,
+        )
     });
     created.status = TicketStatus::Pending as i32;
     c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, 1, ?2, ?3)")?
-        .execute(params![id, EventKind::Created as i32, created.encode_to_vec()])?;
+        .execute(params![
+            id,
+            EventKind::Created as i32,
+            created.encode_to_vec()
+        ])?;
 
     let mut row = Row {
         origin: ticket.origin_city.clone(),
@@ -356,7 +378,13 @@ fn dispatch(c: &Connection, mut ticket: Ticket) -> Result<(TicketEvent, bool)> {
     stats::move_status(c, &row.origin, SENT, None, Some(TicketStatus::Pending))?;
     stats::move_status(c, &row.handler, RECEIVED, None, Some(TicketStatus::Pending))?;
 
-    let mut dispatched = state::event(&id, 2, EventKind::Dispatched, "gateway", TicketStatus::Dispatched);
+    let mut dispatched = state::event(
+        &id,
+        2,
+        EventKind::Dispatched,
+        "gateway",
+        TicketStatus::Dispatched,
+    );
     dispatched.city = target;
     append(c, &mut row, &id, &dispatched)?;
     enqueue_delivery(c, &id, &row)?;
@@ -388,7 +416,11 @@ pub fn mark_delivered(c: &Connection, delivered: &TicketEvent) -> Result<Vec<Str
     Ok(vec![row.origin])
 }
 
-fn report(c: &Connection, city: &str, mut event: TicketEvent) -> Result<(Vec<TicketEvent>, Vec<String>)> {
+fn report(
+    c: &Connection,
+    city: &str,
+    mut event: TicketEvent,
+) -> Result<(Vec<TicketEvent>, Vec<String>)> {
     let id = event.ticket_id.clone();
     let Some(mut row) = load(c, &id)? else {
         return Err(GatewayError::UnknownTicket(id));
@@ -422,10 +454,17 @@ fn report(c: &Connection, city: &str, mut event: TicketEvent) -> Result<(Vec<Tic
     }
     let mut committed = Vec::new();
     let mut wake = Vec::new();
-    if actor == Actor::Handler && row.status == TicketStatus::Dispatched && event.seq == row.seq + 2 {
+    if actor == Actor::Handler && row.status == TicketStatus::Dispatched && event.seq == row.seq + 2
+    {
         // The handler acts on a ticket whose delivery acknowledgement has
         // not been recorded yet: its report proves the delivery.
-        let mut delivered = state::event(&id, row.seq + 1, EventKind::Delivered, "gateway", TicketStatus::Delivered);
+        let mut delivered = state::event(
+            &id,
+            row.seq + 1,
+            EventKind::Delivered,
+            "gateway",
+            TicketStatus::Delivered,
+        );
         delivered.city = row.handler.clone();
         wake.extend(mark_delivered(c, &delivered)?);
         row.status = TicketStatus::Delivered;
@@ -454,7 +493,14 @@ fn report(c: &Connection, city: &str, mut event: TicketEvent) -> Result<(Vec<Tic
                reason = excluded.reason, reject_ms = excluded.reject_ms,
                assigned_city = NULL, assign_ms = NULL",
         )?
-        .execute(params![id, row.origin, row.category, city, event.reason, time::now_ms()])?;
+        .execute(params![
+            id,
+            row.origin,
+            row.category,
+            city,
+            event.reason,
+            time::now_ms()
+        ])?;
         tracing::info!(ticket = %id, rejected_by = %city, "ticket sent to coordination");
     }
     let dest = if actor == Actor::Origin {
@@ -490,8 +536,10 @@ fn assign(c: &Connection, id: &str, owner: &str, note: &str) -> Result<(TicketEv
         .execute(params![id, owner])?;
     row.handler = owner.to_owned();
     append(c, &mut row, id, &event)?;
-    c.prepare_cached("UPDATE coordination SET assigned_city = ?2, assign_ms = ?3 WHERE ticket_id = ?1")?
-        .execute(params![id, owner, time::now_ms()])?;
+    c.prepare_cached(
+        "UPDATE coordination SET assigned_city = ?2, assign_ms = ?3 WHERE ticket_id = ?1",
+    )?
+    .execute(params![id, owner, time::now_ms()])?;
     enqueue_event(c, &row.origin, &row, &event)?;
     enqueue_delivery(c, id, &row)?;
     tracing::info!(ticket = %id, owner = %owner, "coordination named an owner");

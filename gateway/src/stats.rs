@@ -87,11 +87,18 @@ pub fn read(conn: &Connection, cities: &[String]) -> Result<Vec<CityStats>, Gate
         .collect();
     let mut totals = conn.prepare_cached("SELECT city, direction, category, n FROM city_totals")?;
     let rows = totals.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
     })?;
     for row in rows {
         let (city, direction, category, n) = row?;
-        let Some(s) = out.get_mut(city.as_str()) else { continue };
+        let Some(s) = out.get_mut(city.as_str()) else {
+            continue;
+        };
         let n = u64::try_from(n).unwrap_or(0);
         if direction == SENT {
             s.sent += n;
@@ -101,13 +108,21 @@ pub fn read(conn: &Connection, cities: &[String]) -> Result<Vec<CityStats>, Gate
             *s.received_by_category.entry(category).or_default() += n;
         }
     }
-    let mut statuses = conn.prepare_cached("SELECT city, direction, status, n FROM city_status WHERE n != 0")?;
+    let mut statuses =
+        conn.prepare_cached("SELECT city, direction, status, n FROM city_status WHERE n != 0")?;
     let rows = statuses.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
     })?;
     for row in rows {
         let (city, direction, status, n) = row?;
-        let Some(s) = out.get_mut(city.as_str()) else { continue };
+        let Some(s) = out.get_mut(city.as_str()) else {
+            continue;
+        };
         let n = u64::try_from(n).unwrap_or(0);
         if direction == SENT {
             s.sent_by_status.insert(status, n);

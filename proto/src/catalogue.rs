@@ -171,7 +171,10 @@ const CATEGORIES: &[(&str, &str)] = &[
     ("education", "教育 education"),
     ("tourism", "旅游 tourism"),
     ("transport", "交通出行 transport and travel"),
-    ("market-access", "市场准入 business registration and licensing"),
+    (
+        "market-access",
+        "市场准入 business registration and licensing",
+    ),
     ("employment", "用工稳工 employment and job stability"),
     ("medical-insurance", "医保 medical insurance"),
     ("household-registration", "户籍 household registration"),

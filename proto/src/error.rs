@@ -41,9 +41,7 @@ impl From<ContractError> for Status {
     fn from(e: ContractError) -> Self {
         match &e {
             ContractError::InvalidArgument { field, reason } => invalid_argument(field, reason),
-            ContractError::IllegalTransition { .. } => {
-                Status::failed_precondition(e.to_string())
-            }
+            ContractError::IllegalTransition { .. } => Status::failed_precondition(e.to_string()),
         }
     }
 }

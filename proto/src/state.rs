@@ -206,10 +206,19 @@ mod tests {
     #[test]
     fn a_parent_is_resolved_only_when_every_part_is() {
         use TicketStatus as S;
-        assert_eq!(parent_status([S::Resolved, S::Accepted, S::Resolved]), S::Accepted);
-        assert_eq!(parent_status([S::Resolved, S::Closed, S::Resolved]), S::Resolved);
+        assert_eq!(
+            parent_status([S::Resolved, S::Accepted, S::Resolved]),
+            S::Accepted
+        );
+        assert_eq!(
+            parent_status([S::Resolved, S::Closed, S::Resolved]),
+            S::Resolved
+        );
         assert_eq!(parent_status([S::Closed, S::Closed]), S::Closed);
-        assert_eq!(parent_status([S::InCoordination, S::Resolved]), S::InCoordination);
+        assert_eq!(
+            parent_status([S::InCoordination, S::Resolved]),
+            S::InCoordination
+        );
     }
 
     proptest! {

@@ -104,9 +104,19 @@ fn content(ticket: &Ticket, catalogue: &Catalogue) -> Result {
         }
     }
     text("ticket.subject", &ticket.subject, MAX_SUBJECT, true)?;
-    text("ticket.description", &ticket.description, MAX_DESCRIPTION, false)?;
+    text(
+        "ticket.description",
+        &ticket.description,
+        MAX_DESCRIPTION,
+        false,
+    )?;
     text("ticket.location", &ticket.location, MAX_LOCATION, false)?;
-    text("ticket.request_id", &ticket.request_id, MAX_REQUEST_ID, false)?;
+    text(
+        "ticket.request_id",
+        &ticket.request_id,
+        MAX_REQUEST_ID,
+        false,
+    )?;
     Ok(())
 }
 
@@ -175,7 +185,10 @@ pub fn dispatched_ticket(ticket: &Ticket, catalogue: &Catalogue) -> Result<Ticke
             }
         }
         _ if !ticket.parent_id.is_empty() => {
-            return Err(invalid("ticket.parent_id", "is set on a ticket that is not a part"));
+            return Err(invalid(
+                "ticket.parent_id",
+                "is set on a ticket that is not a part",
+            ));
         }
         _ => {}
     }
@@ -244,19 +257,43 @@ mod tests {
         let c = Catalogue::default();
         type Mutation = Box<dyn Fn(&mut Ticket)>;
         let cases: Vec<(&str, Mutation)> = vec![
-            ("ticket.target_cities", Box::new(|t| t.target_cities.clear())),
-            ("ticket.target_cities[0]", Box::new(|t| t.target_cities[0] = "chengdu".into())),
-            ("ticket.target_cities[1]", Box::new(|t| t.target_cities.push("yibin".into()))),
-            ("ticket.category", Box::new(|t| t.category = "weather".into())),
+            (
+                "ticket.target_cities",
+                Box::new(|t| t.target_cities.clear()),
+            ),
+            (
+                "ticket.target_cities[0]",
+                Box::new(|t| t.target_cities[0] = "chengdu".into()),
+            ),
+            (
+                "ticket.target_cities[1]",
+                Box::new(|t| t.target_cities.push("yibin".into())),
+            ),
+            (
+                "ticket.category",
+                Box::new(|t| t.category = "weather".into()),
+            ),
             ("ticket.category", Box::new(|t| t.category.clear())),
             ("ticket.kind", Box::new(|t| t.kind = 0)),
             ("ticket.kind", Box::new(|t| t.kind = 99)),
             ("ticket.priority", Box::new(|t| t.priority = -1)),
             ("ticket.subject", Box::new(|t| t.subject = "  ".into())),
-            ("ticket.subject", Box::new(|t| t.subject = "长".repeat(MAX_SUBJECT + 1))),
-            ("ticket.description", Box::new(|t| t.description = "x".repeat(MAX_DESCRIPTION + 1))),
-            ("ticket.citizen.phone", Box::new(|t| t.citizen.as_mut().unwrap().phone = "call me".into())),
-            ("ticket.origin_city", Box::new(|t| t.origin_city = "yibin".into())),
+            (
+                "ticket.subject",
+                Box::new(|t| t.subject = "长".repeat(MAX_SUBJECT + 1)),
+            ),
+            (
+                "ticket.description",
+                Box::new(|t| t.description = "x".repeat(MAX_DESCRIPTION + 1)),
+            ),
+            (
+                "ticket.citizen.phone",
+                Box::new(|t| t.citizen.as_mut().unwrap().phone = "call me".into()),
+            ),
+            (
+                "ticket.origin_city",
+                Box::new(|t| t.origin_city = "yibin".into()),
+            ),
         ];
         for (field, mutate) in cases {
             let mut t = good();
@@ -276,7 +313,10 @@ mod tests {
 
         let mut other = t.clone();
         other.origin_city = "zigong".into();
-        assert_eq!(field_of(dispatched_ticket(&other, &c).unwrap_err()), "ticket.id");
+        assert_eq!(
+            field_of(dispatched_ticket(&other, &c).unwrap_err()),
+            "ticket.id"
+        );
 
         let mut to_self = t.clone();
         to_self.target_cities = vec!["luzhou".into()];
@@ -287,7 +327,10 @@ mod tests {
 
         let mut part = t.clone();
         part.id = id.part("yibin").to_string();
-        assert_eq!(field_of(dispatched_ticket(&part, &c).unwrap_err()), "ticket.parent_id");
+        assert_eq!(
+            field_of(dispatched_ticket(&part, &c).unwrap_err()),
+            "ticket.parent_id"
+        );
         part.parent_id = id.to_string();
         dispatched_ticket(&part, &c).unwrap();
     }

@@ -37,7 +37,16 @@ pub fn bin_dir() -> &'static Path {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "gateway", "-p", "city-node", "-p", "simulator"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "gateway",
+            "-p",
+            "city-node",
+            "-p",
+            "simulator",
+        ]);
         if release {
             cmd.arg("--release");
         }
@@ -124,8 +133,10 @@ impl Federation {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let gateway_addr = free_addr();
-        let node_addrs: BTreeMap<String, SocketAddr> =
-            CITIES.iter().map(|c| (c.to_string(), free_addr())).collect();
+        let node_addrs: BTreeMap<String, SocketAddr> = CITIES
+            .iter()
+            .map(|c| (c.to_string(), free_addr()))
+            .collect();
         let mut nodes_toml = String::from("[nodes]\n");
         for (city, addr) in &node_addrs {
             nodes_toml.push_str(&format!("{city} = \"http://{addr}\"\n"));

@@ -119,7 +119,9 @@ async fn a_ticket_from_luzhou_to_yibin_is_delivered_accepted_resolved_and_closed
     // The ledger agrees, and counts it.
     let mut obs = f.observatory().await;
     let stats = obs
-        .get_city_stats(GetCityStatsRequest { city: String::new() })
+        .get_city_stats(GetCityStatsRequest {
+            city: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -381,7 +383,11 @@ async fn the_same_dispatch_sent_100_times_also_concurrently_makes_one_ticket() {
     let concurrent = (0..50).map(|_| {
         let mut gw = gw.clone();
         let request = request.clone();
-        async move { gw.dispatch_ticket(request).await.map(|r| r.into_inner().event) }
+        async move {
+            gw.dispatch_ticket(request)
+                .await
+                .map(|r| r.into_inner().event)
+        }
     });
     for r in futures::future::join_all(concurrent).await {
         assert_eq!(r.unwrap(), first);
@@ -400,7 +406,9 @@ async fn the_same_dispatch_sent_100_times_also_concurrently_makes_one_ticket() {
     let stats = f
         .observatory()
         .await
-        .get_city_stats(GetCityStatsRequest { city: String::new() })
+        .get_city_stats(GetCityStatsRequest {
+            city: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -434,7 +442,10 @@ async fn bad_input_gets_the_matching_status_and_changes_nothing() {
         CreateTicketRequest { ticket: Some(t) }
     };
     let cases: [(fn(&mut Ticket), &str); 6] = [
-        (|t| t.target_cities = vec!["chengdu".into()], "ticket.target_cities[0]"),
+        (
+            |t| t.target_cities = vec!["chengdu".into()],
+            "ticket.target_cities[0]",
+        ),
         (|t| t.category = "weather".into(), "ticket.category"),
         (|t| t.subject.clear(), "ticket.subject"),
         (|t| t.kind = 0, "ticket.kind"),
@@ -444,13 +455,21 @@ async fn bad_input_gets_the_matching_status_and_changes_nothing() {
     for (mutate, field) in cases {
         let err = luzhou.create_ticket(bad(mutate)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}");
-        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
         use tonic_types::StatusExt;
         let details = err.get_error_details();
         let violations = &details.bad_request().unwrap().field_violations;
         assert_eq!(violations[0].field, field);
     }
-    assert!(list_all(&mut luzhou, TicketRole::Unspecified).await.is_empty());
+    assert!(
+        list_all(&mut luzhou, TicketRole::Unspecified)
+            .await
+            .is_empty()
+    );
 
     let err = luzhou
         .get_ticket(GetTicketRequest {
