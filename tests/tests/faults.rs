@@ -66,7 +66,7 @@ async fn assert_each_delivered_once(f: &Federation, expected: &BTreeMap<String, 
     let total: usize = expected.values().map(BTreeSet::len).sum();
     assert_eq!(total, PER_CITY * CITIES.len());
     for (target, ids) in expected {
-        let mut client = f.hotline(target).await;
+        let client = f.hotline(target).await;
         let received = eventually(
             &format!("{target} holds all {} tickets sent to it", ids.len()),
             Duration::from_secs(60),

@@ -441,7 +441,8 @@ async fn bad_input_gets_the_matching_status_and_changes_nothing() {
         mutate(&mut t);
         CreateTicketRequest { ticket: Some(t) }
     };
-    let cases: [(fn(&mut Ticket), &str); 6] = [
+    type Mutation = fn(&mut Ticket);
+    let cases: [(Mutation, &str); 6] = [
         (
             |t| t.target_cities = vec!["chengdu".into()],
             "ticket.target_cities[0]",

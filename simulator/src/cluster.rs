@@ -1,0 +1,95 @@
+//! A whole federation in this process: the gateway and one node per city,
+//! each the real server of its crate on a real loopback socket. Listeners
+//! are bound first (port 0), so every address is known before any server
+//! starts and nothing races for a port.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use city_node::NodeConfig;
+use gateway::GatewayConfig;
+use hotline_proto::Catalogue;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub struct Cluster {
+    pub gateway: SocketAddr,
+    pub nodes: BTreeMap<String, SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+async fn loopback() -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    Ok((l, addr))
+}
+
+fn stopper(stop: &watch::Sender<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = stop.subscribe();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+impl Cluster {
+    /// Starts the federation of `catalogue`'s cities with its stores under
+    /// `data_dir`.
+    pub async fn start(catalogue: &Catalogue, data_dir: &Path) -> anyhow::Result<Self> {
+        let (gw_listener, gateway) = loopback().await?;
+        let mut listeners = BTreeMap::new();
+        for city in catalogue.city_ids() {
+            listeners.insert(city.to_owned(), loopback().await?);
+        }
+        let nodes: BTreeMap<String, SocketAddr> = listeners
+            .iter()
+            .map(|(c, (_, a))| (c.clone(), *a))
+            .collect();
+        let (stop, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let gw_config = GatewayConfig {
+            listen: gateway,
+            data_dir: data_dir.join("gateway"),
+            nodes: nodes
+                .iter()
+                .map(|(c, a)| (c.clone(), format!("http://{a}")))
+                .collect(),
+            cities: Some(catalogue.cities.clone()),
+            categories: Some(catalogue.categories.clone()),
+        };
+        tasks.spawn(gateway::serve(gw_config, gw_listener, stopper(&stop)));
+        for (city, (listener, addr)) in listeners {
+            let config = NodeConfig {
+                city: city.clone(),
+                listen: addr,
+                data_dir: data_dir.join(&city),
+                gateway: format!("http://{gateway}"),
+                cities: Some(catalogue.cities.clone()),
+                categories: Some(catalogue.categories.clone()),
+            };
+            tasks.spawn(city_node::serve(config, listener, stopper(&stop)));
+        }
+        Ok(Self {
+            gateway,
+            nodes,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops every server gracefully and reports the first failure.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let mut first = Ok(());
+        while let Some(done) = self.tasks.join_next().await {
+            let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+}

@@ -1,0 +1,25 @@
+//! The simulator: drives a whole federation for integration tests, demos and
+//! benchmarks.
+//!
+//! - [`cluster`]: the gateway and a node per city, in this process, on real
+//!   loopback sockets.
+//! - [`workload`]: citizens' requests from a seed.
+//! - [`operators`]: simulated operators and the provincial coordinator.
+//! - [`report`]: counts what the stores hold (lost, duplicated, per city)
+//!   and compares it with the gateway's statistics.
+//! - [`demo`]: the front door, `simulator demo`.
+
+pub mod cluster;
+pub mod demo;
+pub mod operators;
+pub mod report;
+pub mod workload;
+
+/// A lazily connected channel to a process of the federation.
+pub fn channel(addr: std::net::SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(
+        hotline_proto::grpc::endpoint(&addr.to_string(), std::time::Duration::from_secs(10))
+            .map_err(anyhow::Error::msg)?
+            .connect_lazy(),
+    )
+}

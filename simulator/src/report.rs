@@ -1,0 +1,293 @@
+//! Counting what happened, from the nodes' own stores: never assumed from
+//! what the simulator meant to do. A ticket is lost when a city acknowledged
+//! it and its target (or the owner coordination named) does not hold it; it
+//! is duplicated when a city holds a second ticket for one request, or a
+//! ticket nobody created.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use hotline_proto::pb::city_hotline_client::CityHotlineClient;
+use hotline_proto::pb::observatory_client::ObservatoryClient;
+use hotline_proto::pb::*;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+/// A ticket the simulator created, as the origin acknowledged it.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub id: String,
+    pub origin: String,
+    pub targets: Vec<String>,
+    pub category: String,
+}
+
+impl Created {
+    /// The (ticket or part id, target) pairs that must cross to another city.
+    pub fn units(&self) -> Vec<(String, String)> {
+        let multi = self.targets.len() > 1;
+        self.targets
+            .iter()
+            .filter(|t| **t != self.origin)
+            .map(|t| {
+                let id = if multi {
+                    format!("{}.{t}", self.id)
+                } else {
+                    self.id.clone()
+                };
+                (id, t.clone())
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Tickets {
+    pub created: u64,
+    pub cross_city: u64,
+    pub local: u64,
+    pub multi_city: u64,
+    /// Cross-city tickets (parts count one each) that must reach a target.
+    pub dispatched: u64,
+    pub delivered: u64,
+    pub resolved: u64,
+    pub closed: u64,
+    pub rejected: u64,
+    pub reassigned: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CityFigures {
+    pub sent: u64,
+    pub received: u64,
+    /// Tickets this city sent, per category.
+    pub by_category: BTreeMap<String, u64>,
+    pub received_by_category: BTreeMap<String, u64>,
+    pub local: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub duration_secs: f64,
+    pub seed: u64,
+    pub tickets: Tickets,
+    pub cities: BTreeMap<String, CityFigures>,
+    /// The gateway's statistics equal this recount, city by city.
+    pub gateway_stats_agree: bool,
+    /// Up to 20 lost or duplicated ids, to look at.
+    pub problems: Vec<String>,
+}
+
+async fn list_all(
+    client: &mut CityHotlineClient<Channel>,
+    role: TicketRole,
+) -> anyhow::Result<Vec<Ticket>> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_tickets(ListTicketsRequest {
+                role: role as i32,
+                page_size: 1000,
+                page_token: token,
+                omit_history: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        out.extend(page.tickets);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Counts everything from the stores of the nodes at `nodes` and the
+/// gateway's ledger at `gateway`.
+pub async fn count(
+    created: &[Created],
+    nodes: &BTreeMap<String, Channel>,
+    gateway: Channel,
+) -> anyhow::Result<Report> {
+    let mut received: HashMap<String, HashMap<String, Ticket>> = HashMap::new();
+    let mut everything: HashMap<String, Ticket> = HashMap::new();
+    for (city, channel) in nodes {
+        let mut client = CityHotlineClient::new(channel.clone());
+        let got = list_all(&mut client, TicketRole::Received).await?;
+        received.insert(
+            city.clone(),
+            got.into_iter().map(|t| (t.id.clone(), t)).collect(),
+        );
+        for t in list_all(&mut client, TicketRole::Unspecified).await? {
+            if t.origin_city == *city {
+                everything.insert(t.id.clone(), t);
+            }
+        }
+    }
+    let mut observatory = ObservatoryClient::new(gateway);
+    let mut assigned: HashMap<String, String> = HashMap::new();
+    let mut token = String::new();
+    loop {
+        let page = observatory
+            .list_coordination_items(ListCoordinationItemsRequest {
+                page_size: 1000,
+                page_token: token,
+                include_assigned: true,
+            })
+            .await?
+            .into_inner();
+        for item in page.items {
+            if !item.assigned_city.is_empty() {
+                assigned.insert(item.ticket_id, item.assigned_city);
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+
+    let mut r = Report::default();
+    for city in nodes.keys() {
+        r.cities.insert(city.clone(), CityFigures::default());
+    }
+    let mut expected: BTreeSet<String> = BTreeSet::new();
+    for c in created {
+        r.tickets.created += 1;
+        let units = c.units();
+        if units.is_empty() {
+            r.tickets.local += 1;
+        } else {
+            r.tickets.cross_city += 1;
+        }
+        if c.targets.len() > 1 {
+            r.tickets.multi_city += 1;
+        }
+        if c.targets.contains(&c.origin)
+            && let Some(f) = r.cities.get_mut(&c.origin)
+        {
+            f.local += 1;
+        }
+        for (id, target) in units {
+            r.tickets.dispatched += 1;
+            expected.insert(id.clone());
+            if let Some(f) = r.cities.get_mut(&c.origin) {
+                f.sent += 1;
+                *f.by_category.entry(c.category.clone()).or_default() += 1;
+            }
+            let at_target = received.get(&target).is_some_and(|m| m.contains_key(&id));
+            let owner_ok = match assigned.get(&id) {
+                Some(owner) => {
+                    r.tickets.reassigned += 1;
+                    received.get(owner).is_some_and(|m| m.contains_key(&id))
+                }
+                None => true,
+            };
+            if at_target {
+                r.tickets.delivered += 1;
+            }
+            if !at_target || !owner_ok {
+                r.tickets.lost += 1;
+                if r.problems.len() < 20 {
+                    r.problems.push(format!("lost: {id} (to {target})"));
+                }
+            }
+            if let Some(t) = everything.get(&id) {
+                match TicketStatus::try_from(t.status) {
+                    Ok(TicketStatus::Resolved) => r.tickets.resolved += 1,
+                    Ok(TicketStatus::Closed) => {
+                        r.tickets.resolved += 1;
+                        r.tickets.closed += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    for (city, tickets) in &received {
+        let mut requests: HashMap<&str, u64> = HashMap::new();
+        for t in tickets.values() {
+            if let Some(f) = r.cities.get_mut(city) {
+                f.received += 1;
+                *f.received_by_category
+                    .entry(t.category.clone())
+                    .or_default() += 1;
+            }
+            if !expected.contains(&t.id) {
+                r.tickets.duplicated += 1;
+                if r.problems.len() < 20 {
+                    r.problems
+                        .push(format!("unknown ticket at {city}: {}", t.id));
+                }
+            }
+            // Parts of one request carry its request id, one per city.
+            *requests.entry(t.request_id.as_str()).or_default() += 1;
+        }
+        for (request, n) in requests {
+            if n > 1 && !request.is_empty() {
+                r.tickets.duplicated += n - 1;
+                if r.problems.len() < 20 {
+                    r.problems
+                        .push(format!("request {request} held {n} times at {city}"));
+                }
+            }
+        }
+    }
+    r.tickets.rejected = assigned.len() as u64
+        + everything
+            .values()
+            .filter(|t| t.status == TicketStatus::InCoordination as i32)
+            .count() as u64;
+
+    let stats = observatory
+        .get_city_stats(GetCityStatsRequest::default())
+        .await?
+        .into_inner()
+        .cities;
+    r.gateway_stats_agree = stats.iter().all(|s| {
+        r.cities
+            .get(&s.city)
+            .is_some_and(|f| f.sent == s.sent && f.received == s.received)
+    });
+    Ok(r)
+}
+
+/// The per-city table a person reads at the end.
+pub fn table(r: &Report) -> String {
+    let mut out = format!(
+        "{:<10} {:>7} {:>9} {:>7} {:>14}\n",
+        "city", "sent", "received", "local", "top category"
+    );
+    for (city, f) in &r.cities {
+        let top = f
+            .by_category
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(c, n)| format!("{c} ({n})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{city:<10} {:>7} {:>9} {:>7} {top:>14}\n",
+            f.sent, f.received, f.local
+        ));
+    }
+    let t = &r.tickets;
+    out.push_str(&format!(
+        "\ncreated {} (cross-city {}, multi-city {}, local {}); dispatched {}, delivered {}, resolved {}, closed {}\n\
+         rejected to coordination {}, reassigned {}; lost {}, duplicated {}; gateway statistics {}\n",
+        t.created, t.cross_city, t.multi_city, t.local, t.dispatched, t.delivered, t.resolved, t.closed,
+        t.rejected, t.reassigned, t.lost, t.duplicated,
+        if r.gateway_stats_agree { "agree" } else { "DISAGREE" }
+    ));
+    out
+}
+
+/// Channels to every node, by city.
+pub fn channels(nodes: &BTreeMap<String, SocketAddr>) -> anyhow::Result<BTreeMap<String, Channel>> {
+    nodes
+        .iter()
+        .map(|(c, a)| Ok((c.clone(), crate::channel(*a)?)))
+        .collect()
+}
