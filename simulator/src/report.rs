@@ -247,11 +247,21 @@ pub async fn count(
         .await?
         .into_inner()
         .cities;
-    r.gateway_stats_agree = stats.iter().all(|s| {
-        r.cities
+    r.gateway_stats_agree = true;
+    for s in &stats {
+        let (sent, received) = r
+            .cities
             .get(&s.city)
-            .is_some_and(|f| f.sent == s.sent && f.received == s.received)
-    });
+            .map(|f| (f.sent, f.received))
+            .unwrap_or_default();
+        if sent != s.sent || received != s.received {
+            r.gateway_stats_agree = false;
+            r.problems.push(format!(
+                "{}: the gateway counts {} sent and {} received; the stores hold {sent} sent and {received} received",
+                s.city, s.sent, s.received
+            ));
+        }
+    }
     Ok(r)
 }
 

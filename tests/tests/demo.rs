@@ -41,7 +41,7 @@ fn the_demo_runs_by_itself_and_reports_nothing_lost_or_duplicated() {
     assert!(t["cross_city"].as_u64().unwrap() > 0);
     assert_eq!(t["delivered"], t["dispatched"]);
     assert!(t["resolved"].as_u64().unwrap() > 0);
-    assert_eq!(r["gateway_stats_agree"], true);
+    assert_eq!(r["gateway_stats_agree"], true, "{r:#}\n{stdout}");
     let mut categories = std::collections::BTreeSet::new();
     for city in CITIES {
         let c = &r["cities"][city];
