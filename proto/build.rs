@@ -8,6 +8,7 @@ use prost::Message;
 
 const FILES: &[&str] = &[
     "proto/hotline/federation/v1/ticket.proto",
+    "proto/hotline/federation/v1/transfer.proto",
     "proto/hotline/federation/v1/city_hotline.proto",
     "proto/hotline/federation/v1/federation.proto",
     "proto/hotline/federation/v1/city_node.proto",

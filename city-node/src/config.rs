@@ -23,6 +23,13 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The gateway's address.
     pub gateway: String,
+    /// How long one operator's console rings before the next operator is
+    /// tried, in milliseconds.
+    #[serde(default = "default_ring_timeout_ms")]
+    pub ring_timeout_ms: u64,
+    /// How long a call transfer may wait for an answer, in milliseconds.
+    #[serde(default = "default_transfer_deadline_ms")]
+    pub transfer_deadline_ms: u64,
     #[serde(default)]
     pub cities: Option<Vec<City>>,
     #[serde(default)]
@@ -31,6 +38,14 @@ pub struct NodeConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7401))
+}
+
+fn default_ring_timeout_ms() -> u64 {
+    15_000
+}
+
+fn default_transfer_deadline_ms() -> u64 {
+    60_000
 }
 
 fn default_data_dir() -> PathBuf {
@@ -81,6 +96,9 @@ impl NodeConfig {
         }
         if self.gateway.trim().is_empty() {
             bail!("gateway: is required");
+        }
+        if self.ring_timeout_ms == 0 || self.transfer_deadline_ms < self.ring_timeout_ms {
+            bail!("ring_timeout_ms must be positive and at most transfer_deadline_ms");
         }
         Ok(catalogue)
     }

@@ -12,6 +12,12 @@ pub enum NodeError {
     UnknownTicket(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("transfer {0} is not known here")]
+    UnknownTransfer(String),
     /// An event ahead of what this node has; the gateway resends it.
     #[error("sequence gap on ticket {ticket}: this node is at {have}, the event is {got}")]
     SequenceGap { ticket: String, have: u64, got: u64 },
@@ -31,7 +37,11 @@ impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         match e {
             NodeError::Contract(c) => c.into(),
-            NodeError::UnknownTicket(_) => Status::not_found(e.to_string()),
+            NodeError::UnknownTicket(_) | NodeError::UnknownTransfer(_) => {
+                Status::not_found(e.to_string())
+            }
+            NodeError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+            NodeError::Unavailable(_) => Status::unavailable(e.to_string()),
             NodeError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             NodeError::SequenceGap { .. } => Status::aborted(e.to_string()),
             NodeError::Db(_) | NodeError::Corrupt(..) => {

@@ -9,8 +9,11 @@ use hotline_durable::{Db, Outbox};
 use hotline_proto::pb::city_hotline_server::CityHotline;
 use hotline_proto::pb::*;
 use hotline_proto::{Catalogue, error::invalid_argument, validate};
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
+use crate::calls::Calls;
 use crate::lifecycle::{self, Action};
 use crate::store::{self, GATEWAY};
 
@@ -19,15 +22,23 @@ pub struct HotlineService {
     db: Db,
     outbox: Outbox,
     catalogue: Arc<Catalogue>,
+    calls: Calls,
 }
 
 impl HotlineService {
-    pub fn new(city: String, db: Db, outbox: Outbox, catalogue: Arc<Catalogue>) -> Self {
+    pub fn new(
+        city: String,
+        db: Db,
+        outbox: Outbox,
+        catalogue: Arc<Catalogue>,
+        calls: Calls,
+    ) -> Self {
         Self {
             city,
             db,
             outbox,
             catalogue,
+            calls,
         }
     }
 
@@ -60,8 +71,139 @@ fn page_size(requested: i32) -> Result<usize, Status> {
     }
 }
 
+fn ids(operator_id: &str, transfer_id: &str) -> Result<(), Status> {
+    validate::text("operator_id", operator_id, 64, true).map_err(Status::from)?;
+    validate::ticket_id("transfer_id", transfer_id).map_err(Status::from)?;
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl CityHotline for HotlineService {
+    type OperatorSessionStream = UnboundedReceiverStream<Result<OperatorSessionResponse, Status>>;
+
+    async fn operator_session(
+        &self,
+        request: Request<Streaming<OperatorSessionRequest>>,
+    ) -> Result<Response<Self::OperatorSessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await?.and_then(|m| m.message) {
+            Some(operator_session_request::Message::Hello(h)) => h,
+            _ => {
+                return Err(invalid_argument(
+                    "message",
+                    "the first message must be hello",
+                ));
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session = self.calls.open_session(&hello, tx)?;
+        let calls = self.calls.clone();
+        let mut closing = self.calls.closing();
+        tokio::spawn(async move {
+            let operator = hello.operator_id;
+            loop {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = closing.wait_for(|c| *c) => break,
+                };
+                match message {
+                    Ok(Some(OperatorSessionRequest {
+                        message: Some(operator_session_request::Message::Available(a)),
+                    })) => calls.set_available(&operator, session, a),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            calls.close_session(&operator, session);
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+
+    async fn start_transfer(
+        &self,
+        request: Request<StartTransferRequest>,
+    ) -> Result<Response<StartTransferResponse>, Status> {
+        let transfer = self.calls.start(request.into_inner())?;
+        Ok(Response::new(StartTransferResponse {
+            transfer: Some(transfer),
+        }))
+    }
+
+    async fn answer_transfer(
+        &self,
+        request: Request<AnswerTransferRequest>,
+    ) -> Result<Response<AnswerTransferResponse>, Status> {
+        let req = request.into_inner();
+        ids(&req.operator_id, &req.transfer_id)?;
+        let transfer = self.calls.answer(&req.operator_id, &req.transfer_id)?;
+        Ok(Response::new(AnswerTransferResponse {
+            transfer: Some(transfer),
+        }))
+    }
+
+    async fn decline_transfer(
+        &self,
+        request: Request<DeclineTransferRequest>,
+    ) -> Result<Response<DeclineTransferResponse>, Status> {
+        let req = request.into_inner();
+        ids(&req.operator_id, &req.transfer_id)?;
+        let transfer = self.calls.decline(&req.operator_id, &req.transfer_id)?;
+        Ok(Response::new(DeclineTransferResponse {
+            transfer: Some(transfer),
+        }))
+    }
+
+    async fn cancel_transfer(
+        &self,
+        request: Request<CancelTransferRequest>,
+    ) -> Result<Response<CancelTransferResponse>, Status> {
+        let req = request.into_inner();
+        ids(&req.operator_id, &req.transfer_id)?;
+        let transfer = self.calls.cancel(&req.operator_id, &req.transfer_id)?;
+        Ok(Response::new(CancelTransferResponse {
+            transfer: Some(transfer),
+        }))
+    }
+
+    async fn complete_transfer(
+        &self,
+        request: Request<CompleteTransferRequest>,
+    ) -> Result<Response<CompleteTransferResponse>, Status> {
+        let req = request.into_inner();
+        ids(&req.operator_id, &req.transfer_id)?;
+        let transfer = self.calls.complete(&req.operator_id, &req.transfer_id)?;
+        Ok(Response::new(CompleteTransferResponse {
+            transfer: Some(transfer),
+        }))
+    }
+
+    async fn get_transfer(
+        &self,
+        request: Request<GetTransferRequest>,
+    ) -> Result<Response<GetTransferResponse>, Status> {
+        let req = request.into_inner();
+        validate::ticket_id("transfer_id", &req.transfer_id).map_err(Status::from)?;
+        let transfer = self.calls.get(&req.transfer_id)?;
+        Ok(Response::new(GetTransferResponse {
+            transfer: Some(transfer),
+        }))
+    }
+
+    async fn convert_transfer_to_ticket(
+        &self,
+        request: Request<ConvertTransferToTicketRequest>,
+    ) -> Result<Response<ConvertTransferToTicketResponse>, Status> {
+        let req = request.into_inner();
+        ids(&req.operator_id, &req.transfer_id)?;
+        let ticket = self
+            .calls
+            .convert(&req.operator_id, &req.transfer_id, req.note)
+            .await?;
+        Ok(Response::new(ConvertTransferToTicketResponse {
+            ticket: Some(ticket),
+        }))
+    }
+
     async fn create_ticket(
         &self,
         request: Request<CreateTicketRequest>,

@@ -10,15 +10,23 @@
 //! sent, through the `CityNode` service ([`inbound`]); both are applied once
 //! and in order. Everything is kept in the node's [`store`].
 //!
+//! Operators' consoles keep a session open (`OperatorSession`); call
+//! transfers to and from other cities (一键互转, 三方通话) are signalled in
+//! [`calls`], over one long-lived stream to the gateway ([`signalling`]),
+//! and routed to this city's consoles ([`operators`]).
+//!
 //! - [`config`]: the TOML configuration.
 //! - [`server`]: starts everything on a bound listener and stops gracefully.
 
+pub mod calls;
 pub mod config;
 pub mod error;
 pub mod hotline;
 pub mod inbound;
 pub mod lifecycle;
+pub mod operators;
 pub mod server;
+pub mod signalling;
 pub mod store;
 pub mod uplink;
 

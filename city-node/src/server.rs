@@ -15,9 +15,11 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::calls::{CallTimings, Calls};
 use crate::config::NodeConfig;
 use crate::hotline::HotlineService;
 use crate::inbound::InboundService;
+use crate::signalling;
 use crate::store::{self, GATEWAY};
 use crate::uplink::GatewaySender;
 
@@ -42,8 +44,23 @@ pub async fn serve(
         db.clone(),
         GATEWAY.to_owned(),
         Arc::new(GatewaySender::new(&config.gateway)?),
-        stop_rx,
+        stop_rx.clone(),
     );
+    let calls = Calls::new(
+        config.city.clone(),
+        catalogue.clone(),
+        CallTimings {
+            ring_timeout: Duration::from_millis(config.ring_timeout_ms),
+            answer_deadline: Duration::from_millis(config.transfer_deadline_ms),
+        },
+        db.clone(),
+        outbox.clone(),
+    );
+    tasks.spawn(signalling::run(
+        calls.clone(),
+        config.gateway.clone(),
+        stop_rx,
+    ));
 
     let (_health_reporter, health) = grpc::health(&[
         "hotline.federation.v1.CityHotline",
@@ -51,6 +68,16 @@ pub async fn serve(
     ])
     .await;
     let city = config.city.clone();
+    // On the signal to stop, end the consoles' streams first: graceful
+    // shutdown waits for every open stream, and theirs never end by
+    // themselves.
+    let shutdown = {
+        let calls = calls.clone();
+        async move {
+            shutdown.await;
+            calls.close_all();
+        }
+    };
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health)
@@ -61,6 +88,7 @@ pub async fn serve(
                 db.clone(),
                 outbox.clone(),
                 catalogue.clone(),
+                calls,
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )

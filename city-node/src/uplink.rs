@@ -25,7 +25,7 @@ impl GatewaySender {
     pub fn new(addr: &str) -> anyhow::Result<Self> {
         Ok(Self {
             client: FederationClient::new(
-                hotline_proto::grpc::endpoint(addr, Duration::from_secs(5))
+                hotline_proto::grpc::endpoint(addr, Some(Duration::from_secs(5)))
                     .map_err(anyhow::Error::msg)?
                     .connect_lazy(),
             ),

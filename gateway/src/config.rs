@@ -21,6 +21,10 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// Each member city's node address.
     pub nodes: BTreeMap<String, String>,
+    /// How long an answered transfer may stay warm or three-way before the
+    /// gateway completes it, in milliseconds.
+    #[serde(default = "default_completion_ms")]
+    pub transfer_completion_ms: u64,
     /// Member cities; the four cities of southern Sichuan when absent.
     #[serde(default)]
     pub cities: Option<Vec<City>>,
@@ -31,6 +35,10 @@ pub struct GatewayConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7400))
+}
+
+fn default_completion_ms() -> u64 {
+    30 * 60 * 1000
 }
 
 fn default_data_dir() -> PathBuf {

@@ -30,7 +30,7 @@ impl NodeSender {
     pub fn new(nodes: &HashMap<String, String>) -> anyhow::Result<Self> {
         let mut clients = HashMap::new();
         for (city, addr) in nodes {
-            let channel = hotline_proto::grpc::endpoint(addr, DELIVERY_TIMEOUT)
+            let channel = hotline_proto::grpc::endpoint(addr, Some(DELIVERY_TIMEOUT))
                 .map_err(anyhow::Error::msg)?
                 .connect_lazy();
             clients.insert(city.clone(), CityNodeClient::new(channel));

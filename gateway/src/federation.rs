@@ -1,27 +1,82 @@
-//! The `Federation` service: city nodes dispatch tickets and report events.
+//! The `Federation` service: city nodes dispatch tickets, report events, and
+//! keep their transfer-signalling stream open.
 
+use hotline_proto::error::invalid_argument;
 use hotline_proto::pb::federation_server::Federation;
+use hotline_proto::pb::transfer_signals_request::Signal;
 use hotline_proto::pb::{
     DispatchTicketRequest, DispatchTicketResponse, ReportEventRequest, ReportEventResponse,
+    TransferSignalsRequest, TransferSignalsResponse,
 };
 use hotline_proto::validate;
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::GatewayError;
 use crate::ledger::Ledger;
+use crate::switchboard::Switchboard;
 
 pub struct FederationService {
     ledger: Ledger,
+    switchboard: Switchboard,
 }
 
 impl FederationService {
-    pub fn new(ledger: Ledger) -> Self {
-        Self { ledger }
+    pub fn new(ledger: Ledger, switchboard: Switchboard) -> Self {
+        Self {
+            ledger,
+            switchboard,
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Federation for FederationService {
+    type TransferSignalsStream = UnboundedReceiverStream<Result<TransferSignalsResponse, Status>>;
+
+    async fn transfer_signals(
+        &self,
+        request: Request<Streaming<TransferSignalsRequest>>,
+    ) -> Result<Response<Self::TransferSignalsStream>, Status> {
+        if self.switchboard.is_closing() {
+            return Err(Status::unavailable("the gateway is stopping"));
+        }
+        let mut inbound = request.into_inner();
+        let city = match inbound.message().await?.and_then(|m| m.signal) {
+            Some(Signal::HelloCity(city)) => city,
+            _ => {
+                return Err(invalid_argument(
+                    "signal",
+                    "the first message must be hello_city",
+                ));
+            }
+        };
+        validate::city("signal.hello_city", &city, self.ledger.catalogue())
+            .map_err(Status::from)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = self.switchboard.connect(&city, tx);
+        let switchboard = self.switchboard.clone();
+        let mut closing = self.switchboard.closing();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = closing.wait_for(|c| *c) => break,
+                };
+                match message {
+                    Ok(Some(TransferSignalsRequest {
+                        signal: Some(Signal::Transfer(t)),
+                    })) => switchboard.signal(&city, t),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            switchboard.disconnect(&city, link);
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+
     async fn dispatch_ticket(
         &self,
         request: Request<DispatchTicketRequest>,

@@ -60,6 +60,16 @@ CREATE TABLE coordination (
 );
 ";
 
+/// Which city each ticket was ever delivered to: a ticket that coordination
+/// sends back to a city that held it before counts as received there once.
+const DELIVERIES: &str = "
+CREATE TABLE deliveries (
+    ticket_id TEXT NOT NULL,
+    city TEXT NOT NULL,
+    PRIMARY KEY (ticket_id, city)
+) WITHOUT ROWID;
+";
+
 /// The gateway's durable state.
 #[derive(Clone)]
 pub struct Ledger {
@@ -82,7 +92,16 @@ type Result<T, E = GatewayError> = std::result::Result<T, E>;
 
 impl Ledger {
     pub fn open(path: &std::path::Path, catalogue: Arc<Catalogue>) -> Result<Self> {
-        let db = Db::open(path, &[SCHEMA, outbox::SCHEMA, stats::SCHEMA])?;
+        let db = Db::open(
+            path,
+            &[
+                SCHEMA,
+                outbox::SCHEMA,
+                stats::SCHEMA,
+                crate::recorder::SCHEMA,
+                DELIVERIES,
+            ],
+        )?;
         Ok(Self {
             db,
             outbox: Outbox::new(),
@@ -411,7 +430,13 @@ pub fn mark_delivered(c: &Connection, delivered: &TicketEvent) -> Result<Vec<Str
         )));
     }
     append(c, &mut row, id, delivered)?;
-    stats::count_total(c, &row.handler, RECEIVED, &row.category)?;
+    let first_time = c
+        .prepare_cached("INSERT OR IGNORE INTO deliveries (ticket_id, city) VALUES (?1, ?2)")?
+        .execute(params![id, row.handler])?
+        == 1;
+    if first_time {
+        stats::count_total(c, &row.handler, RECEIVED, &row.category)?;
+    }
     enqueue_event(c, &row.origin, &row, delivered)?;
     Ok(vec![row.origin])
 }

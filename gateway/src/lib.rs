@@ -20,8 +20,10 @@ pub mod error;
 pub mod federation;
 pub mod ledger;
 pub mod observatory;
+pub mod recorder;
 pub mod server;
 pub mod stats;
+pub mod switchboard;
 
 pub use config::GatewayConfig;
 pub use error::GatewayError;

@@ -20,6 +20,8 @@ use crate::delivery;
 use crate::federation::FederationService;
 use crate::ledger::Ledger;
 use crate::observatory::ObservatoryService;
+use crate::recorder::{self, Recorder};
+use crate::switchboard::Switchboard;
 
 /// Largest request the gateway decodes.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -30,23 +32,47 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let catalogue = Arc::new(config.catalogue()?);
-    let ledger = Ledger::open(&config.data_dir.join("gateway.db"), catalogue)?;
+    let ledger = Ledger::open(&config.data_dir.join("gateway.db"), catalogue.clone())?;
+    let failed = ledger.db().write(recorder::fail_unfinished).await?;
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            "transfers live when the gateway stopped have failed"
+        );
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let nodes = config.nodes.clone().into_iter().collect();
-    delivery::spawn_workers(&ledger, &nodes, &mut tasks, stop_rx)?;
+    delivery::spawn_workers(&ledger, &nodes, &mut tasks, stop_rx.clone())?;
+    let (recorder, recording) = Recorder::start(ledger.db().clone());
+    let switchboard = Switchboard::new(
+        catalogue,
+        recorder,
+        Duration::from_millis(config.transfer_completion_ms),
+    );
+    tasks.spawn(sweep(switchboard.clone(), stop_rx));
 
     let (_health_reporter, health) = grpc::health(&[
         "hotline.federation.v1.Federation",
         "hotline.federation.v1.Observatory",
     ])
     .await;
+    // On the signal to stop, end the signalling streams first: graceful
+    // shutdown waits for every open stream, and theirs never end by
+    // themselves.
+    let shutdown = {
+        let switchboard = switchboard.clone();
+        async move {
+            shutdown.await;
+            switchboard.close_all();
+        }
+    };
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health)
         .add_service(grpc::reflection()?)
         .add_service(
-            FederationServer::new(FederationService::new(ledger.clone()))
+            FederationServer::new(FederationService::new(ledger.clone(), switchboard.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
@@ -63,6 +89,20 @@ pub async fn serve(
     if drained.is_err() {
         tracing::warn!("delivery workers did not stop in time; their items stay queued");
     }
+    // The recorder ends once the switchboard, its last sender, is gone.
+    drop(switchboard);
+    let _ = tokio::time::timeout(Duration::from_secs(5), recording).await;
     result?;
     Ok(())
+}
+
+/// Ends transfers past their deadlines, ten times a second.
+async fn sweep(switchboard: Switchboard, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tick.tick() => switchboard.sweep(),
+            _ = stop.changed() => {}
+        }
+    }
 }

@@ -130,8 +130,80 @@ pub fn read(conn: &Connection, cities: &[String]) -> Result<Vec<CityStats>, Gate
             s.received_by_status.insert(status, n);
         }
     }
+    read_transfers(conn, &mut out)?;
     Ok(cities
         .iter()
         .filter_map(|c| out.remove(c.as_str()))
         .collect())
+}
+
+/// The call-transfer figures, from the tables the recorder keeps.
+fn read_transfers(
+    conn: &Connection,
+    out: &mut HashMap<&str, CityStats>,
+) -> Result<(), GatewayError> {
+    let mut totals =
+        conn.prepare_cached("SELECT city, direction, category, n FROM transfer_totals")?;
+    let rows = totals.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (city, direction, category, n) = row?;
+        let Some(s) = out.get_mut(city.as_str()) else {
+            continue;
+        };
+        let n = u64::try_from(n).unwrap_or(0);
+        if direction == "out" {
+            s.transfers_out += n;
+            *s.transfers_out_by_category.entry(category).or_default() += n;
+        } else {
+            s.transfers_in += n;
+            *s.transfers_in_by_category.entry(category).or_default() += n;
+        }
+    }
+    let mut answers = conn.prepare_cached("SELECT city, n, answer_ms_sum FROM transfer_answers")?;
+    let rows = answers.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (city, n, sum) = row?;
+        let Some(s) = out.get_mut(city.as_str()) else {
+            continue;
+        };
+        s.transfers_answered = u64::try_from(n).unwrap_or(0);
+        if n > 0 {
+            s.mean_answer_ms = sum as f64 / n as f64;
+        }
+    }
+    let mut outcomes = conn.prepare_cached("SELECT city, state, n FROM transfer_outcomes")?;
+    let rows = outcomes.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (city, state, n) = row?;
+        let Some(s) = out.get_mut(city.as_str()) else {
+            continue;
+        };
+        s.transfers_in_by_outcome
+            .insert(state, u64::try_from(n).unwrap_or(0));
+    }
+    for s in out.values_mut() {
+        if s.transfers_in > 0 {
+            s.answer_rate = s.transfers_answered as f64 / s.transfers_in as f64;
+        }
+    }
+    Ok(())
 }

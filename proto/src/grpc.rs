@@ -57,23 +57,27 @@ pub async fn shutdown_signal() {
 }
 
 /// A client endpoint with the federation's timeouts: `addr` is
-/// `host:port` or a URI.
+/// `host:port` or a URI; `timeout` bounds each call (none for long-lived
+/// streams).
 pub fn endpoint(
     addr: &str,
-    timeout: std::time::Duration,
+    timeout: Option<std::time::Duration>,
 ) -> Result<tonic::transport::Endpoint, String> {
     let uri = if addr.contains("://") {
         addr.to_owned()
     } else {
         format!("http://{addr}")
     };
-    Ok(tonic::transport::Endpoint::from_shared(uri)
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)
         .map_err(|e| format!("address {addr:?}: {e}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
-        .timeout(timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    Ok(match timeout {
+        Some(t) => endpoint.timeout(t),
+        None => endpoint,
+    })
 }
 
 /// Whether a failed call may succeed if sent again later (the peer is down,

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod privacy;
 pub mod state;
 pub mod time;
+pub mod transfer;
 pub mod validate;
 
 /// Generated code of `hotline.federation.v1`.

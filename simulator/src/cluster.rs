@@ -57,6 +57,7 @@ impl Cluster {
                 .iter()
                 .map(|(c, a)| (c.clone(), format!("http://{a}")))
                 .collect(),
+            transfer_completion_ms: 30 * 60 * 1000,
             cities: Some(catalogue.cities.clone()),
             categories: Some(catalogue.categories.clone()),
         };
@@ -67,6 +68,8 @@ impl Cluster {
                 listen: addr,
                 data_dir: data_dir.join(&city),
                 gateway: format!("http://{gateway}"),
+                ring_timeout_ms: 2_000,
+                transfer_deadline_ms: 20_000,
                 cities: Some(catalogue.cities.clone()),
                 categories: Some(catalogue.categories.clone()),
             };

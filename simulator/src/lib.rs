@@ -18,7 +18,7 @@ pub mod workload;
 /// A lazily connected channel to a process of the federation.
 pub fn channel(addr: std::net::SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
     Ok(
-        hotline_proto::grpc::endpoint(&addr.to_string(), std::time::Duration::from_secs(10))
+        hotline_proto::grpc::endpoint(&addr.to_string(), Some(std::time::Duration::from_secs(10)))
             .map_err(anyhow::Error::msg)?
             .connect_lazy(),
     )

@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod console;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -131,6 +133,12 @@ impl Federation {
     /// The four cities of southern Sichuan, a gateway, all running and
     /// healthy.
     pub async fn start() -> Self {
+        Self::start_with("", "").await
+    }
+
+    /// As [`Federation::start`], with extra TOML lines for the gateway's and
+    /// every node's configuration file (timings, for instance).
+    pub async fn start_with(gateway_extra: &str, node_extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let gateway_addr = free_addr();
         let node_addrs: BTreeMap<String, SocketAddr> = CITIES
@@ -145,7 +153,7 @@ impl Federation {
         std::fs::write(
             &gw_config,
             format!(
-                "listen = \"{gateway_addr}\"\ndata_dir = \"{}\"\n{nodes_toml}",
+                "listen = \"{gateway_addr}\"\ndata_dir = \"{}\"\n{gateway_extra}\n{nodes_toml}",
                 dir.path().join("gateway").display()
             ),
         )
@@ -164,7 +172,7 @@ impl Federation {
             std::fs::write(
                 &config,
                 format!(
-                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway_addr}\"\n",
+                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway_addr}\"\n{node_extra}\n",
                     dir.path().join(city).display()
                 ),
             )
@@ -250,7 +258,7 @@ impl Federation {
 }
 
 pub async fn channel(addr: SocketAddr) -> Channel {
-    hotline_proto::grpc::endpoint(&addr.to_string(), Duration::from_secs(10))
+    hotline_proto::grpc::endpoint(&addr.to_string(), Some(Duration::from_secs(10)))
         .unwrap()
         .connect_lazy()
 }

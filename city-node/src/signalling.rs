@@ -1,0 +1,64 @@
+//! The node's end of the transfer-signalling stream: kept open to the
+//! gateway for the node's whole life, reopened with backoff when it drops.
+//! While it is down the node fails its live transfers (see
+//! [`Calls::link_down`]) and refuses new ones with UNAVAILABLE.
+
+use std::time::Duration;
+
+use hotline_proto::pb::TransferSignalsRequest;
+use hotline_proto::pb::federation_client::FederationClient;
+use hotline_proto::pb::transfer_signals_request::Signal;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::calls::Calls;
+
+pub async fn run(calls: Calls, gateway: String, mut stop: watch::Receiver<bool>) {
+    let channel = match hotline_proto::grpc::endpoint(&gateway, None) {
+        Ok(e) => e.connect_lazy(),
+        Err(e) => {
+            tracing::error!(error = %e, "no transfer signalling");
+            return;
+        }
+    };
+    let mut client = FederationClient::new(channel);
+    let mut backoff = Duration::from_millis(100);
+    let mut sweep = tokio::time::interval(Duration::from_millis(250));
+    while !*stop.borrow() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(TransferSignalsRequest {
+            signal: Some(Signal::HelloCity(calls.city().to_owned())),
+        });
+        let opened = tokio::select! {
+            r = client.transfer_signals(UnboundedReceiverStream::new(rx)) => r,
+            _ = stop.changed() => break,
+        };
+        if let Ok(response) = opened {
+            let mut inbound = response.into_inner();
+            calls.link_up(tx);
+            backoff = Duration::from_millis(100);
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(r)) => if let Some(t) = r.transfer { calls.on_signal(t) },
+                        _ => break,
+                    },
+                    _ = sweep.tick() => calls.sweep(),
+                    _ = stop.changed() => break,
+                }
+            }
+            calls.link_down();
+        }
+        // While the gateway is away, transfers still end by their deadline.
+        let wait = tokio::time::sleep(backoff);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                _ = sweep.tick() => calls.sweep(),
+                _ = stop.changed() => return,
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

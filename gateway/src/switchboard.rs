@@ -1,0 +1,329 @@
+//! The gateway's switchboard: call-transfer signalling between the nodes.
+//!
+//! Each node keeps one long-lived stream open to the gateway
+//! (`Federation.TransferSignals`). The switchboard holds the live transfers
+//! in memory and is the one order of each transfer's moves: a node proposes
+//! a move by sending the transfer as it now sees it; the switchboard checks
+//! it against the state machine of the contract crate (who may make which
+//! move), applies it, relays it to the other city, and has it recorded in
+//! the ledger. A move it cannot take is answered with the transfer as it
+//! stands, which the proposer adopts.
+//!
+//! Every transfer ends by a deadline whatever crashes: a lost stream fails
+//! the live transfers of its city and tells the other city; a sweep times
+//! out unanswered transfers past their deadline and completes answered ones
+//! past the completion allowance; a restarted gateway fails what its ledger
+//! still shows live (the nodes fail their side when the stream drops).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hotline_proto::pb::{Transfer, TransferMode, TransferSignalsResponse, TransferState};
+use hotline_proto::transfer::{self, Party};
+use hotline_proto::{Catalogue, time};
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::recorder::Recorder;
+
+/// The longest a node may ask a transfer to wait for an answer.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(600);
+/// How long terminal transfers are remembered, to answer late signals.
+const KEEP_FINISHED: Duration = Duration::from_secs(120);
+
+type Tx = mpsc::UnboundedSender<Result<TransferSignalsResponse, Status>>;
+
+struct Link {
+    id: u64,
+    tx: Tx,
+}
+
+#[derive(Default)]
+struct State {
+    links: HashMap<String, Link>,
+    live: HashMap<String, Transfer>,
+    finished: HashMap<String, (Transfer, i64)>,
+    next_link: u64,
+}
+
+#[derive(Clone)]
+pub struct Switchboard {
+    state: Arc<Mutex<State>>,
+    catalogue: Arc<Catalogue>,
+    recorder: Recorder,
+    completion_allowance: Duration,
+    /// Set when the gateway stops: the nodes' streams end, so that the
+    /// server's graceful shutdown is not held by them.
+    closing: Arc<watch::Sender<bool>>,
+}
+
+fn send(links: &HashMap<String, Link>, city: &str, t: &Transfer) -> bool {
+    match links.get(city) {
+        Some(link) => link
+            .tx
+            .send(Ok(TransferSignalsResponse {
+                transfer: Some(t.clone()),
+            }))
+            .is_ok(),
+        None => false,
+    }
+}
+
+fn state_of(t: &Transfer) -> TransferState {
+    TransferState::try_from(t.state).unwrap_or(TransferState::Unspecified)
+}
+
+impl Switchboard {
+    pub fn new(
+        catalogue: Arc<Catalogue>,
+        recorder: Recorder,
+        completion_allowance: Duration,
+    ) -> Self {
+        Self {
+            state: Arc::default(),
+            catalogue,
+            recorder,
+            completion_allowance,
+            closing: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Resolves once the gateway is stopping; each stream's reader waits on
+    /// it beside the node's messages.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// The gateway is stopping: every live transfer fails (recorded, and
+    /// told to both cities while their streams are still open), then every
+    /// stream ends.
+    pub fn close_all(&self) {
+        self.closing.send_replace(true);
+        let mut st = self.lock();
+        let live: Vec<String> = st.live.keys().cloned().collect();
+        for id in live {
+            self.end(&mut st, &id, TransferState::Failed, "gateway-stopping");
+        }
+        st.links.clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// A node's stream opened. A newer stream of the same city replaces an
+    /// older one, whose transfers the node has already failed on its side.
+    pub fn connect(&self, city: &str, tx: Tx) -> u64 {
+        let mut st = self.lock();
+        st.next_link += 1;
+        let id = st.next_link;
+        let replaced = st.links.insert(city.to_owned(), Link { id, tx }).is_some();
+        if replaced {
+            self.fail_city(&mut st, city, &format!("{city}-lost"));
+        }
+        tracing::info!(city, "transfer signalling stream open");
+        id
+    }
+
+    /// A node's stream ended: its live transfers fail, on both sides.
+    pub fn disconnect(&self, city: &str, link: u64) {
+        let mut st = self.lock();
+        if st.links.get(city).is_some_and(|l| l.id == link) {
+            st.links.remove(city);
+            tracing::warn!(city, "transfer signalling stream lost");
+            self.fail_city(&mut st, city, &format!("{city}-lost"));
+        }
+    }
+
+    fn fail_city(&self, st: &mut State, city: &str, reason: &str) {
+        let ids: Vec<String> = st
+            .live
+            .values()
+            .filter(|t| t.origin_city == city || t.target_city == city)
+            .map(|t| t.id.clone())
+            .collect();
+        for id in ids {
+            self.end(st, &id, TransferState::Failed, reason);
+        }
+    }
+
+    /// Moves a live transfer to a terminal state made by the gateway and
+    /// tells both cities.
+    fn end(&self, st: &mut State, id: &str, to: TransferState, reason: &str) {
+        let Some(mut t) = st.live.remove(id) else {
+            return;
+        };
+        let from = state_of(&t);
+        t.state = to as i32;
+        t.reason = reason.to_owned();
+        t.end_time = Some(time::now());
+        send(&st.links, &t.origin_city, &t);
+        send(&st.links, &t.target_city, &t);
+        self.recorder.record(from, t.clone());
+        st.finished.insert(t.id.clone(), (t, time::now_ms()));
+    }
+
+    /// A transfer as `city` now sees it.
+    pub fn signal(&self, city: &str, incoming: Transfer) {
+        let mut st = self.lock();
+        let to = state_of(&incoming);
+        let Some(current) = st.live.get(&incoming.id).cloned() else {
+            if let Some((done, _)) = st.finished.get(&incoming.id) {
+                // Too late: it has ended. Tell the sender how.
+                send(&st.links, city, &done.clone());
+                return;
+            }
+            self.offer(&mut st, city, incoming);
+            return;
+        };
+        let party = if city == current.origin_city {
+            Party::Origin
+        } else if city == current.target_city {
+            Party::Target
+        } else {
+            tracing::warn!(city, transfer = %current.id, "signal from a city not party to the transfer");
+            return;
+        };
+        let from = state_of(&current);
+        if from == to && to == TransferState::Ringing && party == Party::Target {
+            // The next operator rings.
+            let mut t = current;
+            t.target_operator = incoming.target_operator;
+            t.attempts = incoming.attempts;
+            send(&st.links, &t.origin_city, &t);
+            st.live.insert(t.id.clone(), t);
+            return;
+        }
+        if from == to {
+            return;
+        }
+        if !transfer::may_move(party, from, to) {
+            // Not this party's move, or too late for it: the sender adopts
+            // the transfer as it stands.
+            send(&st.links, city, &current);
+            return;
+        }
+        let mut t = current;
+        t.state = to as i32;
+        t.reason = incoming.reason;
+        if party == Party::Target {
+            t.target_operator = incoming.target_operator;
+            t.attempts = incoming.attempts;
+            t.bridge_ref = incoming.bridge_ref;
+            if to == TransferState::Answered {
+                t.answer_time = Some(time::now());
+            }
+        }
+        let other = if party == Party::Origin {
+            t.target_city.clone()
+        } else {
+            t.origin_city.clone()
+        };
+        send(&st.links, &other, &t);
+        self.recorder.record(from, t.clone());
+        if transfer::is_terminal(to) {
+            st.live.remove(&t.id);
+            t.end_time = Some(time::now());
+            st.finished.insert(t.id.clone(), (t, time::now_ms()));
+        } else {
+            st.live.insert(t.id.clone(), t);
+        }
+    }
+
+    /// A new transfer from its origin: checked, offered to the target city.
+    fn offer(&self, st: &mut State, city: &str, mut t: Transfer) {
+        let invalid = if t.origin_city != city {
+            Some("invalid: origin_city is not the sending city")
+        } else if state_of(&t) != TransferState::Initiated {
+            Some("unknown-transfer")
+        } else if self.catalogue.city(&t.target_city).is_none() || t.target_city == city {
+            Some("invalid: target_city")
+        } else if self.catalogue.category(&t.category).is_none() {
+            Some("invalid: category")
+        } else if matches!(
+            TransferMode::try_from(t.mode),
+            Err(_) | Ok(TransferMode::Unspecified)
+        ) {
+            Some("invalid: mode")
+        } else if hotline_proto::validate::ticket_id("transfer.id", &t.id).is_err() {
+            Some("invalid: id")
+        } else {
+            None
+        };
+        if let Some(reason) = invalid {
+            t.state = TransferState::Failed as i32;
+            t.reason = reason.to_owned();
+            send(&st.links, city, &t);
+            return;
+        }
+        let now = time::now_ms();
+        let latest = now + MAX_DEADLINE.as_millis() as i64;
+        let deadline = t
+            .deadline
+            .as_ref()
+            .map(time::to_unix_ms)
+            .unwrap_or(latest)
+            .min(latest);
+        t.deadline = Some(time::from_unix_ms(deadline));
+        t.state = TransferState::Offered as i32;
+        if t.create_time.is_none() {
+            t.create_time = Some(time::now());
+        }
+        self.recorder.record(TransferState::Initiated, t.clone());
+        st.live.insert(t.id.clone(), t.clone());
+        if !send(&st.links, &t.target_city, &t) {
+            self.end(st, &t.id, TransferState::Failed, "target-unreachable");
+            return;
+        }
+        send(&st.links, city, &t);
+    }
+
+    /// Times out unanswered transfers past their deadline, completes answered
+    /// ones past the completion allowance, forgets old finished ones.
+    pub fn sweep(&self) {
+        let now = time::now_ms();
+        let allowance = self.completion_allowance.as_millis() as i64;
+        let mut st = self.lock();
+        let mut due = Vec::new();
+        for t in st.live.values() {
+            let deadline = t
+                .deadline
+                .as_ref()
+                .map(time::to_unix_ms)
+                .unwrap_or(i64::MAX);
+            let answered = matches!(
+                state_of(t),
+                TransferState::Answered | TransferState::Conferenced
+            );
+            // An answered call is never timed out: it is completed once the
+            // origin operator has had the completion allowance to hand over.
+            if answered && now > deadline.saturating_add(allowance) {
+                due.push((
+                    t.id.clone(),
+                    TransferState::Completed,
+                    "completion-deadline",
+                ));
+            } else if !answered && now > deadline {
+                due.push((t.id.clone(), TransferState::TimedOut, "deadline"));
+            }
+        }
+        for (id, to, reason) in due {
+            self.end(&mut st, &id, to, reason);
+        }
+        let keep = KEEP_FINISHED.as_millis() as i64;
+        st.finished.retain(|_, (_, at)| now - *at < keep);
+    }
+
+    /// How many transfers are live now.
+    pub fn live(&self) -> usize {
+        self.lock().live.len()
+    }
+}
