@@ -278,6 +278,19 @@ impl Calls {
             return;
         };
         if local.ended.is_some() {
+            // Ended here by a move the gateway ordered after another end
+            // (an answer racing a cancel): the gateway's order wins, so
+            // both sides and both operators agree on how it ended.
+            if transfer::is_terminal(to) && state_of(&local.t) != to {
+                let context = local.t.context.take();
+                let origin = local.role == Role::Origin;
+                local.t = t;
+                if origin {
+                    local.t.context = context;
+                }
+                let id = local.t.id.clone();
+                self.tell_operators(&st, &id);
+            }
             return;
         }
         let before = local.t.clone();

@@ -19,6 +19,7 @@ use hotline_proto::pb::observatory_client::ObservatoryClient;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::calls::{self, CallBehaviour, CallLog, Started};
 use crate::cluster::Cluster;
 use crate::operators::{self, Actions, Behaviour};
 use crate::report::{self, Created, Report};
@@ -36,6 +37,8 @@ pub struct DemoOptions {
     pub seed: u64,
     /// How long to wait at the end for everything in flight to arrive.
     pub drain: Duration,
+    /// Call transfers started per second at each city's desk (0: none).
+    pub transfer_rate: f64,
 }
 
 /// Runs the demo; returns the report, whose `lost` and `duplicated` the
@@ -60,6 +63,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     let gateway = crate::channel(cluster.gateway)?;
 
     let created: Arc<Mutex<Vec<Created>>> = Arc::default();
+    let call_log = Arc::new(CallLog::default());
+    let call_behaviour = CallBehaviour {
+        rate: opts.transfer_rate,
+        ..CallBehaviour::default()
+    };
+    let city_ids: Vec<String> = catalogue.city_ids().map(str::to_owned).collect();
+    let category_ids: Vec<String> = catalogue.categories.iter().map(|c| c.id.clone()).collect();
     let actions = Arc::new(Actions::default());
     let (stop_load, load_rx) = watch::channel(false);
     let (stop_people, people_rx) = watch::channel(false);
@@ -81,6 +91,36 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             actions.clone(),
             people_rx.clone(),
         ));
+        // Operators at consoles take calls transferred to this city; each
+        // takes a few categories, and one takes them all.
+        for k in 0..call_behaviour.operators {
+            let takes = if k == 0 {
+                Vec::new()
+            } else {
+                category_ids.iter().skip(k).step_by(2).cloned().collect()
+            };
+            people.spawn(calls::console_operator(
+                CityHotlineClient::new(channel.clone()),
+                format!("{city}-op-{k}"),
+                takes,
+                opts.seed.wrapping_add(1000 + 10 * i as u64 + k as u64),
+                call_behaviour,
+                people_rx.clone(),
+            ));
+        }
+        if opts.transfer_rate > 0.0 {
+            load.spawn(calls::desk(
+                CityHotlineClient::new(channel.clone()),
+                city.clone(),
+                city_ids.clone(),
+                category_ids.clone(),
+                opts.seed.wrapping_add(2000 + i as u64),
+                call_behaviour,
+                call_log.clone(),
+                created.clone(),
+                load_rx.clone(),
+            ));
+        }
     }
     people.spawn(operators::coordinator(
         ObservatoryClient::new(gateway.clone()),
@@ -106,7 +146,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             _ = hotline_proto::grpc::shutdown_signal(), if opts.duration.is_some() => break,
             _ = progress.tick() => {
                 let n = created.lock().map(|c| c.len()).unwrap_or(0);
-                let line = progress_line(ObservatoryClient::new(gateway.clone()), started, n).await;
+                let calls = call_log.started.lock().map(|c| c.len()).unwrap_or(0);
+                let line = progress_line(ObservatoryClient::new(gateway.clone()), started, n, calls).await;
                 println!("{line}");
             }
         }
@@ -114,10 +155,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     let _ = stop_load.send(true);
     while load.join_next().await.is_some() {}
     let snapshot: Vec<Created> = created.lock().map(|c| c.clone()).unwrap_or_default();
+    let transfers = call_log.snapshot();
     println!(
-        "stopped creating after {:.1}s with {} tickets; letting the federation drain",
+        "stopped creating after {:.1}s with {} tickets and {} transfers; letting the federation drain",
         started.elapsed().as_secs_f64(),
-        snapshot.len()
+        snapshot.len(),
+        transfers.len()
     );
 
     // Drain: what was acknowledged must arrive; the operators go on working
@@ -125,11 +168,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     // named by the coordinator may hold its ticket a moment before the
     // gateway has recorded the acknowledgement.
     let drain_end = Instant::now() + opts.drain;
-    settle(&snapshot, &nodes, &gateway, drain_end).await?;
+    settle(&snapshot, &transfers, &nodes, &gateway, drain_end).await?;
     let _ = stop_people.send(true);
     while people.join_next().await.is_some() {}
     let mut report = settle(
         &snapshot,
+        &transfers,
         &nodes,
         &gateway,
         Instant::now() + Duration::from_secs(10),
@@ -152,13 +196,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
 /// Counts until nothing is missing and the gateway agrees, or `until`.
 async fn settle(
     created: &[Created],
+    transfers: &[Started],
     nodes: &BTreeMap<String, tonic::transport::Channel>,
     gateway: &tonic::transport::Channel,
     until: Instant,
 ) -> anyhow::Result<Report> {
     loop {
-        let r = report::count(created, nodes, gateway.clone()).await?;
-        if (r.tickets.lost == 0 && r.gateway_stats_agree) || Instant::now() >= until {
+        let r = report::count(created, transfers, nodes, gateway.clone()).await?;
+        let settled = r.tickets.lost == 0 && r.gateway_stats_agree && r.transfers.live == 0;
+        if settled || Instant::now() >= until {
             return Ok(r);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -215,6 +261,7 @@ async fn progress_line(
     mut observatory: ObservatoryClient<tonic::transport::Channel>,
     started: Instant,
     created: usize,
+    transfers: usize,
 ) -> String {
     let stats = observatory
         .get_city_stats(GetCityStatsRequest::default())
@@ -230,7 +277,7 @@ async fn progress_line(
         .map(|(c, (s, r))| format!("{c} {s}→/{r}←"))
         .collect();
     format!(
-        "[{:>5.1}s] created {created}; {}",
+        "[{:>5.1}s] created {created}, transfers {transfers}; {}",
         started.elapsed().as_secs_f64(),
         cities.join("  ")
     )

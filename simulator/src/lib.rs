@@ -5,10 +5,13 @@
 //!   loopback sockets.
 //! - [`workload`]: citizens' requests from a seed.
 //! - [`operators`]: simulated operators and the provincial coordinator.
+//! - [`calls`]: calls that transfer to another city: each city's desk and
+//!   its operators at consoles.
 //! - [`report`]: counts what the stores hold (lost, duplicated, per city)
 //!   and compares it with the gateway's statistics.
 //! - [`demo`]: the front door, `simulator demo`.
 
+pub mod calls;
 pub mod cluster;
 pub mod demo;
 pub mod operators;

@@ -22,7 +22,10 @@ enum Command {
     /// across all four cities and all 14 categories, and prints a table per
     /// city. Runs until Ctrl-C, or for --duration seconds.
     ///
-    /// Exits non-zero if any acknowledged ticket was lost or duplicated.
+    /// Also transfers calls between the cities' operators' consoles.
+    ///
+    /// Exits non-zero if any acknowledged ticket was lost or duplicated, or
+    /// a transfer was left stuck past its deadline.
     Demo {
         /// Stop by itself after this many seconds (then drain and report).
         #[arg(long, value_name = "SECS")]
@@ -43,6 +46,10 @@ enum Command {
         /// Seconds to wait at the end for tickets in flight to arrive.
         #[arg(long, default_value_t = 30.0, value_name = "SECS")]
         drain: f64,
+        /// Calls transferred per second from each city's desk to another
+        /// city (0 for none).
+        #[arg(long, default_value_t = 1.0, value_name = "N")]
+        transfer_rate: f64,
     },
 }
 
@@ -69,9 +76,14 @@ fn main() -> ExitCode {
             rate,
             seed,
             drain,
+            transfer_rate,
         } => {
             if rate <= 0.0 || !rate.is_finite() {
                 eprintln!("error: --rate must be a positive number");
+                return ExitCode::from(2);
+            }
+            if transfer_rate < 0.0 || !transfer_rate.is_finite() {
+                eprintln!("error: --transfer-rate must be zero or a positive number");
                 return ExitCode::from(2);
             }
             let opts = DemoOptions {
@@ -81,13 +93,20 @@ fn main() -> ExitCode {
                 rate,
                 seed,
                 drain: Duration::from_secs_f64(drain.max(0.0)),
+                transfer_rate,
             };
             match runtime.block_on(demo::run(opts)) {
-                Ok(r) if r.tickets.lost == 0 && r.tickets.duplicated == 0 => ExitCode::SUCCESS,
+                Ok(r)
+                    if r.tickets.lost == 0
+                        && r.tickets.duplicated == 0
+                        && r.transfers.stuck == 0 =>
+                {
+                    ExitCode::SUCCESS
+                }
                 Ok(r) => {
                     eprintln!(
-                        "error: {} lost and {} duplicated tickets",
-                        r.tickets.lost, r.tickets.duplicated
+                        "error: {} lost and {} duplicated tickets, {} stuck transfers",
+                        r.tickets.lost, r.tickets.duplicated, r.transfers.stuck
                     );
                     ExitCode::FAILURE
                 }

@@ -13,6 +13,8 @@ use hotline_proto::pb::*;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use crate::calls::Started;
+
 /// A ticket the simulator created, as the origin acknowledged it.
 #[derive(Debug, Clone)]
 pub struct Created {
@@ -58,8 +60,28 @@ pub struct Tickets {
     pub duplicated: u64,
 }
 
+/// Call transfers, as the nodes hold them at the end.
+#[derive(Debug, Default, Serialize)]
+pub struct Transfers {
+    pub started: u64,
+    pub completed: u64,
+    /// Ended otherwise, by the reason the node gives ("declined",
+    /// "ring-timeout", "no-operator", "cancelled", "console-lost"...).
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// Failed transfers the desk turned into tickets.
+    pub converted_to_tickets: u64,
+    /// Not terminal although past their deadline: must be 0.
+    pub stuck: u64,
+    /// Not terminal, within their deadline (0 once the demo has settled).
+    pub live: u64,
+    /// Ended in one state at the origin and another at the target.
+    pub disagreements: u64,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct CityFigures {
+    pub transfers_out: u64,
+    pub transfers_in: u64,
     pub sent: u64,
     pub received: u64,
     /// Tickets this city sent, per category.
@@ -73,6 +95,7 @@ pub struct Report {
     pub duration_secs: f64,
     pub seed: u64,
     pub tickets: Tickets,
+    pub transfers: Transfers,
     pub cities: BTreeMap<String, CityFigures>,
     /// The gateway's statistics equal this recount, city by city.
     pub gateway_stats_agree: bool,
@@ -109,6 +132,7 @@ async fn list_all(
 /// gateway's ledger at `gateway`.
 pub async fn count(
     created: &[Created],
+    started: &[Started],
     nodes: &BTreeMap<String, Channel>,
     gateway: Channel,
 ) -> anyhow::Result<Report> {
@@ -242,6 +266,8 @@ pub async fn count(
             .filter(|t| t.status == TicketStatus::InCoordination as i32)
             .count() as u64;
 
+    count_transfers(started, nodes, &mut r).await?;
+
     let stats = observatory
         .get_city_stats(GetCityStatsRequest::default())
         .await?
@@ -249,6 +275,18 @@ pub async fn count(
         .cities;
     r.gateway_stats_agree = true;
     for s in &stats {
+        let (out, into) = r
+            .cities
+            .get(&s.city)
+            .map(|f| (f.transfers_out, f.transfers_in))
+            .unwrap_or_default();
+        if out != s.transfers_out || into != s.transfers_in {
+            r.gateway_stats_agree = false;
+            r.problems.push(format!(
+                "{}: the gateway counts {} transfers out and {} in; the desks started {out} out and {into} in",
+                s.city, s.transfers_out, s.transfers_in
+            ));
+        }
         let (sent, received) = r
             .cities
             .get(&s.city)
@@ -265,11 +303,114 @@ pub async fn count(
     Ok(r)
 }
 
+/// How long past its deadline a transfer may take to be seen ended (the
+/// nodes' own sweep allows three seconds past the gateway's).
+const STUCK_GRACE_MS: i64 = 5_000;
+
+/// Counts the transfers the desks started from what the nodes hold: the
+/// origin's view decides; the target's, where it has one, must agree.
+async fn count_transfers(
+    started: &[Started],
+    nodes: &BTreeMap<String, Channel>,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    let now = hotline_proto::time::now_ms();
+    for s in started {
+        r.transfers.started += 1;
+        if let Some(f) = r.cities.get_mut(&s.origin) {
+            f.transfers_out += 1;
+        }
+        if let Some(f) = r.cities.get_mut(&s.target) {
+            f.transfers_in += 1;
+        }
+        let Some(at_origin) = transfer_at(nodes, &s.origin, &s.id).await? else {
+            r.transfers.stuck += 1;
+            r.problems
+                .push(format!("transfer {} unknown at its origin", s.id));
+            continue;
+        };
+        let state = TransferState::try_from(at_origin.state).unwrap_or_default();
+        if !hotline_proto::transfer::is_terminal(state) {
+            let deadline = at_origin
+                .deadline
+                .as_ref()
+                .map(hotline_proto::time::to_unix_ms)
+                .unwrap_or(i64::MAX);
+            let answered = matches!(state, TransferState::Answered | TransferState::Conferenced);
+            if !answered && now > deadline.saturating_add(STUCK_GRACE_MS) {
+                r.transfers.stuck += 1;
+                if r.problems.len() < 20 {
+                    r.problems.push(format!(
+                        "transfer {} stuck in {:?} past its deadline",
+                        s.id, state
+                    ));
+                }
+            } else {
+                r.transfers.live += 1;
+            }
+            continue;
+        }
+        if state == TransferState::Completed {
+            r.transfers.completed += 1;
+        } else {
+            let reason = if at_origin.reason.is_empty() {
+                hotline_proto::transfer::state_key(state).to_lowercase()
+            } else {
+                at_origin.reason.clone()
+            };
+            *r.transfers.failed_by_reason.entry(reason).or_default() += 1;
+        }
+        if !at_origin.ticket_id.is_empty() {
+            r.transfers.converted_to_tickets += 1;
+        }
+        if let Some(at_target) = transfer_at(nodes, &s.target, &s.id).await?
+            && hotline_proto::transfer::is_terminal(
+                TransferState::try_from(at_target.state).unwrap_or_default(),
+            )
+            && at_target.state != at_origin.state
+        {
+            r.transfers.disagreements += 1;
+            if r.problems.len() < 20 {
+                r.problems.push(format!(
+                    "transfer {} ended {:?} at {} but {:?} at {}",
+                    s.id,
+                    state,
+                    s.origin,
+                    TransferState::try_from(at_target.state).unwrap_or_default(),
+                    s.target
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A transfer as `city`'s node holds it, or `None` when it knows none.
+async fn transfer_at(
+    nodes: &BTreeMap<String, Channel>,
+    city: &str,
+    id: &str,
+) -> anyhow::Result<Option<Transfer>> {
+    let Some(channel) = nodes.get(city) else {
+        return Ok(None);
+    };
+    match CityHotlineClient::new(channel.clone())
+        .get_transfer(GetTransferRequest {
+            transfer_id: id.to_owned(),
+        })
+        .await
+    {
+        Ok(r) => Ok(r.into_inner().transfer),
+        Err(e) if e.code() == tonic::Code::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The per-city table a person reads at the end.
 pub fn table(r: &Report) -> String {
     let mut out = format!(
-        "{:<10} {:>7} {:>9} {:>7} {:>14}\n",
-        "city", "sent", "received", "local", "top category"
+        "{:<10} {:>7} {:>9} {:>7} {:>9} {:>9}  {}\n",
+        "city", "sent", "received", "local", "calls out", "calls in", "top category"
     );
     for (city, f) in &r.cities {
         let top = f
@@ -279,8 +420,8 @@ pub fn table(r: &Report) -> String {
             .map(|(c, n)| format!("{c} ({n})"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{city:<10} {:>7} {:>9} {:>7} {top:>14}\n",
-            f.sent, f.received, f.local
+            "{city:<10} {:>7} {:>9} {:>7} {:>9} {:>9}  {top}\n",
+            f.sent, f.received, f.local, f.transfers_out, f.transfers_in
         ));
     }
     let t = &r.tickets;
@@ -290,6 +431,21 @@ pub fn table(r: &Report) -> String {
         t.created, t.cross_city, t.multi_city, t.local, t.dispatched, t.delivered, t.resolved, t.closed,
         t.rejected, t.reassigned, t.lost, t.duplicated,
         if r.gateway_stats_agree { "agree" } else { "DISAGREE" }
+    ));
+    let c = &r.transfers;
+    let failed: Vec<String> = c
+        .failed_by_reason
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    out.push_str(&format!(
+        "transfers started {}, completed {}, ended otherwise {} ({}); converted to tickets {}; stuck {}\n",
+        c.started,
+        c.completed,
+        c.failed_by_reason.values().sum::<u64>(),
+        failed.join(", "),
+        c.converted_to_tickets,
+        c.stuck
     ));
     out
 }

@@ -42,6 +42,18 @@ fn the_demo_runs_by_itself_and_reports_nothing_lost_or_duplicated() {
     assert_eq!(t["delivered"], t["dispatched"]);
     assert!(t["resolved"].as_u64().unwrap() > 0);
     assert_eq!(r["gateway_stats_agree"], true, "{r:#}\n{stdout}");
+    // Calls were transferred between every pair of roles, none left stuck.
+    let x = &r["transfers"];
+    assert!(x["started"].as_u64().unwrap() > 0, "{r:#}");
+    assert!(x["completed"].as_u64().unwrap() > 0, "{r:#}");
+    assert_eq!(x["stuck"], 0, "{r:#}");
+    assert_eq!(x["disagreements"], 0, "{r:#}");
+    assert!(x["failed_by_reason"].is_object());
+    for city in CITIES {
+        let c = &r["cities"][city];
+        assert!(c["transfers_out"].as_u64().unwrap() > 0, "{city}: {r:#}");
+        assert!(c["transfers_in"].as_u64().unwrap() > 0, "{city}: {r:#}");
+    }
     let mut categories = std::collections::BTreeSet::new();
     for city in CITIES {
         let c = &r["cities"][city];

@@ -1,0 +1,333 @@
+//! Simulated calls that transfer (一键互转, 三方通话): at each city a front
+//! desk whose operator transfers calls about other cities' matters, and a
+//! team of operators at consoles who answer, decline or miss the calls
+//! rung at them. The desk hands over warm and three-way calls once the other
+//! side has answered, and turns a transfer that failed into a ticket (工单互派
+//! behind 一键互转), which joins the tickets the report accounts for.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hotline_proto::pb::city_hotline_client::CityHotlineClient;
+use hotline_proto::pb::operator_session_request::Message;
+use hotline_proto::pb::operator_session_response::Event;
+use hotline_proto::pb::{
+    AnswerTransferRequest, CallContext, CancelTransferRequest, Citizen, CompleteTransferRequest,
+    ConvertTransferToTicketRequest, DeclineTransferRequest, OperatorHello, OperatorSessionRequest,
+    StartTransferRequest, Transfer, TransferMode, TransferState,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Channel;
+
+use crate::report::Created;
+
+/// How the simulated operators behave with transfers, per mille.
+#[derive(Debug, Clone, Copy)]
+pub struct CallBehaviour {
+    /// Transfers started per second at each city's desk.
+    pub rate: f64,
+    /// Operators at consoles in each city.
+    pub operators: usize,
+    /// Rung operators who answer; of the rest, `decline` decline and the
+    /// others let it ring out.
+    pub answer: u32,
+    pub decline: u32,
+    /// Transfers the desk cancels before an answer.
+    pub cancel: u32,
+}
+
+impl Default for CallBehaviour {
+    fn default() -> Self {
+        Self {
+            rate: 1.0,
+            operators: 3,
+            answer: 850,
+            decline: 60,
+            cancel: 20,
+        }
+    }
+}
+
+/// A transfer a desk started, as its node acknowledged it.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub id: String,
+    pub origin: String,
+    pub target: String,
+    pub category: String,
+}
+
+/// What the desks started and converted.
+#[derive(Debug, Default)]
+pub struct CallLog {
+    pub started: Mutex<Vec<Started>>,
+}
+
+impl CallLog {
+    pub fn snapshot(&self) -> Vec<Started> {
+        self.started.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+type Outbound = mpsc::UnboundedSender<OperatorSessionRequest>;
+
+/// Opens a console session; the sender keeps it open.
+async fn session(
+    client: &mut CityHotlineClient<Channel>,
+    operator: &str,
+    categories: Vec<String>,
+) -> Option<(
+    Outbound,
+    tonic::Streaming<hotline_proto::pb::OperatorSessionResponse>,
+)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(OperatorSessionRequest {
+        message: Some(Message::Hello(OperatorHello {
+            operator_id: operator.to_owned(),
+            categories,
+            available: true,
+        })),
+    })
+    .ok()?;
+    let inbound = client
+        .operator_session(UnboundedReceiverStream::new(rx))
+        .await
+        .ok()?
+        .into_inner();
+    Some((tx, inbound))
+}
+
+/// One operator at a console of `city`, until `stop`: answers, declines or
+/// misses what rings, after a human moment.
+pub async fn console_operator(
+    mut client: CityHotlineClient<Channel>,
+    operator: String,
+    categories: Vec<String>,
+    seed: u64,
+    behaviour: CallBehaviour,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    while !*stop.borrow() {
+        let Some((_keep, mut inbound)) = session(&mut client, &operator, categories.clone()).await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        loop {
+            let msg = tokio::select! {
+                m = inbound.message() => m,
+                _ = stop.changed() => return,
+            };
+            let Ok(Some(msg)) = msg else { break };
+            let Some(Event::Ringing(t)) = msg.event else {
+                continue;
+            };
+            let roll = rng.random_range(0..1000);
+            let pause = Duration::from_millis(rng.random_range(50..600));
+            tokio::time::sleep(pause).await;
+            if roll < behaviour.answer {
+                let _ = client
+                    .answer_transfer(AnswerTransferRequest {
+                        operator_id: operator.clone(),
+                        transfer_id: t.id,
+                    })
+                    .await;
+            } else if roll < behaviour.answer + behaviour.decline {
+                let _ = client
+                    .decline_transfer(DeclineTransferRequest {
+                        operator_id: operator.clone(),
+                        transfer_id: t.id,
+                    })
+                    .await;
+            }
+            // Otherwise it rings out and the node tries the next operator.
+        }
+    }
+}
+
+/// The front desk of `city`, until `stop`: transfers calls about other
+/// cities' matters at `behaviour.rate` per second, hands over answered warm
+/// and three-way calls, converts failed transfers to tickets.
+#[allow(clippy::too_many_arguments)]
+pub async fn desk(
+    mut client: CityHotlineClient<Channel>,
+    city: String,
+    cities: Vec<String>,
+    categories: Vec<String>,
+    seed: u64,
+    behaviour: CallBehaviour,
+    log: Arc<CallLog>,
+    created: Arc<Mutex<Vec<Created>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let operator = format!("desk-{city}");
+    let others: Vec<String> = cities.into_iter().filter(|c| *c != city).collect();
+    let Some((_keep, inbound)) = session(&mut client, &operator, Vec::new()).await else {
+        tracing::warn!(city, "the desk could not open its console");
+        return;
+    };
+    let listener = tokio::spawn(follow(
+        client.clone(),
+        operator.clone(),
+        inbound,
+        created,
+        stop.clone(),
+    ));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let period = Duration::from_secs_f64(1.0 / behaviour.rate.max(0.01));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let target = others[rng.random_range(0..others.len())].clone();
+        let category = categories[rng.random_range(0..categories.len())].clone();
+        let mode = match rng.random_range(0..100) {
+            0..40 => TransferMode::Blind,
+            40..75 => TransferMode::Warm,
+            _ => TransferMode::Conference,
+        };
+        let cancel = rng.random_range(0..1000) < behaviour.cancel;
+        let req = StartTransferRequest {
+            operator_id: operator.clone(),
+            target_city: target.clone(),
+            category: category.clone(),
+            mode: mode as i32,
+            context: Some(CallContext {
+                caller_ref: format!("{city}-call-{}", rng.random_range(0..1_000_000u32)),
+                summary: format!("来电咨询{category}相关事项，需{target}办理"),
+                caller: Some(Citizen {
+                    name: "市民".into(),
+                    phone: format!("1390000{:04}", rng.random_range(0..10_000u32)),
+                }),
+            }),
+        };
+        // Refused while the node is not yet linked to the gateway: the call
+        // stays with this operator, nothing was started.
+        let Ok(response) = client.start_transfer(req).await else {
+            continue;
+        };
+        let Some(t) = response.into_inner().transfer else {
+            continue;
+        };
+        if let Ok(mut s) = log.started.lock() {
+            s.push(Started {
+                id: t.id.clone(),
+                origin: city.clone(),
+                target,
+                category,
+            });
+        }
+        if cancel {
+            let mut client = client.clone();
+            let operator = operator.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                // Refused when it was answered meanwhile: fine.
+                let _ = client
+                    .cancel_transfer(CancelTransferRequest {
+                        operator_id: operator,
+                        transfer_id: t.id,
+                    })
+                    .await;
+            });
+        }
+    }
+    let _ = listener.await;
+}
+
+/// The desk's console: what happens to its transfers. On `stop` it waits
+/// for the conversions under way, so every ticket it made is recorded
+/// before the demo counts.
+async fn follow(
+    client: CityHotlineClient<Channel>,
+    operator: String,
+    mut inbound: tonic::Streaming<hotline_proto::pb::OperatorSessionResponse>,
+    created: Arc<Mutex<Vec<Created>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut work = tokio::task::JoinSet::new();
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = stop.changed() => break,
+        };
+        let Ok(Some(msg)) = msg else { break };
+        let Some(Event::Update(t)) = msg.event else {
+            continue;
+        };
+        match TransferState::try_from(t.state) {
+            Ok(TransferState::Answered | TransferState::Conferenced) => {
+                work.spawn(hand_over(client.clone(), operator.clone(), t));
+            }
+            Ok(TransferState::Failed | TransferState::Declined | TransferState::TimedOut) => {
+                work.spawn(convert(
+                    client.clone(),
+                    operator.clone(),
+                    t,
+                    created.clone(),
+                ));
+            }
+            _ => {}
+        }
+        while work.try_join_next().is_some() {}
+    }
+    while work.join_next().await.is_some() {}
+}
+
+/// The origin operator stays a moment on a warm or three-way call, then
+/// drops out.
+async fn hand_over(mut client: CityHotlineClient<Channel>, operator: String, t: Transfer) {
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let _ = client
+        .complete_transfer(CompleteTransferRequest {
+            operator_id: operator,
+            transfer_id: t.id,
+        })
+        .await;
+}
+
+/// Nobody took the call: it becomes a ticket for the target city.
+async fn convert(
+    mut client: CityHotlineClient<Channel>,
+    operator: String,
+    t: Transfer,
+    created: Arc<Mutex<Vec<Created>>>,
+) {
+    let req = ConvertTransferToTicketRequest {
+        operator_id: operator,
+        transfer_id: t.id,
+        note: "转接未成功，转为工单".into(),
+    };
+    for _ in 0..20 {
+        match client.convert_transfer_to_ticket(req.clone()).await {
+            Ok(r) => {
+                if let Some(ticket) = r.into_inner().ticket
+                    && let Ok(mut c) = created.lock()
+                {
+                    // Idempotent: a retry that got through returns the same
+                    // ticket, which is recorded once.
+                    if !c.iter().any(|x| x.id == ticket.id) {
+                        c.push(Created {
+                            id: ticket.id,
+                            origin: ticket.origin_city,
+                            targets: ticket.target_cities,
+                            category: ticket.category,
+                        });
+                    }
+                }
+                return;
+            }
+            Err(e) if hotline_proto::grpc::is_transient(e.code()) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
