@@ -12,7 +12,6 @@ use hotline_proto::pb::city_node_server::CityNodeServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::calls::{CallTimings, Calls};
@@ -96,7 +95,7 @@ pub async fn serve(
             CityNodeServer::new(InboundService::new(city, db.clone(), catalogue))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown)
         .await;
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(Duration::from_secs(10), async {

@@ -10,12 +10,17 @@
 //! - [`report`]: counts what the stores hold (lost, duplicated, per city)
 //!   and compares it with the gateway's statistics.
 //! - [`demo`]: the front door, `simulator demo`.
+//! - [`spawn`]: a federation of real child processes, each measurable.
+//! - [`bench`]: `simulator bench-transfers`, ring latency and how many live
+//!   transfers one gateway holds.
 
+pub mod bench;
 pub mod calls;
 pub mod cluster;
 pub mod demo;
 pub mod operators;
 pub mod report;
+pub mod spawn;
 pub mod workload;
 
 /// A lazily connected channel to a process of the federation.

@@ -51,6 +51,23 @@ enum Command {
         #[arg(long, default_value_t = 1.0, value_name = "N")]
         transfer_rate: f64,
     },
+    /// A benchmark of call-transfer signalling over real processes: the time
+    /// from StartTransfer at the origin node to the ring at the target
+    /// console (p50, p99), and the gateway's memory while it holds more and
+    /// more live transfers. Needs the `gateway` and `city-node` binaries
+    /// beside this one (`cargo build --release`).
+    BenchTransfers {
+        /// Measured transfers at each level.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Live transfers held at the gateway at each level, comma
+        /// separated and rising.
+        #[arg(long, value_delimiter = ',', default_value = "0,1000,5000,10000")]
+        hold: Vec<usize>,
+        /// Write the JSON figures here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +86,28 @@ fn main() -> ExitCode {
         }
     };
     match args.command {
+        Command::BenchTransfers {
+            samples,
+            hold,
+            report,
+        } => {
+            if samples == 0 || hold.is_empty() || hold.windows(2).any(|w| w[0] > w[1]) {
+                eprintln!("error: --samples must be positive and --hold a rising list");
+                return ExitCode::from(2);
+            }
+            let opts = simulator::bench::TransferBenchOptions {
+                samples,
+                hold,
+                report,
+            };
+            match runtime.block_on(simulator::bench::run(opts)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo {
             duration,
             report,

@@ -1,0 +1,161 @@
+//! A federation of real processes: the `gateway` and `city-node` binaries
+//! that sit beside the simulator's own, each started as a child process on
+//! loopback with a configuration file written for it. Unlike
+//! [`crate::cluster`], each process can be measured (its memory) and killed
+//! on its own.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hotline_proto::pb::GetCityStatsRequest;
+use hotline_proto::pb::ListTicketsRequest;
+use hotline_proto::pb::city_hotline_client::CityHotlineClient;
+use hotline_proto::pb::observatory_client::ObservatoryClient;
+
+pub struct Spawned {
+    pub gateway: SocketAddr,
+    pub nodes: BTreeMap<String, SocketAddr>,
+    gateway_child: Child,
+    node_children: Vec<Child>,
+}
+
+/// The directory of the running executable, where cargo puts the other
+/// binaries of the workspace.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("where is the simulator")?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .context("the simulator has no directory")
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::from(out.try_clone()?))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .with_context(|| {
+            format!(
+                "start {} (build it with `cargo build --release`)",
+                bin.display()
+            )
+        })
+}
+
+impl Spawned {
+    /// Starts a gateway and a node per city under `dir`, with `node_extra`
+    /// TOML lines in every node's file, and waits until all answer.
+    pub async fn start(cities: &[&str], dir: &Path, node_extra: &str) -> anyhow::Result<Self> {
+        let bins = bin_dir()?;
+        let gateway = free_addr()?;
+        let mut nodes = BTreeMap::new();
+        for city in cities {
+            nodes.insert(city.to_string(), free_addr()?);
+        }
+        let mut table = String::from("[nodes]\n");
+        for (city, addr) in &nodes {
+            table.push_str(&format!("{city} = \"http://{addr}\"\n"));
+        }
+        let gw_config = dir.join("gateway.toml");
+        std::fs::write(
+            &gw_config,
+            format!(
+                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{table}",
+                dir.join("gateway").display()
+            ),
+        )?;
+        let gateway_child = start(&bins.join("gateway"), &gw_config, &dir.join("gateway.log"))?;
+        let mut node_children = Vec::new();
+        for (city, addr) in &nodes {
+            let config = dir.join(format!("{city}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway}\"\n{node_extra}\n",
+                    dir.join(city).display()
+                ),
+            )?;
+            node_children.push(start(
+                &bins.join("city-node"),
+                &config,
+                &dir.join(format!("{city}.log")),
+            )?);
+        }
+        let spawned = Self {
+            gateway,
+            nodes,
+            gateway_child,
+            node_children,
+        };
+        spawned.wait_ready().await?;
+        Ok(spawned)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let until = Instant::now() + Duration::from_secs(30);
+        let mut observatory = ObservatoryClient::new(crate::channel(self.gateway)?);
+        while observatory
+            .get_city_stats(GetCityStatsRequest::default())
+            .await
+            .is_err()
+        {
+            if Instant::now() > until {
+                bail!("the gateway at {} did not answer", self.gateway);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (city, addr) in &self.nodes {
+            let mut node = CityHotlineClient::new(crate::channel(*addr)?);
+            while node
+                .list_tickets(ListTicketsRequest {
+                    page_size: 1,
+                    ..Default::default()
+                })
+                .await
+                .is_err()
+            {
+                if Instant::now() > until {
+                    bail!("the {city} node at {addr} did not answer");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The gateway's resident memory, in bytes (Linux).
+    pub fn gateway_rss(&self) -> Option<u64> {
+        rss(self.gateway_child.id())
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        for child in self
+            .node_children
+            .iter_mut()
+            .chain(std::iter::once(&mut self.gateway_child))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Resident memory of a process, from `/proc/PID/status`.
+pub fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
