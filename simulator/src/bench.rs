@@ -82,13 +82,14 @@ async fn open_console(
     client: &mut CityHotlineClient<Channel>,
     operator: &str,
     categories: Vec<String>,
+    available: bool,
 ) -> anyhow::Result<Console> {
     let (tx, rx) = mpsc::unbounded_channel();
     tx.send(OperatorSessionRequest {
         message: Some(Message::Hello(OperatorHello {
             operator_id: operator.to_owned(),
             categories,
-            available: true,
+            available,
         })),
     })?;
     let mut inbound = client
@@ -175,16 +176,22 @@ pub async fn run(opts: TransferBenchOptions) -> anyhow::Result<TransferBench> {
     // The probe pair.
     let mut probe_origin = CityHotlineClient::new(channel("luzhou")?);
     let mut probe_target = CityHotlineClient::new(channel("yibin")?);
-    let (_desk, desk_in) = open_console(&mut probe_origin, "probe-desk", Vec::new()).await?;
+    let (_desk, desk_in) = open_console(&mut probe_origin, "probe-desk", Vec::new(), false).await?;
     drain(desk_in);
-    let (_op, mut op_in) =
-        open_console(&mut probe_target, "probe-op", vec![PROBE_CATEGORY.into()]).await?;
+    let (_op, mut op_in) = open_console(
+        &mut probe_target,
+        "probe-op",
+        vec![PROBE_CATEGORY.into()],
+        true,
+    )
+    .await?;
 
-    // Each city's desk for held transfers.
+    // Each city's desk for held transfers. Desks start transfers and take
+    // none: unavailable, or calls would ring at them and wait out the ring.
     let mut desks = Vec::new();
     for city in CITIES {
         let mut client = CityHotlineClient::new(channel(city)?);
-        let (keep, inbound) = open_console(&mut client, "hold-desk", Vec::new()).await?;
+        let (keep, inbound) = open_console(&mut client, "hold-desk", Vec::new(), false).await?;
         drain(inbound);
         desks.push((city, client, keep));
     }
@@ -219,7 +226,7 @@ pub async fn run(opts: TransferBenchOptions) -> anyhow::Result<TransferBench> {
                 let mut client = CityHotlineClient::new(ch);
                 let operator = format!("hold-{}", held + k);
                 let (keep, mut inbound) =
-                    open_console(&mut client, &operator, all_but_probe.clone()).await?;
+                    open_console(&mut client, &operator, all_but_probe.clone(), true).await?;
                 let answered = answered.clone();
                 tokio::spawn(async move {
                     while let Ok(Some(msg)) = inbound.message().await {

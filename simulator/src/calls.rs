@@ -79,6 +79,7 @@ async fn session(
     client: &mut CityHotlineClient<Channel>,
     operator: &str,
     categories: Vec<String>,
+    available: bool,
 ) -> Option<(
     Outbound,
     tonic::Streaming<hotline_proto::pb::OperatorSessionResponse>,
@@ -88,7 +89,7 @@ async fn session(
         message: Some(Message::Hello(OperatorHello {
             operator_id: operator.to_owned(),
             categories,
-            available: true,
+            available,
         })),
     })
     .ok()?;
@@ -112,7 +113,8 @@ pub async fn console_operator(
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
     while !*stop.borrow() {
-        let Some((_keep, mut inbound)) = session(&mut client, &operator, categories.clone()).await
+        let Some((_keep, mut inbound)) =
+            session(&mut client, &operator, categories.clone(), true).await
         else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
@@ -166,7 +168,9 @@ pub async fn desk(
 ) {
     let operator = format!("desk-{city}");
     let others: Vec<String> = cities.into_iter().filter(|c| *c != city).collect();
-    let Some((_keep, inbound)) = session(&mut client, &operator, Vec::new()).await else {
+    // The desk starts transfers and takes none: unavailable, so that no
+    // call transferred to this city rings at it.
+    let Some((_keep, inbound)) = session(&mut client, &operator, Vec::new(), false).await else {
         tracing::warn!(city, "the desk could not open its console");
         return;
     };

@@ -1,0 +1,46 @@
+//! Smoke runs of the benchmark commands: they run to the end on a small
+//! load and write their figures. Nothing here judges a figure by time;
+//! the figures themselves are in docs/benchmarks.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use federation_tests::bin_dir;
+
+#[test]
+fn bench_transfers_runs_and_reports_ring_latency_and_held_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("t.json");
+    let out = Command::new(bin_dir().join("simulator"))
+        .args([
+            "bench-transfers",
+            "--samples",
+            "50",
+            "--hold",
+            "0,40",
+            "--report",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["samples"], 50);
+    assert_eq!(r["max_held"], 40, "{r:#}");
+    let levels = r["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    for l in levels {
+        let p50 = l["ring_p50_us"].as_u64().unwrap();
+        let p99 = l["ring_p99_us"].as_u64().unwrap();
+        assert!(p50 > 0 && p50 <= p99, "{l:#}");
+        assert!(l["gateway_rss_bytes"].as_u64().unwrap() > 0, "{l:#}");
+    }
+    assert_eq!(levels[1]["held"], 40);
+}
