@@ -30,6 +30,7 @@ CREATE TABLE transfers (
     body BLOB NOT NULL
 );
 CREATE INDEX transfers_live ON transfers (state) WHERE ended_ms IS NULL;
+-- direction: 'out' (started here), 'in' (offered here), 'answered' (here)
 CREATE TABLE transfer_totals (
     city TEXT NOT NULL,
     direction TEXT NOT NULL,
@@ -126,6 +127,7 @@ fn write(c: &Connection, from: TransferState, t: &Transfer) -> Result<(), DbErro
         bump(c, totals, params![t.target_city, "in", t.category])?;
     }
     if to == TransferState::Answered {
+        bump(c, totals, params![t.target_city, "answered", t.category])?;
         let waited = ms(&t.answer_time)
             .unwrap_or(now)
             .saturating_sub(ms(&t.create_time).unwrap_or(now))

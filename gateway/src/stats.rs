@@ -158,12 +158,21 @@ fn read_transfers(
             continue;
         };
         let n = u64::try_from(n).unwrap_or(0);
-        if direction == "out" {
-            s.transfers_out += n;
-            *s.transfers_out_by_category.entry(category).or_default() += n;
-        } else {
-            s.transfers_in += n;
-            *s.transfers_in_by_category.entry(category).or_default() += n;
+        match direction.as_str() {
+            "out" => {
+                s.transfers_out += n;
+                *s.transfers_out_by_category.entry(category).or_default() += n;
+            }
+            "in" => {
+                s.transfers_in += n;
+                *s.transfers_in_by_category.entry(category).or_default() += n;
+            }
+            "answered" => {
+                *s.transfers_answered_by_category
+                    .entry(category)
+                    .or_default() += n;
+            }
+            _ => {}
         }
     }
     let mut answers = conn.prepare_cached("SELECT city, n, answer_ms_sum FROM transfer_answers")?;

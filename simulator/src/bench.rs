@@ -21,18 +21,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hotline_proto::pb::city_hotline_client::CityHotlineClient;
-use hotline_proto::pb::operator_session_request::Message;
 use hotline_proto::pb::operator_session_response::Event;
 use hotline_proto::pb::{
-    AnswerTransferRequest, CallContext, OperatorHello, OperatorSessionRequest,
-    OperatorSessionResponse, StartTransferRequest, TransferMode,
+    AnswerTransferRequest, CallContext, OperatorSessionResponse, StartTransferRequest, TransferMode,
 };
 use serde::Serialize;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use crate::calls::session;
 use crate::spawn::Spawned;
 
 const CITIES: [&str; 4] = ["luzhou", "yibin", "zigong", "neijiang"];
@@ -71,37 +68,6 @@ pub struct TransferBench {
     pub transfer_ring_p99_us: u64,
     pub max_held: usize,
     pub levels: Vec<Level>,
-}
-
-type Console = (
-    mpsc::UnboundedSender<OperatorSessionRequest>,
-    Streaming<OperatorSessionResponse>,
-);
-
-async fn open_console(
-    client: &mut CityHotlineClient<Channel>,
-    operator: &str,
-    categories: Vec<String>,
-    available: bool,
-) -> anyhow::Result<Console> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(OperatorSessionRequest {
-        message: Some(Message::Hello(OperatorHello {
-            operator_id: operator.to_owned(),
-            categories,
-            available,
-        })),
-    })?;
-    let mut inbound = client
-        .operator_session(UnboundedReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    match inbound.message().await? {
-        Some(OperatorSessionResponse {
-            event: Some(Event::Registered(_)),
-        }) => Ok((tx, inbound)),
-        other => bail!("{operator}: unexpected first message {other:?}"),
-    }
 }
 
 fn request(
@@ -176,9 +142,9 @@ pub async fn run(opts: TransferBenchOptions) -> anyhow::Result<TransferBench> {
     // The probe pair.
     let mut probe_origin = CityHotlineClient::new(channel("luzhou")?);
     let mut probe_target = CityHotlineClient::new(channel("yibin")?);
-    let (_desk, desk_in) = open_console(&mut probe_origin, "probe-desk", Vec::new(), false).await?;
+    let (_desk, desk_in) = session(&mut probe_origin, "probe-desk", Vec::new(), false).await?;
     drain(desk_in);
-    let (_op, mut op_in) = open_console(
+    let (_op, mut op_in) = session(
         &mut probe_target,
         "probe-op",
         vec![PROBE_CATEGORY.into()],
@@ -191,7 +157,7 @@ pub async fn run(opts: TransferBenchOptions) -> anyhow::Result<TransferBench> {
     let mut desks = Vec::new();
     for city in CITIES {
         let mut client = CityHotlineClient::new(channel(city)?);
-        let (keep, inbound) = open_console(&mut client, "hold-desk", Vec::new(), false).await?;
+        let (keep, inbound) = session(&mut client, "hold-desk", Vec::new(), false).await?;
         drain(inbound);
         desks.push((city, client, keep));
     }
@@ -226,7 +192,7 @@ pub async fn run(opts: TransferBenchOptions) -> anyhow::Result<TransferBench> {
                 let mut client = CityHotlineClient::new(ch);
                 let operator = format!("hold-{}", held + k);
                 let (keep, mut inbound) =
-                    open_console(&mut client, &operator, all_but_probe.clone(), true).await?;
+                    session(&mut client, &operator, all_but_probe.clone(), true).await?;
                 let answered = answered.clone();
                 tokio::spawn(async move {
                     while let Ok(Some(msg)) = inbound.message().await {

@@ -14,7 +14,7 @@ use hotline_proto::pb::operator_session_response::Event;
 use hotline_proto::pb::{
     AnswerTransferRequest, CallContext, CancelTransferRequest, Citizen, CompleteTransferRequest,
     ConvertTransferToTicketRequest, DeclineTransferRequest, OperatorHello, OperatorSessionRequest,
-    StartTransferRequest, Transfer, TransferMode, TransferState,
+    OperatorSessionResponse, StartTransferRequest, Transfer, TransferMode, TransferState,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -74,16 +74,14 @@ impl CallLog {
 
 type Outbound = mpsc::UnboundedSender<OperatorSessionRequest>;
 
-/// Opens a console session; the sender keeps it open.
-async fn session(
+/// Opens a console session and waits until the node has registered it; the
+/// sender keeps it open.
+pub async fn session(
     client: &mut CityHotlineClient<Channel>,
     operator: &str,
     categories: Vec<String>,
     available: bool,
-) -> Option<(
-    Outbound,
-    tonic::Streaming<hotline_proto::pb::OperatorSessionResponse>,
-)> {
+) -> anyhow::Result<(Outbound, tonic::Streaming<OperatorSessionResponse>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     tx.send(OperatorSessionRequest {
         message: Some(Message::Hello(OperatorHello {
@@ -91,14 +89,17 @@ async fn session(
             categories,
             available,
         })),
-    })
-    .ok()?;
-    let inbound = client
+    })?;
+    let mut inbound = client
         .operator_session(UnboundedReceiverStream::new(rx))
-        .await
-        .ok()?
+        .await?
         .into_inner();
-    Some((tx, inbound))
+    match inbound.message().await? {
+        Some(OperatorSessionResponse {
+            event: Some(Event::Registered(_)),
+        }) => Ok((tx, inbound)),
+        other => anyhow::bail!("{operator}: unexpected first message {other:?}"),
+    }
 }
 
 /// One operator at a console of `city`, until `stop`: answers, declines or
@@ -113,8 +114,9 @@ pub async fn console_operator(
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
     while !*stop.borrow() {
-        let Some((_keep, mut inbound)) =
-            session(&mut client, &operator, categories.clone(), true).await
+        let Some((_keep, mut inbound)) = session(&mut client, &operator, categories.clone(), true)
+            .await
+            .ok()
         else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
@@ -170,7 +172,7 @@ pub async fn desk(
     let others: Vec<String> = cities.into_iter().filter(|c| *c != city).collect();
     // The desk starts transfers and takes none: unavailable, so that no
     // call transferred to this city rings at it.
-    let Some((_keep, inbound)) = session(&mut client, &operator, Vec::new(), false).await else {
+    let Ok((_keep, inbound)) = session(&mut client, &operator, Vec::new(), false).await else {
         tracing::warn!(city, "the desk could not open its console");
         return;
     };
@@ -252,7 +254,7 @@ pub async fn desk(
 async fn follow(
     client: CityHotlineClient<Channel>,
     operator: String,
-    mut inbound: tonic::Streaming<hotline_proto::pb::OperatorSessionResponse>,
+    mut inbound: tonic::Streaming<OperatorSessionResponse>,
     created: Arc<Mutex<Vec<Created>>>,
     mut stop: watch::Receiver<bool>,
 ) {

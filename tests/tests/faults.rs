@@ -39,7 +39,10 @@ async fn stream_with_fault(
                     };
                     match client.clone().create_ticket(req).await {
                         Ok(r) => break r.into_inner().ticket.unwrap().id,
-                        Err(e) if e.code() == tonic::Code::Unavailable => {
+                        // A call in flight when its node is killed ends in a
+                        // connection reset (UNKNOWN); the same request id
+                        // makes every retry safe.
+                        Err(e) if hotline_proto::grpc::is_transient(e.code()) => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                         Err(e) => panic!("create: {e}"),

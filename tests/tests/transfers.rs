@@ -161,6 +161,7 @@ async fn blind_warm_and_three_way_transfers_complete_between_two_cities() {
     assert_eq!(yb_stats.transfers_answered, 3);
     assert!((yb_stats.answer_rate - 1.0).abs() < 1e-9);
     assert_eq!(yb_stats.transfers_in_by_category["housing-fund"], 3);
+    assert_eq!(yb_stats.transfers_answered_by_category["housing-fund"], 3);
     let lz_stats = city_stats(&f, "luzhou").await;
     assert_eq!(lz_stats.transfers_out, 3);
     assert_eq!(lz_stats.transfers_out_by_category["housing-fund"], 3);
