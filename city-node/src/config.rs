@@ -21,6 +21,14 @@ pub struct NodeConfig {
     /// Where the store (`node.db`) lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Mutual TLS: this process's certificate and key, the CA bundle, the
+    /// revocation list. Relative paths are taken from the file's directory.
+    #[serde(default)]
+    pub tls: Option<hotline_tls::TlsFiles>,
+    /// Plaintext with no authentication, instead of `tls`: only on a
+    /// loopback listen address.
+    #[serde(default)]
+    pub insecure: bool,
     /// The gateway's address.
     pub gateway: String,
     /// How long one operator's console rings before the next operator is
@@ -59,6 +67,8 @@ impl NodeConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut config = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.tls = config.tls.map(|t| t.relative_to(base));
         config.apply_env(env)?;
         config.catalogue()?;
         Ok(config)

@@ -16,6 +16,9 @@ use clap::Parser;
 /// of the tickets it sent (service CityNode). Health and reflection are
 /// served too.
 ///
+/// Every link is mutual TLS, with the certificates its [tls] table names
+/// (`gateway certs init` makes a development set).
+///
 /// Example: city-node --config config/city-node.example.toml
 #[derive(Parser)]
 #[command(version)]
@@ -25,6 +28,10 @@ struct Args {
     /// listen, data_dir and gateway.
     #[arg(long, short)]
     config: PathBuf,
+    /// Serve and dial plaintext with no authentication instead of TLS: only
+    /// on a loopback address, for local experiments.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[tokio::main]
@@ -36,7 +43,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
-    let config = NodeConfig::load(&args.config, &env)?;
+    let mut config = NodeConfig::load(&args.config, &env)?;
+    if args.insecure {
+        config.insecure = true;
+        config.tls = None;
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

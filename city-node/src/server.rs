@@ -14,6 +14,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::Server;
 
+use hotline_proto::identity::Identity;
+use tonic::service::interceptor::InterceptedService;
+
 use crate::calls::{CallTimings, Calls};
 use crate::config::NodeConfig;
 use crate::hotline::HotlineService;
@@ -31,6 +34,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let catalogue = Arc::new(config.catalogue()?);
+    let (server_tls, client_tls) =
+        hotline_tls::transport(config.tls.as_ref(), config.insecure, listener.local_addr()?)?;
     let db = Db::open(
         &config.data_dir.join("node.db"),
         &[store::SCHEMA, outbox::SCHEMA],
@@ -42,7 +47,7 @@ pub async fn serve(
         &mut tasks,
         db.clone(),
         GATEWAY.to_owned(),
-        Arc::new(GatewaySender::new(&config.gateway)?),
+        Arc::new(GatewaySender::new(&config.gateway, &client_tls)?),
         stop_rx.clone(),
     );
     let calls = Calls::new(
@@ -58,6 +63,7 @@ pub async fn serve(
     tasks.spawn(signalling::run(
         calls.clone(),
         config.gateway.clone(),
+        client_tls,
         stop_rx,
     ));
 
@@ -67,6 +73,7 @@ pub async fn serve(
     ])
     .await;
     let city = config.city.clone();
+    let own = Identity::City(city.clone());
     // On the signal to stop, end the consoles' streams first: graceful
     // shutdown waits for every open stream, and theirs never end by
     // themselves.
@@ -81,7 +88,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health)
         .add_service(grpc::reflection()?)
-        .add_service(
+        // Who may call what: the city's own systems and consoles the
+        // CityHotline; the gateway alone the CityNode.
+        .add_service(InterceptedService::new(
             CityHotlineServer::new(HotlineService::new(
                 city.clone(),
                 db.clone(),
@@ -90,12 +99,17 @@ pub async fn serve(
                 calls,
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            hotline_tls::allow(move |id| *id == own),
+        ))
+        .add_service(InterceptedService::new(
             CityNodeServer::new(InboundService::new(city, db.clone(), catalogue))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            hotline_tls::allow(|id| *id == Identity::Gateway),
+        ))
+        .serve_with_incoming_shutdown(
+            hotline_tls::server::incoming(listener, server_tls),
+            shutdown,
         )
-        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown)
         .await;
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(Duration::from_secs(10), async {

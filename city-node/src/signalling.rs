@@ -13,9 +13,15 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::calls::Calls;
 
-pub async fn run(calls: Calls, gateway: String, mut stop: watch::Receiver<bool>) {
-    let channel = match hotline_proto::grpc::endpoint(&gateway, None) {
-        Ok(e) => e.connect_lazy(),
+pub async fn run(
+    calls: Calls,
+    gateway: String,
+    tls: hotline_tls::ClientTls,
+    mut stop: watch::Receiver<bool>,
+) {
+    let server = hotline_proto::identity::Identity::Gateway;
+    let channel = match hotline_tls::channel(&gateway, &tls, &server, None) {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "no transfer signalling");
             return;

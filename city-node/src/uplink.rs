@@ -22,13 +22,15 @@ pub struct GatewaySender {
 impl GatewaySender {
     /// A lazily connected channel: a gateway that is down now is reached
     /// when it comes back.
-    pub fn new(addr: &str) -> anyhow::Result<Self> {
+    pub fn new(addr: &str, tls: &hotline_tls::ClientTls) -> anyhow::Result<Self> {
+        let gateway = hotline_proto::identity::Identity::Gateway;
         Ok(Self {
-            client: FederationClient::new(
-                hotline_proto::grpc::endpoint(addr, Some(Duration::from_secs(5)))
-                    .map_err(anyhow::Error::msg)?
-                    .connect_lazy(),
-            ),
+            client: FederationClient::new(hotline_tls::channel(
+                addr,
+                tls,
+                &gateway,
+                Some(Duration::from_secs(5)),
+            )?),
         })
     }
 }

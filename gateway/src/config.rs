@@ -19,6 +19,14 @@ pub struct GatewayConfig {
     /// Where the ledger (`gateway.db`) lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Mutual TLS: this process's certificate and key, the CA bundle, the
+    /// revocation list. Relative paths are taken from the file's directory.
+    #[serde(default)]
+    pub tls: Option<hotline_tls::TlsFiles>,
+    /// Plaintext with no authentication, instead of `tls`: only on a
+    /// loopback listen address.
+    #[serde(default)]
+    pub insecure: bool,
     /// Each member city's node address.
     pub nodes: BTreeMap<String, String>,
     /// How long an answered transfer may stay warm or three-way before the
@@ -52,6 +60,8 @@ impl GatewayConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut config = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.tls = config.tls.map(|t| t.relative_to(base));
         config.apply_env(env)?;
         config.catalogue()?;
         Ok(config)

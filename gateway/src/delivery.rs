@@ -27,12 +27,15 @@ pub struct NodeSender {
 impl NodeSender {
     /// One lazily connected channel per city; a city that is down now is
     /// reached when it comes back.
-    pub fn new(nodes: &HashMap<String, String>) -> anyhow::Result<Self> {
+    pub fn new(
+        nodes: &HashMap<String, String>,
+        tls: &hotline_tls::ClientTls,
+    ) -> anyhow::Result<Self> {
         let mut clients = HashMap::new();
         for (city, addr) in nodes {
-            let channel = hotline_proto::grpc::endpoint(addr, Some(DELIVERY_TIMEOUT))
-                .map_err(anyhow::Error::msg)?
-                .connect_lazy();
+            // The node must present its city's certificate.
+            let server = hotline_proto::identity::Identity::City(city.clone());
+            let channel = hotline_tls::channel(addr, tls, &server, Some(DELIVERY_TIMEOUT))?;
             clients.insert(city.clone(), CityNodeClient::new(channel));
         }
         Ok(Self { clients })
@@ -100,10 +103,11 @@ impl Sender for NodeSender {
 pub fn spawn_workers(
     ledger: &ledger::Ledger,
     nodes: &HashMap<String, String>,
+    tls: &hotline_tls::ClientTls,
     tasks: &mut tokio::task::JoinSet<()>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let sender = Arc::new(NodeSender::new(nodes)?);
+    let sender = Arc::new(NodeSender::new(nodes, tls)?);
     for city in nodes.keys() {
         ledger.outbox().spawn_worker(
             tasks,

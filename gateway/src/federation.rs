@@ -31,6 +31,20 @@ impl FederationService {
     }
 }
 
+/// The city that makes a request: the one its certificate names, which the
+/// request's own `city` field may repeat but never contradict. On an
+/// insecure gateway (plaintext, loopback) there are no certificates and the
+/// field is taken as it is.
+fn reporting_city<T>(request: &Request<T>, claimed: &str) -> Result<String, Status> {
+    match hotline_tls::caller_city(request)? {
+        Some(city) if claimed.is_empty() || claimed == city => Ok(city),
+        Some(city) => {
+            Err(GatewayError::PermissionDenied(format!("{city} cannot act as {claimed}")).into())
+        }
+        None => Ok(claimed.to_owned()),
+    }
+}
+
 #[tonic::async_trait]
 impl Federation for FederationService {
     type TransferSignalsStream = UnboundedReceiverStream<Result<TransferSignalsResponse, Status>>;
@@ -42,9 +56,18 @@ impl Federation for FederationService {
         if self.switchboard.is_closing() {
             return Err(Status::unavailable("the gateway is stopping"));
         }
+        let certified = hotline_tls::caller_city(&request)?;
         let mut inbound = request.into_inner();
         let city = match inbound.message().await?.and_then(|m| m.signal) {
-            Some(Signal::HelloCity(city)) => city,
+            Some(Signal::HelloCity(city)) => match &certified {
+                Some(c) if *c != city => {
+                    return Err(GatewayError::PermissionDenied(format!(
+                        "{c} cannot open the signalling stream of {city}"
+                    ))
+                    .into());
+                }
+                _ => city,
+            },
             _ => {
                 return Err(invalid_argument(
                     "signal",
@@ -81,17 +104,18 @@ impl Federation for FederationService {
         &self,
         request: Request<DispatchTicketRequest>,
     ) -> Result<Response<DispatchTicketResponse>, Status> {
+        let city = reporting_city(&request, &request.get_ref().city)?;
         let req = request.into_inner();
         let catalogue = self.ledger.catalogue();
-        validate::city("city", &req.city, catalogue).map_err(Status::from)?;
+        validate::city("city", &city, catalogue).map_err(Status::from)?;
         let ticket = req
             .ticket
             .ok_or_else(|| hotline_proto::error::invalid_argument("ticket", "is required"))?;
         validate::dispatched_ticket(&ticket, catalogue).map_err(Status::from)?;
-        if ticket.origin_city != req.city {
+        if ticket.origin_city != city {
             return Err(GatewayError::PermissionDenied(format!(
                 "{} cannot dispatch a ticket of {}",
-                req.city, ticket.origin_city
+                city, ticket.origin_city
             ))
             .into());
         }
@@ -101,7 +125,7 @@ impl Federation for FederationService {
             ticket.category.clone(),
         );
         let event = self.ledger.dispatch(ticket).await?;
-        tracing::debug!(ticket = %id, origin = %req.city, target = %target, category = %category, "dispatched");
+        tracing::debug!(ticket = %id, origin = %city, target = %target, category = %category, "dispatched");
         Ok(Response::new(DispatchTicketResponse { event: Some(event) }))
     }
 
@@ -109,13 +133,14 @@ impl Federation for FederationService {
         &self,
         request: Request<ReportEventRequest>,
     ) -> Result<Response<ReportEventResponse>, Status> {
+        let city = reporting_city(&request, &request.get_ref().city)?;
         let req = request.into_inner();
-        validate::city("city", &req.city, self.ledger.catalogue()).map_err(Status::from)?;
+        validate::city("city", &city, self.ledger.catalogue()).map_err(Status::from)?;
         let event = req
             .event
             .ok_or_else(|| hotline_proto::error::invalid_argument("event", "is required"))?;
         validate::reported_event(&event).map_err(Status::from)?;
-        let events = self.ledger.report(req.city, event).await?;
+        let events = self.ledger.report(city, event).await?;
         Ok(Response::new(ReportEventResponse { events }))
     }
 }

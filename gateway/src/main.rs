@@ -1,11 +1,11 @@
 //! `gateway --config FILE`: the provincial gateway of the 12345 hotline
-//! federation.
+//! federation; `gateway certs ...`: a development certificate authority.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use gateway::GatewayConfig;
 
 /// The provincial gateway of the 12345 hotline federation.
@@ -16,14 +16,90 @@ use gateway::GatewayConfig;
 /// centre reads statistics and works the coordination queue through the
 /// Observatory service. Health and reflection are served too.
 ///
+/// Every link is mutual TLS: `gateway certs init --dir certs` makes a
+/// development CA and a certificate for the gateway, each city, the province
+/// and each department.
+///
 /// Example: gateway --config config/gateway.example.toml
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
     /// The TOML configuration file (see config/gateway.example.toml).
     /// HOTLINE_LISTEN and HOTLINE_DATA_DIR override its listen and data_dir.
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required = true)]
+    config: Option<PathBuf>,
+    /// Serve plaintext with no authentication instead of TLS: only on a
+    /// loopback address, for local experiments.
+    #[arg(long)]
+    insecure: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A development certificate authority and its certificates.
+    Certs {
+        #[command(subcommand)]
+        action: Certs,
+    },
+}
+
+#[derive(Subcommand)]
+enum Certs {
+    /// Makes a new CA in DIR, a certificate (`NAME.pem`, `NAME.key`) for the
+    /// gateway, every member city, the province and every department, and an
+    /// empty revocation list (`crl.pem`). Members and categories come from
+    /// --config if given, else the defaults.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Replaces DIR/crl.pem with a list revoking the given certificates:
+    /// servers lock them out within seconds, without a restart.
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Certificate files (PEM) to revoke.
+        #[arg(required = true)]
+        certs: Vec<PathBuf>,
+    },
+}
+
+fn certs(action: Certs, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    match action {
+        Certs::Init { dir, config } => {
+            let catalogue = match config {
+                Some(path) => GatewayConfig::load(&path, env)?.catalogue()?,
+                None => hotline_proto::Catalogue::default(),
+            };
+            let holders = hotline_tls::dev_ca::holders(
+                catalogue.city_ids(),
+                catalogue.categories.iter().map(|c| c.id.as_str()),
+            );
+            hotline_tls::dev_ca::init(&dir, &holders)?;
+            println!(
+                "made a development CA and {} certificates in {}",
+                holders.len(),
+                dir.display()
+            );
+        }
+        Certs::Revoke { dir, certs } => {
+            let serials = certs
+                .iter()
+                .map(|c| hotline_tls::dev_ca::serial_of(c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let crl = hotline_tls::dev_ca::revoke(&dir, &serials)?;
+            println!(
+                "{} now revokes {} certificates",
+                crl.display(),
+                serials.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -35,7 +111,15 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
-    let config = GatewayConfig::load(&args.config, &env)?;
+    if let Some(Command::Certs { action }) = args.command {
+        return certs(action, &env);
+    }
+    let path = args.config.context("--config FILE is required")?;
+    let mut config = GatewayConfig::load(&path, &env)?;
+    if args.insecure {
+        config.insecure = true;
+        config.tls = None;
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

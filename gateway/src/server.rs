@@ -15,6 +15,9 @@ use tokio::task::JoinSet;
 use tonic::transport::Server;
 
 use crate::config::GatewayConfig;
+use hotline_proto::identity::Identity;
+use tonic::service::interceptor::InterceptedService;
+
 use crate::delivery;
 use crate::federation::FederationService;
 use crate::ledger::Ledger;
@@ -31,6 +34,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let catalogue = Arc::new(config.catalogue()?);
+    let (server_tls, client_tls) =
+        hotline_tls::transport(config.tls.as_ref(), config.insecure, listener.local_addr()?)?;
     let ledger = Ledger::open(&config.data_dir.join("gateway.db"), catalogue.clone())?;
     let failed = ledger.db().write(recorder::fail_unfinished).await?;
     if failed > 0 {
@@ -42,7 +47,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let nodes = config.nodes.clone().into_iter().collect();
-    delivery::spawn_workers(&ledger, &nodes, &mut tasks, stop_rx.clone())?;
+    delivery::spawn_workers(&ledger, &nodes, &client_tls, &mut tasks, stop_rx.clone())?;
     let (recorder, recording) = Recorder::start(ledger.db().clone());
     let switchboard = Switchboard::new(
         catalogue,
@@ -70,15 +75,23 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health)
         .add_service(grpc::reflection()?)
-        .add_service(
+        // Who may call what: any city the Federation (each handler checks the
+        // city against what it sends); the province the Observatory (roles
+        // for departments and cities come with the Observatory's growth).
+        .add_service(InterceptedService::new(
             FederationServer::new(FederationService::new(ledger.clone(), switchboard.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            hotline_tls::allow(|id| matches!(id, Identity::City(_))),
+        ))
+        .add_service(InterceptedService::new(
             ObservatoryServer::new(ObservatoryService::new(ledger.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            hotline_tls::allow(|id| *id == Identity::Province),
+        ))
+        .serve_with_incoming_shutdown(
+            hotline_tls::server::incoming(listener, server_tls),
+            shutdown,
         )
-        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown)
         .await;
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(Duration::from_secs(10), async {

@@ -34,22 +34,6 @@ pub async fn health(
     (reporter, service)
 }
 
-/// The connections a server accepts on `listener`, with Nagle's algorithm
-/// off. tonic sets `TCP_NODELAY` only on sockets it binds itself; on a
-/// listener handed to it, a small frame (a signal relayed on a stream, an
-/// acknowledgement) would otherwise wait for the peer's delayed ACK, about
-/// 40 ms on Linux.
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
-}
-
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

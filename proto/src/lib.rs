@@ -16,6 +16,7 @@
 pub mod catalogue;
 pub mod error;
 pub mod grpc;
+pub mod identity;
 pub mod ids;
 pub mod privacy;
 pub mod state;

@@ -130,7 +130,8 @@ pub async fn run(opts: TransferBenchOptions) -> anyhow::Result<TransferBench> {
     .await?;
     println!("gateway: {}", fed.gateway);
     let channel = |city: &str| -> anyhow::Result<Channel> {
-        crate::channel(*fed.nodes.get(city).context("no such city")?)
+        fed.pki
+            .node_channel(*fed.nodes.get(city).context("no such city")?, city)
     };
     let all_but_probe: Vec<String> = hotline_proto::Catalogue::default()
         .categories

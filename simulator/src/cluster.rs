@@ -10,11 +10,15 @@ use std::path::Path;
 use city_node::NodeConfig;
 use gateway::GatewayConfig;
 use hotline_proto::Catalogue;
+use hotline_proto::identity::Identity;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::pki::Pki;
+
 pub struct Cluster {
+    pub pki: Pki,
     pub gateway: SocketAddr,
     pub nodes: BTreeMap<String, SocketAddr>,
     stop: watch::Sender<bool>,
@@ -38,6 +42,7 @@ impl Cluster {
     /// Starts the federation of `catalogue`'s cities with its stores under
     /// `data_dir`.
     pub async fn start(catalogue: &Catalogue, data_dir: &Path) -> anyhow::Result<Self> {
+        let pki = Pki::init(&data_dir.join("certs"), catalogue)?;
         let (gw_listener, gateway) = loopback().await?;
         let mut listeners = BTreeMap::new();
         for city in catalogue.city_ids() {
@@ -57,6 +62,8 @@ impl Cluster {
                 .iter()
                 .map(|(c, a)| (c.clone(), format!("http://{a}")))
                 .collect(),
+            tls: Some(pki.files(&Identity::Gateway)),
+            insecure: false,
             transfer_completion_ms: 30 * 60 * 1000,
             cities: Some(catalogue.cities.clone()),
             categories: Some(catalogue.categories.clone()),
@@ -68,6 +75,8 @@ impl Cluster {
                 listen: addr,
                 data_dir: data_dir.join(&city),
                 gateway: format!("http://{gateway}"),
+                tls: Some(pki.files(&Identity::City(city.clone()))),
+                insecure: false,
                 ring_timeout_ms: 2_000,
                 transfer_deadline_ms: 20_000,
                 cities: Some(catalogue.cities.clone()),
@@ -76,6 +85,7 @@ impl Cluster {
             tasks.spawn(city_node::serve(config, listener, stopper(&stop)));
         }
         Ok(Self {
+            pki,
             gateway,
             nodes,
             stop,

@@ -59,8 +59,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         println!("{city}: {addr}");
     }
     println!("data: {}", data_dir.display());
-    let nodes = report::channels(&cluster.nodes)?;
-    let gateway = crate::channel(cluster.gateway)?;
+    let nodes = report::channels(&cluster.pki, &cluster.nodes)?;
+    let gateway = cluster.pki.province_channel(cluster.gateway)?;
 
     let created: Arc<Mutex<Vec<Created>>> = Arc::default();
     let call_log = Arc::new(CallLog::default());

@@ -11,6 +11,7 @@
 //!   and compares it with the gateway's statistics.
 //! - [`demo`]: the front door, `simulator demo`.
 //! - [`spawn`]: a federation of real child processes, each measurable.
+//! - [`pki`]: the run's development CA; every link is mutual TLS.
 //! - [`bench`]: `simulator bench-transfers`, ring latency and how many live
 //!   transfers one gateway holds.
 
@@ -19,15 +20,7 @@ pub mod calls;
 pub mod cluster;
 pub mod demo;
 pub mod operators;
+pub mod pki;
 pub mod report;
 pub mod spawn;
 pub mod workload;
-
-/// A lazily connected channel to a process of the federation.
-pub fn channel(addr: std::net::SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(
-        hotline_proto::grpc::endpoint(&addr.to_string(), Some(std::time::Duration::from_secs(10)))
-            .map_err(anyhow::Error::msg)?
-            .connect_lazy(),
-    )
-}

@@ -451,9 +451,12 @@ pub fn table(r: &Report) -> String {
 }
 
 /// Channels to every node, by city.
-pub fn channels(nodes: &BTreeMap<String, SocketAddr>) -> anyhow::Result<BTreeMap<String, Channel>> {
+pub fn channels(
+    pki: &crate::pki::Pki,
+    nodes: &BTreeMap<String, SocketAddr>,
+) -> anyhow::Result<BTreeMap<String, Channel>> {
     nodes
         .iter()
-        .map(|(c, a)| Ok((c.clone(), crate::channel(*a)?)))
+        .map(|(c, a)| Ok((c.clone(), pki.node_channel(*a, c)?)))
         .collect()
 }

@@ -11,12 +11,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use hotline_proto::identity::Identity;
 use hotline_proto::pb::GetCityStatsRequest;
 use hotline_proto::pb::ListTicketsRequest;
 use hotline_proto::pb::city_hotline_client::CityHotlineClient;
 use hotline_proto::pb::observatory_client::ObservatoryClient;
 
+use crate::pki::Pki;
+
 pub struct Spawned {
+    pub pki: Pki,
     pub gateway: SocketAddr,
     pub nodes: BTreeMap<String, SocketAddr>,
     gateway_child: Child,
@@ -57,6 +61,7 @@ impl Spawned {
     /// TOML lines in every node's file, and waits until all answer.
     pub async fn start(cities: &[&str], dir: &Path, node_extra: &str) -> anyhow::Result<Self> {
         let bins = bin_dir()?;
+        let pki = Pki::init(&dir.join("certs"), &hotline_proto::Catalogue::default())?;
         let gateway = free_addr()?;
         let mut nodes = BTreeMap::new();
         for city in cities {
@@ -70,8 +75,9 @@ impl Spawned {
         std::fs::write(
             &gw_config,
             format!(
-                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{table}",
-                dir.join("gateway").display()
+                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{table}\n{}",
+                dir.join("gateway").display(),
+                pki.toml(&Identity::Gateway)
             ),
         )?;
         let gateway_child = start(&bins.join("gateway"), &gw_config, &dir.join("gateway.log"))?;
@@ -81,8 +87,9 @@ impl Spawned {
             std::fs::write(
                 &config,
                 format!(
-                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway}\"\n{node_extra}\n",
-                    dir.join(city).display()
+                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway}\"\n{node_extra}\n{}",
+                    dir.join(city).display(),
+                    pki.toml(&Identity::City(city.clone()))
                 ),
             )?;
             node_children.push(start(
@@ -92,6 +99,7 @@ impl Spawned {
             )?);
         }
         let spawned = Self {
+            pki,
             gateway,
             nodes,
             gateway_child,
@@ -103,7 +111,7 @@ impl Spawned {
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let until = Instant::now() + Duration::from_secs(30);
-        let mut observatory = ObservatoryClient::new(crate::channel(self.gateway)?);
+        let mut observatory = ObservatoryClient::new(self.pki.province_channel(self.gateway)?);
         while observatory
             .get_city_stats(GetCityStatsRequest::default())
             .await
@@ -115,7 +123,7 @@ impl Spawned {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for (city, addr) in &self.nodes {
-            let mut node = CityHotlineClient::new(crate::channel(*addr)?);
+            let mut node = CityHotlineClient::new(self.pki.node_channel(*addr, city)?);
             while node
                 .list_tickets(ListTicketsRequest {
                     page_size: 1,

@@ -19,12 +19,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use hotline_proto::identity::Identity;
 use hotline_proto::pb::city_hotline_client::CityHotlineClient;
 use hotline_proto::pb::federation_client::FederationClient;
 use hotline_proto::pb::observatory_client::ObservatoryClient;
 use hotline_proto::pb::{
     CreateTicketRequest, GetTicketRequest, ListTicketsRequest, Ticket, TicketKind, TicketRole,
 };
+use hotline_tls::{ClientTls, TlsFiles};
 use tonic::transport::Channel;
 
 pub const CITIES: [&str; 4] = ["luzhou", "yibin", "zigong", "neijiang"];
@@ -125,8 +127,22 @@ impl Drop for Proc {
 
 pub struct Federation {
     pub dir: tempfile::TempDir,
+    /// The development CA and every holder's certificate (`dev_ca`).
+    pub certs: PathBuf,
     pub gateway: Proc,
     pub nodes: BTreeMap<String, Proc>,
+}
+
+/// The TOML `[tls]` table of `holder`'s files in `certs`.
+pub fn tls_table(certs: &Path, holder: &Identity) -> String {
+    let f = TlsFiles::in_dir(certs, holder);
+    format!(
+        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\n",
+        f.ca.display(),
+        f.cert.display(),
+        f.key.display(),
+        f.crl.unwrap().display()
+    )
 }
 
 impl Federation {
@@ -140,6 +156,13 @@ impl Federation {
     /// every node's configuration file (timings, for instance).
     pub async fn start_with(gateway_extra: &str, node_extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let categories = hotline_proto::Catalogue::default();
+        let holders = hotline_tls::dev_ca::holders(
+            CITIES,
+            categories.categories.iter().map(|c| c.id.as_str()),
+        );
+        hotline_tls::dev_ca::init(&certs, &holders).unwrap();
         let gateway_addr = free_addr();
         let node_addrs: BTreeMap<String, SocketAddr> = CITIES
             .iter()
@@ -153,8 +176,9 @@ impl Federation {
         std::fs::write(
             &gw_config,
             format!(
-                "listen = \"{gateway_addr}\"\ndata_dir = \"{}\"\n{gateway_extra}\n{nodes_toml}",
-                dir.path().join("gateway").display()
+                "listen = \"{gateway_addr}\"\ndata_dir = \"{}\"\n{gateway_extra}\n{nodes_toml}\n{}",
+                dir.path().join("gateway").display(),
+                tls_table(&certs, &Identity::Gateway)
             ),
         )
         .unwrap();
@@ -172,8 +196,9 @@ impl Federation {
             std::fs::write(
                 &config,
                 format!(
-                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway_addr}\"\n{node_extra}\n",
-                    dir.path().join(city).display()
+                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway_addr}\"\n{node_extra}\n{}",
+                    dir.path().join(city).display(),
+                    tls_table(&certs, &Identity::City(city.clone()))
                 ),
             )
             .unwrap();
@@ -191,6 +216,7 @@ impl Federation {
         }
         let mut f = Self {
             dir,
+            certs,
             gateway,
             nodes,
         };
@@ -198,13 +224,37 @@ impl Federation {
         for p in f.nodes.values_mut() {
             p.start();
         }
-        let addrs: Vec<SocketAddr> = std::iter::once(f.gateway.addr)
-            .chain(f.nodes.values().map(|p| p.addr))
-            .collect();
-        for addr in addrs {
-            wait_healthy(addr).await;
+        f.wait_healthy(&Identity::Gateway).await;
+        for city in CITIES {
+            f.wait_healthy(&Identity::City(city.into())).await;
         }
         f
+    }
+
+    /// The address of the process that holds `server`'s certificate.
+    pub fn addr_of(&self, server: &Identity) -> SocketAddr {
+        match server {
+            Identity::City(c) => self.nodes[c.as_str()].addr,
+            _ => self.gateway.addr,
+        }
+    }
+
+    /// A channel to `server`, presenting `who`'s certificate.
+    pub fn channel_as(&self, who: &Identity, server: &Identity) -> Channel {
+        let tls = ClientTls::from_files(&TlsFiles::in_dir(&self.certs, who)).unwrap();
+        hotline_tls::channel(
+            &self.addr_of(server).to_string(),
+            &tls,
+            server,
+            Some(Duration::from_secs(10)),
+        )
+        .unwrap()
+    }
+
+    /// Waits until `server` answers its health check (over mTLS, as the
+    /// province).
+    pub async fn wait_healthy(&self, server: &Identity) {
+        wait_healthy(self.channel_as(&Identity::Province, server)).await;
     }
 
     pub fn node(&mut self, city: &str) -> &mut Proc {
@@ -214,31 +264,33 @@ impl Federation {
     pub async fn restart_gateway(&mut self) {
         self.gateway.kill();
         self.gateway.start();
-        wait_healthy(self.gateway.addr).await;
+        self.wait_healthy(&Identity::Gateway).await;
     }
 
     pub async fn start_gateway(&mut self) {
         self.gateway.start();
-        wait_healthy(self.gateway.addr).await;
+        self.wait_healthy(&Identity::Gateway).await;
     }
 
     pub async fn start_node(&mut self, city: &str) {
-        let p = self.node(city);
-        p.start();
-        let addr = p.addr;
-        wait_healthy(addr).await;
+        self.node(city).start();
+        self.wait_healthy(&Identity::City(city.into())).await;
     }
 
+    /// The city's own hotline platform at its node.
     pub async fn hotline(&self, city: &str) -> CityHotlineClient<Channel> {
-        CityHotlineClient::new(channel(self.nodes[city].addr).await)
+        let id = Identity::City(city.into());
+        CityHotlineClient::new(self.channel_as(&id, &id))
     }
 
+    /// The provincial centre at the gateway.
     pub async fn observatory(&self) -> ObservatoryClient<Channel> {
-        ObservatoryClient::new(channel(self.gateway.addr).await)
+        ObservatoryClient::new(self.channel_as(&Identity::Province, &Identity::Gateway))
     }
 
-    pub async fn federation(&self) -> FederationClient<Channel> {
-        FederationClient::new(channel(self.gateway.addr).await)
+    /// The gateway's Federation service, as `city`'s node calls it.
+    pub async fn federation_as(&self, city: &str) -> FederationClient<Channel> {
+        FederationClient::new(self.channel_as(&Identity::City(city.into()), &Identity::Gateway))
     }
 
     /// Every process's log, for a failing test's message.
@@ -257,17 +309,12 @@ impl Federation {
     }
 }
 
-pub async fn channel(addr: SocketAddr) -> Channel {
-    hotline_proto::grpc::endpoint(&addr.to_string(), Some(Duration::from_secs(10)))
-        .unwrap()
-        .connect_lazy()
-}
-
-/// Waits until the process at `addr` answers its health check.
-pub async fn wait_healthy(addr: SocketAddr) {
+/// Waits until the process at the end of `channel` answers its health
+/// check.
+pub async fn wait_healthy(channel: Channel) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut client = tonic_health::pb::health_client::HealthClient::new(channel(addr).await);
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         let ok = client
             .check(tonic_health::pb::HealthCheckRequest {
                 service: String::new(),
@@ -277,7 +324,10 @@ pub async fn wait_healthy(addr: SocketAddr) {
         if ok {
             return;
         }
-        assert!(Instant::now() < deadline, "{addr} did not become healthy");
+        assert!(
+            Instant::now() < deadline,
+            "a process did not become healthy"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

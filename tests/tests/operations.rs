@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use federation_tests::*;
+use hotline_proto::identity::Identity;
 use hotline_proto::pb::*;
 use tokio_stream::StreamExt;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -14,8 +15,8 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-async fn services(addr: std::net::SocketAddr) -> Vec<String> {
-    let mut client = ServerReflectionClient::new(channel(addr).await);
+async fn services(f: &Federation, server: &Identity) -> Vec<String> {
+    let mut client = ServerReflectionClient::new(f.channel_as(&Identity::Province, server));
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -37,7 +38,7 @@ async fn services(addr: std::net::SocketAddr) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_server_answers_health_and_reflection() {
     let f = Federation::start().await;
-    let gw = services(f.gateway.addr).await;
+    let gw = services(&f, &Identity::Gateway).await;
     for s in [
         "hotline.federation.v1.Federation",
         "hotline.federation.v1.Observatory",
@@ -45,7 +46,7 @@ async fn every_server_answers_health_and_reflection() {
     ] {
         assert!(gw.iter().any(|g| g == s), "gateway lacks {s}: {gw:?}");
     }
-    let node = services(f.nodes["zigong"].addr).await;
+    let node = services(&f, &Identity::City("zigong".into())).await;
     for s in [
         "hotline.federation.v1.CityHotline",
         "hotline.federation.v1.CityNode",

@@ -355,7 +355,7 @@ async fn a_rejected_ticket_lands_in_coordination_and_reaches_the_assigned_owner(
 async fn the_same_dispatch_sent_100_times_also_concurrently_makes_one_ticket() {
     let f = Federation::start().await;
     let mut yibin = f.hotline("yibin").await;
-    let gw = f.federation().await;
+    let gw = f.federation_as("luzhou").await;
 
     let id = hotline_proto::TicketId::new("luzhou").to_string();
     let mut ticket = draft(&["yibin"], "tourism");
@@ -524,7 +524,7 @@ async fn bad_input_gets_the_matching_status_and_changes_nothing() {
     let mut yibin = f.hotline("yibin").await;
     wait_status(&mut yibin, &t.id, TicketStatus::Delivered).await;
     let err = f
-        .federation()
+        .federation_as("zigong")
         .await
         .report_event(ReportEventRequest {
             city: "zigong".into(),

@@ -583,7 +583,7 @@ async fn bad_transfer_requests_get_a_clear_status_and_change_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // A third city that claims a move on the gateway's stream is ignored.
-    let mut fed = f.federation().await;
+    let mut fed = f.federation_as("zigong").await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tx.send(TransferSignalsRequest {
         signal: Some(Signal::HelloCity("zigong".into())),

@@ -1,0 +1,267 @@
+//! Who may talk to whom: every link is mutual TLS, every caller is who its
+//! certificate says, and a certificate acts only for its holder.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use federation_tests::{Federation, create, draft, eventually, list_all};
+use hotline_proto::identity::Identity;
+use hotline_proto::pb::city_hotline_client::CityHotlineClient;
+use hotline_proto::pb::city_node_client::CityNodeClient;
+use hotline_proto::pb::federation_client::FederationClient;
+use hotline_proto::pb::observatory_client::ObservatoryClient;
+use hotline_proto::pb::transfer_signals_request::Signal;
+use hotline_proto::pb::*;
+use hotline_tls::{ClientTls, TlsFiles, dev_ca};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const LUZHOU: fn() -> Identity = || Identity::City("luzhou".into());
+
+fn channel(f: &Federation, tls: &ClientTls, server: &Identity) -> Channel {
+    hotline_tls::channel(
+        &f.addr_of(server).to_string(),
+        tls,
+        server,
+        Some(Duration::from_secs(5)),
+    )
+    .unwrap()
+}
+
+/// A TLS client that trusts the federation's CA but shows no certificate.
+fn without_certificate(f: &Federation) -> ClientTls {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(f.certs.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    ClientTls::Mutual(Arc::new(config))
+}
+
+/// A certificate for `holder` issued by the federation's CA and valid
+/// between `from` and `to` hours from now, in a directory of its own
+/// (beside the CA's files, so the server's set stays as it was).
+fn issued(f: &Federation, holder: &Identity, from_h: i64, to_h: i64) -> ClientTls {
+    let dir = f.dir.path().join(format!("extra-{from_h}-{to_h}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["ca.pem", "ca.key", "crl.pem"] {
+        std::fs::copy(f.certs.join(file), dir.join(file)).unwrap();
+    }
+    let now = time::OffsetDateTime::now_utc();
+    dev_ca::issue_between(
+        &dir,
+        holder,
+        now + time::Duration::hours(from_h),
+        now + time::Duration::hours(to_h),
+    )
+    .unwrap();
+    ClientTls::from_files(&TlsFiles::in_dir(&dir, holder)).unwrap()
+}
+
+async fn create_with(channel: Channel) -> Result<Ticket, tonic::Status> {
+    CityHotlineClient::new(channel)
+        .create_ticket(CreateTicketRequest {
+            ticket: Some(draft(&["yibin"], "education")),
+        })
+        .await
+        .map(|r| r.into_inner().ticket.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_a_valid_certificate_of_the_federation_are_refused_before_any_handler() {
+    let f = Federation::start().await;
+    let lz = LUZHOU();
+
+    // No certificate at all; plaintext; a CA of its own; expired; not yet
+    // valid.
+    let stranger_dir = f.dir.path().join("stranger");
+    dev_ca::init(&stranger_dir, std::slice::from_ref(&lz)).unwrap();
+    let refused = [
+        ("no certificate", without_certificate(&f)),
+        ("plaintext", ClientTls::Insecure),
+        (
+            "unknown CA",
+            ClientTls::from_files(&TlsFiles::in_dir(&stranger_dir, &lz)).unwrap(),
+        ),
+        ("expired", issued(&f, &lz, -48, -24)),
+        ("not yet valid", issued(&f, &lz, 24, 48)),
+    ];
+    for (what, tls) in &refused {
+        let e = create_with(channel(&f, tls, &lz)).await.unwrap_err();
+        assert!(
+            matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Internal),
+            "{what}: {e:?}"
+        );
+    }
+    // Nothing reached the handler: Luzhou holds no ticket.
+    let mut luzhou = f.hotline("luzhou").await;
+    assert!(
+        list_all(&mut luzhou, TicketRole::Unspecified)
+            .await
+            .is_empty()
+    );
+    let log = std::fs::read_to_string(f.dir.path().join("luzhou.log")).unwrap();
+    assert!(log.contains("TLS handshake refused"), "{log}");
+
+    // The same holder with a valid certificate is served.
+    let ok = issued(&f, &lz, -1, 24);
+    create_with(channel(&f, &ok, &lz)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_locked_out_without_a_restart() {
+    let f = Federation::start().await;
+    let lz = LUZHOU();
+    // A second certificate for Luzhou's platform, then its revocation.
+    let dir = f.dir.path().join("platform");
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["ca.pem", "ca.key", "crl.pem"] {
+        std::fs::copy(f.certs.join(file), dir.join(file)).unwrap();
+    }
+    let cert = dev_ca::issue(&dir, &lz, Duration::from_secs(3600)).unwrap();
+    let tls = ClientTls::from_files(&TlsFiles::in_dir(&dir, &lz)).unwrap();
+    create_with(channel(&f, &tls, &lz)).await.unwrap();
+
+    // The CA revokes it: rewriting the crl.pem the node reads.
+    let serial = dev_ca::serial_of(&cert).unwrap();
+    let crl = dev_ca::revoke(&dir, &[serial]).unwrap();
+    std::fs::copy(&crl, f.certs.join("crl.pem")).unwrap();
+    eventually(
+        "the node locks the certificate out",
+        Duration::from_secs(15),
+        || {
+            let c = channel(&f, &tls, &lz);
+            async move { create_with(c).await.is_err().then_some(()) }
+        },
+    )
+    .await;
+    // Everyone else goes on: the node's own certificate, the platform's.
+    let mut luzhou = f.hotline("luzhou").await;
+    create(&mut luzhou, draft(&["zigong"], "tourism")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_city_certificate_acts_only_for_its_city() {
+    let f = Federation::start().await;
+    let lz = LUZHOU();
+    let yb = Identity::City("yibin".into());
+    let as_luzhou = ClientTls::from_files(&TlsFiles::in_dir(&f.certs, &lz)).unwrap();
+
+    // Yibin's platform cannot use Luzhou's hotline.
+    let yibin_at_luzhou = f.channel_as(&yb, &lz);
+    let e = create_with(yibin_at_luzhou).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // Luzhou cannot dispatch a ticket as Yibin, neither by naming Yibin in
+    // the request nor with a ticket of Yibin's.
+    let mut gw = FederationClient::new(f.channel_as(&lz, &Identity::Gateway));
+    let id = hotline_proto::TicketId::new("yibin").to_string();
+    let mut ticket = draft(&["zigong"], "tourism");
+    ticket.id = id.clone();
+    ticket.origin_city = "yibin".into();
+    ticket.history = vec![hotline_proto::state::event(
+        &id,
+        1,
+        EventKind::Created,
+        "yibin",
+        TicketStatus::Pending,
+    )];
+    for claimed in ["yibin", "luzhou", ""] {
+        let e = gw
+            .dispatch_ticket(DispatchTicketRequest {
+                city: claimed.into(),
+                ticket: Some(ticket.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "as {claimed:?}: {e:?}");
+    }
+
+    // Luzhou cannot accept a ticket Zigong handles.
+    let mut neijiang = f.hotline("neijiang").await;
+    let t = create(&mut neijiang, draft(&["zigong"], "ecology")).await;
+    let mut zigong = f.hotline("zigong").await;
+    eventually("zigong holds it", Duration::from_secs(15), || {
+        let mut z = zigong.clone();
+        let id = t.id.clone();
+        async move { federation_tests::get(&mut z, &id).await }
+    })
+    .await;
+    for claimed in ["zigong", "luzhou"] {
+        let e = gw
+            .report_event(ReportEventRequest {
+                city: claimed.into(),
+                event: Some(hotline_proto::state::event(
+                    &t.id,
+                    4,
+                    EventKind::Accepted,
+                    claimed,
+                    TicketStatus::Accepted,
+                )),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "as {claimed}: {e:?}");
+    }
+    let still = federation_tests::get(&mut zigong, &t.id).await.unwrap();
+    assert_eq!(still.status, TicketStatus::Delivered as i32);
+
+    // Luzhou cannot open Neijiang's signalling stream (and so can never
+    // answer a transfer meant for Neijiang).
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(TransferSignalsRequest {
+        signal: Some(Signal::HelloCity("neijiang".into())),
+    })
+    .unwrap();
+    let e = gw
+        .transfer_signals(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // Only the gateway delivers to a node; only the province reads the
+    // Observatory.
+    let e = CityNodeClient::new(f.channel_as(&lz, &yb))
+        .deliver_ticket(DeliverTicketRequest {
+            ticket: Some(ticket.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = ObservatoryClient::new(f.channel_as(&lz, &Identity::Gateway))
+        .get_city_stats(GetCityStatsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // A client checks the server is who it meant to reach: Luzhou's node
+    // is not the gateway.
+    let e = FederationClient::new(
+        hotline_tls::channel(
+            &f.addr_of(&lz).to_string(),
+            &as_luzhou,
+            &Identity::Gateway,
+            Some(Duration::from_secs(5)),
+        )
+        .unwrap(),
+    )
+    .report_event(ReportEventRequest::default())
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::Unavailable | Code::Unknown),
+        "{e:?}"
+    );
+}

@@ -1,0 +1,162 @@
+//! The files a process's TLS is made of, as its configuration names them,
+//! and the rustls configurations built from them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hotline_proto::identity::Identity;
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use serde::Deserialize;
+
+use crate::TlsError;
+
+/// The `[tls]` table of a process's configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The CA bundle that peers' certificates must chain to (PEM).
+    pub ca: PathBuf,
+    /// This process's certificate chain (PEM): it names its holder.
+    pub cert: PathBuf,
+    /// This process's private key (PEM).
+    pub key: PathBuf,
+    /// Revoked certificates (PEM CRLs), if any.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Relative paths are taken from `base` (the configuration file's
+    /// directory).
+    pub fn relative_to(mut self, base: &Path) -> Self {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(p) = self.crl.as_mut()
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        self
+    }
+
+    /// The files of holder `stem` in a directory made by
+    /// [`crate::dev_ca::init`].
+    pub fn in_dir(dir: &Path, holder: &Identity) -> Self {
+        let stem = holder.file_stem();
+        Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{stem}.pem")),
+            key: dir.join(format!("{stem}.key")),
+            crl: Some(dir.join("crl.pem")),
+        }
+    }
+
+    /// The files' modification times, to notice a rotation.
+    pub(crate) fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
+        [
+            Some(&self.ca),
+            Some(&self.cert),
+            Some(&self.key),
+            self.crl.as_ref(),
+        ]
+        .into_iter()
+        .map(|p| p.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()))
+        .collect()
+    }
+}
+
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid(format!(
+            "{}: no certificate in it",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))
+}
+
+fn read_crls(
+    path: Option<&PathBuf>,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))
+}
+
+fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A server that demands a client certificate chaining to the CA and not
+/// revoked.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider.clone())
+        .with_crls(read_crls(files.crl.as_ref())?)
+        .build()
+        .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(read_certs(&files.cert)?, read_key(&files.key)?)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client that presents its certificate and checks the server's against
+/// the CA and the revocation list.
+pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, provider.clone())
+        .with_crls(read_crls(files.crl.as_ref())?)
+        .build()
+        .map_err(|e| TlsError::Invalid(format!("server verifier: {e}")))?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(read_certs(&files.cert)?, read_key(&files.key)?)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The identity a certificate names in its URI SAN, if it names one of
+/// this federation's.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Option<Identity> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => Identity::from_spiffe_id(uri),
+        _ => None,
+    })
+}

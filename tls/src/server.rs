@@ -1,0 +1,267 @@
+//! The server's side: accepts connections, completes the TLS handshake
+//! (client certificate required, chained to the CA, not revoked), reads the
+//! caller's identity from its certificate, and hands tonic a connection
+//! whose [`Peer`] every request carries in its extensions. A connection
+//! whose certificate names no identity of the federation is dropped before
+//! any request is read.
+//!
+//! The certificate, key, CA bundle and CRL are read again when their files
+//! change (checked every two seconds), so a rotation or a revocation needs
+//! no restart; connections already open keep the session they have.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hotline_proto::identity::Identity;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::TlsError;
+use crate::files::{TlsFiles, identity_of, server_config};
+
+/// Longest a client may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the files are checked for a change.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Who is at the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// From the verified client certificate; `None` on a plaintext
+    /// (`insecure`) server, where nobody is authenticated.
+    pub identity: Option<Identity>,
+    pub addr: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// The peer of a request on a server of this crate.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&Peer> {
+        request.extensions().get::<Peer>()
+    }
+}
+
+/// A connection accepted by [`incoming`].
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Peer),
+}
+
+impl Connected for Conn {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        match self {
+            Conn::Plain(s) => Peer {
+                identity: None,
+                addr: s.peer_addr().ok(),
+            },
+            Conn::Tls(_, peer) => peer.clone(),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s, _) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// What a server serves with: mutual TLS from files, or plaintext.
+#[derive(Clone)]
+pub enum ServerTls {
+    Mutual(Arc<Reloading>),
+    /// No authentication: only for a server bound to loopback, by the
+    /// operator's explicit choice (`insecure = true`).
+    Insecure,
+}
+
+/// A server configuration read from its files, and read again when they
+/// change.
+pub struct Reloading {
+    files: TlsFiles,
+    current: RwLock<(Arc<ServerConfig>, Vec<Option<std::time::SystemTime>>)>,
+}
+
+impl Reloading {
+    pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let stamp = files.stamp();
+        let config = server_config(&files)?;
+        Ok(Arc::new(Self {
+            files,
+            current: RwLock::new((config, stamp)),
+        }))
+    }
+
+    fn config(&self) -> Arc<ServerConfig> {
+        match self.current.read() {
+            Ok(c) => c.0.clone(),
+            Err(poisoned) => poisoned.into_inner().0.clone(),
+        }
+    }
+
+    /// Reads the files again if they changed; a broken new set is logged
+    /// and the old one kept.
+    pub fn reload_if_changed(&self) {
+        let stamp = self.files.stamp();
+        let same = match self.current.read() {
+            Ok(c) => c.1 == stamp,
+            Err(_) => false,
+        };
+        if same {
+            return;
+        }
+        match server_config(&self.files) {
+            Ok(config) => {
+                if let Ok(mut c) = self.current.write() {
+                    *c = (config, stamp);
+                }
+                tracing::info!("TLS certificates, CA bundle or CRL changed: reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the previous ones");
+            }
+        }
+    }
+}
+
+/// The connections of `listener`, Nagle's algorithm off, through `tls`.
+/// Handshakes run in their own tasks: a slow client holds up nobody.
+pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut reload = tokio::time::interval(RELOAD_EVERY);
+        reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = reload.tick() => {
+                    if let ServerTls::Mutual(r) = &tls {
+                        r.reload_if_changed();
+                    }
+                    continue;
+                }
+                _ = tx.closed() => return,
+            };
+            let (stream, addr) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            match &tls {
+                ServerTls::Insecure => {
+                    if tx.send(Ok(Conn::Plain(stream))).await.is_err() {
+                        return;
+                    }
+                }
+                ServerTls::Mutual(r) => {
+                    let acceptor = TlsAcceptor::from(r.config());
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        if let Some(conn) = handshake(acceptor, stream, addr).await {
+                            let _ = tx.send(Ok(conn)).await;
+                        }
+                    });
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, addr: SocketAddr) -> Option<Conn> {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %addr, error = %e, "TLS handshake refused");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(peer = %addr, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(identity_of);
+    let Some(identity) = identity else {
+        tracing::warn!(peer = %addr, "client certificate names no identity of the federation");
+        return None;
+    };
+    tracing::debug!(peer = %addr, %identity, "TLS connection");
+    Some(Conn::Tls(
+        Box::new(tls),
+        Peer {
+            identity: Some(identity),
+            addr: Some(addr),
+        },
+    ))
+}
