@@ -25,6 +25,17 @@ fn invalid(field: &str, reason: impl Into<String>) -> ContractError {
     ContractError::invalid(field, reason)
 }
 
+/// A value as an error message may show it: quoted, and cut to 64
+/// characters, so that no input makes the answer (or a log line) large.
+fn shown(value: &str) -> String {
+    if value.chars().count() <= 64 {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(64).collect();
+        format!("{head:?}… ({} characters)", value.chars().count())
+    }
+}
+
 /// A text field: at most `max` characters, no NUL, and not blank if required.
 pub fn text(field: &str, value: &str, max: usize, required: bool) -> Result {
     if required && value.trim().is_empty() {
@@ -45,7 +56,7 @@ pub fn city(field: &str, id: &str, catalogue: &Catalogue) -> Result {
         return Err(invalid(field, "is required"));
     }
     if catalogue.city(id).is_none() {
-        return Err(invalid(field, format!("unknown city {id:?}")));
+        return Err(invalid(field, format!("unknown city {}", shown(id))));
     }
     Ok(())
 }
@@ -55,7 +66,7 @@ pub fn category(field: &str, id: &str, catalogue: &Catalogue) -> Result {
         return Err(invalid(field, "is required"));
     }
     if catalogue.category(id).is_none() {
-        return Err(invalid(field, format!("unknown category {id:?}")));
+        return Err(invalid(field, format!("unknown category {}", shown(id))));
     }
     Ok(())
 }
@@ -142,7 +153,7 @@ pub fn new_ticket(ticket: &Ticket, origin: &str, catalogue: &Catalogue) -> Resul
         if ticket.target_cities[..i].contains(target) {
             return Err(invalid(
                 &format!("ticket.target_cities[{i}]"),
-                format!("{target:?} is listed twice"),
+                format!("{} is listed twice", shown(target)),
             ));
         }
     }
