@@ -8,7 +8,13 @@
 //! the contract crate: a rejected ticket goes to the coordination queue,
 //! never on to a third city (一件转办). The provincial centre reads per-city
 //! statistics ([`stats`], kept up to date on write) and works the
-//! coordination queue through the `Observatory` service ([`observatory`]).
+//! coordination queue through the `Observatory` service ([`observatory`]);
+//! departments and cities see their part of it ([`roles`]).
+//!
+//! Call transfers (一键互转, 三方通话) are live signalling: the
+//! [`switchboard`] holds each transfer, orders its moves and relays them
+//! over one long-lived stream per node; the [`recorder`] writes every move
+//! and the transfer figures to the ledger off that path.
 //!
 //! - [`config`]: the TOML configuration.
 //! - [`federation`]: the `Federation` service.
@@ -21,6 +27,7 @@ pub mod federation;
 pub mod ledger;
 pub mod observatory;
 pub mod recorder;
+pub mod roles;
 pub mod server;
 pub mod stats;
 pub mod switchboard;

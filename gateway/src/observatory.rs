@@ -1,4 +1,5 @@
-//! The `Observatory` service: what the provincial centre sees and does.
+//! The `Observatory` service: what the provincial centre sees and does;
+//! departments and cities see their part of it ([`crate::roles`]).
 
 use hotline_proto::pb::observatory_server::Observatory;
 use hotline_proto::pb::{
@@ -9,7 +10,9 @@ use hotline_proto::pb::{
 use hotline_proto::{error::invalid_argument, privacy, validate};
 use tonic::{Request, Response, Status};
 
+use crate::error::GatewayError;
 use crate::ledger::Ledger;
+use crate::roles::Viewer;
 
 pub struct ObservatoryService {
     ledger: Ledger,
@@ -36,15 +39,14 @@ impl Observatory for ObservatoryService {
         &self,
         request: Request<GetCityStatsRequest>,
     ) -> Result<Response<GetCityStatsResponse>, Status> {
+        let viewer = Viewer::of(&request)?;
         let req = request.into_inner();
         let catalogue = self.ledger.catalogue();
-        let cities = if req.city.is_empty() {
-            catalogue.city_ids().map(str::to_owned).collect()
-        } else {
+        if !req.city.is_empty() {
             validate::city("city", &req.city, catalogue).map_err(Status::from)?;
-            vec![req.city]
-        };
-        let cities = self.ledger.stats(cities).await?;
+        }
+        let cities = viewer.cities(&req.city, catalogue.city_ids().map(str::to_owned).collect())?;
+        let cities = viewer.filter_stats(self.ledger.stats(cities).await?);
         Ok(Response::new(GetCityStatsResponse { cities }))
     }
 
@@ -52,6 +54,7 @@ impl Observatory for ObservatoryService {
         &self,
         request: Request<ListCoordinationItemsRequest>,
     ) -> Result<Response<ListCoordinationItemsResponse>, Status> {
+        let viewer = Viewer::of(&request)?;
         let req = request.into_inner();
         let limit = page_size("page_size", req.page_size)?;
         let after = if req.page_token.is_empty() {
@@ -65,6 +68,9 @@ impl Observatory for ObservatoryService {
             .ledger
             .coordination(after, limit, req.include_assigned)
             .await?;
+        // A page holds what this viewer may see of it (perhaps fewer than
+        // page_size); the token pages on through the whole queue.
+        let items = items.into_iter().filter(|i| viewer.sees_item(i)).collect();
         Ok(Response::new(ListCoordinationItemsResponse {
             items,
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -75,6 +81,7 @@ impl Observatory for ObservatoryService {
         &self,
         request: Request<AssignOwnerRequest>,
     ) -> Result<Response<AssignOwnerResponse>, Status> {
+        Viewer::of(&request)?.must_be_province()?;
         let req = request.into_inner();
         validate::ticket_id("ticket_id", &req.ticket_id).map_err(Status::from)?;
         validate::city("owner_city", &req.owner_city, self.ledger.catalogue())
@@ -91,9 +98,14 @@ impl Observatory for ObservatoryService {
         &self,
         request: Request<GetLedgerTicketRequest>,
     ) -> Result<Response<GetLedgerTicketResponse>, Status> {
+        let viewer = Viewer::of(&request)?;
         let req = request.into_inner();
         validate::ticket_id("ticket_id", &req.ticket_id).map_err(Status::from)?;
-        let ticket = self.ledger.ticket(req.ticket_id).await?;
+        let ticket = self.ledger.ticket(req.ticket_id.clone()).await?;
+        // What a viewer may not see, it is not told exists.
+        if !viewer.sees_ticket(&ticket) {
+            return Err(GatewayError::UnknownTicket(req.ticket_id).into());
+        }
         Ok(Response::new(GetLedgerTicketResponse {
             ticket: Some(privacy::masked_ticket(ticket)),
         }))

@@ -76,8 +76,8 @@ pub async fn serve(
         .add_service(health)
         .add_service(grpc::reflection()?)
         // Who may call what: any city the Federation (each handler checks the
-        // city against what it sends); the province the Observatory (roles
-        // for departments and cities come with the Observatory's growth).
+        // city against what it sends); the province, departments and cities
+        // the Observatory, each seeing its part (roles.rs).
         .add_service(InterceptedService::new(
             FederationServer::new(FederationService::new(ledger.clone(), switchboard.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -86,7 +86,12 @@ pub async fn serve(
         .add_service(InterceptedService::new(
             ObservatoryServer::new(ObservatoryService::new(ledger.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            hotline_tls::allow(|id| *id == Identity::Province),
+            hotline_tls::allow(|id| {
+                matches!(
+                    id,
+                    Identity::Province | Identity::Department(_) | Identity::City(_)
+                )
+            }),
         ))
         .serve_with_incoming_shutdown(
             hotline_tls::server::incoming(listener, server_tls),

@@ -73,3 +73,55 @@ fn the_demo_runs_by_itself_and_reports_nothing_lost_or_duplicated() {
         "not every category crossed: {categories:?}"
     );
 }
+
+/// The demo's citizens are generated from the seed, so the test knows every
+/// phone number the run planted: none may appear in anything the run
+/// printed, even with every process of the federation logging at debug level.
+#[test]
+fn no_citizen_phone_number_appears_in_any_log_line_of_a_full_demo_run() {
+    let seed = "7";
+    let out = Command::new(bin_dir().join("simulator"))
+        .args(["demo", "--duration", "6", "--seed", seed, "--drain", "10"])
+        .env(
+            "RUST_LOG",
+            "debug,h2=info,hyper=info,hyper_util=info,tower=info,rustls=info,tonic=info",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.lines().count() > 1000,
+        "too little was logged to mean anything"
+    );
+    let catalogue = hotline_proto::Catalogue::default();
+    let mut planted = 0;
+    for city in CITIES {
+        let mut citizens = simulator::workload::Citizens::new(
+            city,
+            &catalogue,
+            seed.parse().unwrap(),
+            simulator::workload::Mix::default(),
+        );
+        // More than the run made (6 s at 8 a second).
+        for _ in 0..200 {
+            let phone = citizens.next_request().citizen.unwrap().phone;
+            assert!(!printed.contains(&phone), "{phone} was printed");
+            planted += 1;
+        }
+    }
+    assert_eq!(planted, 800);
+    // The callers of transferred calls (simulator::calls) too.
+    assert!(
+        !printed.contains("1390000"),
+        "a caller's number was printed"
+    );
+}

@@ -236,8 +236,8 @@ async fn a_city_certificate_acts_only_for_its_city() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
-    // Only the gateway delivers to a node; only the province reads the
-    // Observatory.
+    // Only the gateway delivers to a node; a city reads only its own part
+    // of the Observatory (see the roles test).
     let e = CityNodeClient::new(f.channel_as(&lz, &yb))
         .deliver_ticket(DeliverTicketRequest {
             ticket: Some(ticket.clone()),
@@ -246,7 +246,15 @@ async fn a_city_certificate_acts_only_for_its_city() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let e = ObservatoryClient::new(f.channel_as(&lz, &Identity::Gateway))
-        .get_city_stats(GetCityStatsRequest::default())
+        .get_city_stats(GetCityStatsRequest {
+            city: "yibin".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Nor is a city a gateway to the nodes.
+    let e = CityNodeClient::new(f.channel_as(&Identity::Province, &yb))
+        .deliver_event(DeliverEventRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
@@ -269,4 +277,158 @@ async fn a_city_certificate_acts_only_for_its_city() {
         matches!(e.code(), Code::Unavailable | Code::Unknown),
         "{e:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_department_sees_only_its_category_and_a_city_only_its_own() {
+    let f = Federation::start().await;
+    let mut luzhou = f.hotline("luzhou").await;
+    let mut zigong = f.hotline("zigong").await;
+    let housing = create(&mut luzhou, draft(&["yibin"], "housing-fund")).await;
+    let tourism = create(&mut zigong, draft(&["neijiang"], "tourism")).await;
+    let province = f.observatory().await;
+    eventually("both delivered", Duration::from_secs(15), || {
+        let mut o = province.clone();
+        async move {
+            let s = o
+                .get_city_stats(GetCityStatsRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .cities;
+            let received: u64 = s.iter().map(|c| c.received).sum();
+            (received == 2).then_some(())
+        }
+    })
+    .await;
+
+    // The housing-fund department: its category's figures, its tickets.
+    let dept = Identity::Department("housing-fund".into());
+    let mut d = ObservatoryClient::new(f.channel_as(&dept, &Identity::Gateway));
+    let stats = d
+        .get_city_stats(GetCityStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .cities;
+    assert_eq!(stats.len(), 4);
+    let of = |c: &str| stats.iter().find(|s| s.city == c).unwrap().clone();
+    assert_eq!(of("luzhou").sent, 1);
+    assert_eq!(of("yibin").received, 1);
+    assert_eq!(of("zigong").sent, 0, "tourism is not the department's");
+    assert_eq!(of("neijiang").received, 0);
+    for s in &stats {
+        assert!(
+            s.sent_by_category
+                .keys()
+                .chain(s.received_by_category.keys())
+                .all(|k| k == "housing-fund"),
+            "{s:?}"
+        );
+    }
+    let get = |id: &str| GetLedgerTicketRequest {
+        ticket_id: id.to_owned(),
+    };
+    let seen = d.get_ledger_ticket(get(&housing.id)).await.unwrap();
+    let phone = seen.into_inner().ticket.unwrap().citizen.unwrap().phone;
+    assert_ne!(phone, "13912345678", "the contact is masked");
+    let e = d.get_ledger_ticket(get(&tourism.id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = d
+        .assign_owner(AssignOwnerRequest {
+            ticket_id: housing.id.clone(),
+            owner_city: "zigong".into(),
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // A city: its own figures, the tickets it sent or handles.
+    let mut z =
+        ObservatoryClient::new(f.channel_as(&Identity::City("zigong".into()), &Identity::Gateway));
+    let own = z
+        .get_city_stats(GetCityStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .cities;
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].city, "zigong");
+    assert_eq!(own[0].sent, 1);
+    let e = z
+        .get_city_stats(GetCityStatsRequest {
+            city: "luzhou".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    z.get_ledger_ticket(get(&tourism.id)).await.unwrap();
+    let e = z.get_ledger_ticket(get(&housing.id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // The province sees both.
+    let mut p = province.clone();
+    p.get_ledger_ticket(get(&housing.id)).await.unwrap();
+    p.get_ledger_ticket(get(&tourism.id)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_rotated_under_load_causes_no_failed_call() {
+    let f = Federation::start().await;
+    let lz = LUZHOU();
+    let platform = issued(&f, &lz, -1, 24);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let addr = f.addr_of(&lz).to_string();
+        let lz = lz.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A new connection each time: every call makes a handshake,
+                // before, during and after the rotation.
+                let ch = hotline_tls::channel(&addr, &platform, &lz, Some(Duration::from_secs(5)))
+                    .unwrap();
+                match create_with(ch).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Luzhou's node gets a new key and certificate, in place.
+    let old = std::fs::read_to_string(f.certs.join("city-luzhou.pem")).unwrap();
+    dev_ca::issue(&f.certs, &lz, Duration::from_secs(7 * 24 * 3600)).unwrap();
+    assert_ne!(
+        old,
+        std::fs::read_to_string(f.certs.join("city-luzhou.pem")).unwrap()
+    );
+    eventually("the node reloads", Duration::from_secs(10), || async {
+        let log = std::fs::read_to_string(f.dir.path().join("luzhou.log")).unwrap();
+        log.contains("reloaded").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 20, "only {ok} calls");
+    // The gateway goes on delivering to the node with its new certificate.
+    let mut neijiang = f.hotline("neijiang").await;
+    let t = create(&mut neijiang, draft(&["luzhou"], "transport")).await;
+    let luzhou = f.hotline("luzhou").await;
+    eventually("luzhou receives", Duration::from_secs(15), || {
+        let mut l = luzhou.clone();
+        let id = t.id.clone();
+        async move { federation_tests::get(&mut l, &id).await }
+    })
+    .await;
 }

@@ -23,19 +23,29 @@ use crate::TlsError;
 /// How long certificates the CA issues are valid by default.
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
-fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
-    std::fs::write(path, contents).map_err(|e| TlsError::io(path, e))?;
+/// Writes through a temporary file renamed into place: a server reloading
+/// its files during a rotation reads the old file or the new one, never
+/// half of one.
+fn write_atomic(path: &Path, contents: &str, private: bool) -> Result<(), TlsError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).map_err(|e| TlsError::io(&tmp, e))?;
     #[cfg(unix)]
-    {
+    if private {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| TlsError::io(path, e))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| TlsError::io(&tmp, e))?;
     }
-    Ok(())
+    #[cfg(not(unix))]
+    let _ = private;
+    std::fs::rename(&tmp, path).map_err(|e| TlsError::io(path, e))
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+    write_atomic(path, contents, true)
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
-    std::fs::write(path, contents).map_err(|e| TlsError::io(path, e))
+    write_atomic(path, contents, false)
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
@@ -131,8 +141,11 @@ pub fn issue_between(
     let cert = params.signed_by(&key, &issuer)?;
     let stem = holder.file_stem();
     let path = dir.join(format!("{stem}.pem"));
-    write(&path, &cert.pem())?;
+    // Between the two renames a reload may read a key and a certificate
+    // that do not match: rustls refuses the pair and the server keeps its
+    // previous set until the next check finds both new.
     write_private(&dir.join(format!("{stem}.key")), &key.serialize_pem())?;
+    write(&path, &cert.pem())?;
     Ok(path)
 }
 
