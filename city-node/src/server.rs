@@ -86,6 +86,9 @@ pub async fn serve(
     };
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(1024)
+        .http2_max_header_list_size(16 * 1024)
         .add_service(health)
         .add_service(grpc::reflection()?)
         // Who may call what: the city's own systems and consoles the

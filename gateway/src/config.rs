@@ -33,6 +33,9 @@ pub struct GatewayConfig {
     /// gateway completes it, in milliseconds.
     #[serde(default = "default_completion_ms")]
     pub transfer_completion_ms: u64,
+    /// Limits per caller and per connection.
+    #[serde(default)]
+    pub limits: crate::limits::Limits,
     /// Member cities; the four cities of southern Sichuan when absent.
     #[serde(default)]
     pub cities: Option<Vec<City>>,
@@ -64,6 +67,7 @@ impl GatewayConfig {
         config.tls = config.tls.map(|t| t.relative_to(base));
         config.apply_env(env)?;
         config.catalogue()?;
+        config.limits.check().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
 

@@ -16,6 +16,8 @@
 //! over one long-lived stream per node; the [`recorder`] writes every move
 //! and the transfer figures to the ledger off that path.
 //!
+//! - [`limits`]: a rate per caller, so that one city cannot starve the
+//!   others.
 //! - [`config`]: the TOML configuration.
 //! - [`federation`]: the `Federation` service.
 //! - [`server`]: starts everything on a bound listener and stops gracefully.
@@ -25,6 +27,7 @@ pub mod delivery;
 pub mod error;
 pub mod federation;
 pub mod ledger;
+pub mod limits;
 pub mod observatory;
 pub mod recorder;
 pub mod roles;

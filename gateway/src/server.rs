@@ -21,12 +21,17 @@ use tonic::service::interceptor::InterceptedService;
 use crate::delivery;
 use crate::federation::FederationService;
 use crate::ledger::Ledger;
+use crate::limits::RateLimiter;
 use crate::observatory::ObservatoryService;
 use crate::recorder::{self, Recorder};
 use crate::switchboard::Switchboard;
 
 /// Largest request the gateway decodes.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// HTTP/2 streams one connection may have open at once.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Largest header block a request may carry.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 pub async fn serve(
     config: GatewayConfig,
@@ -71,22 +76,31 @@ pub async fn serve(
             switchboard.close_all();
         }
     };
+    let limiter = RateLimiter::new(config.limits);
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        // Past this many requests in flight on one connection, shed load
+        // with RESOURCE_EXHAUSTED rather than queue without end.
+        .concurrency_limit_per_connection(config.limits.in_flight_per_connection)
+        .load_shed(true)
         .add_service(health)
         .add_service(grpc::reflection()?)
-        // Who may call what: any city the Federation (each handler checks the
-        // city against what it sends); the province, departments and cities
-        // the Observatory, each seeing its part (roles.rs).
+        // Who may call what, each caller within its rate (limits.rs): any
+        // city the Federation (each handler checks the city against what it
+        // sends); the province, departments and cities the Observatory, each
+        // seeing its part (roles.rs).
         .add_service(InterceptedService::new(
             FederationServer::new(FederationService::new(ledger.clone(), switchboard.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            hotline_tls::allow(|id| matches!(id, Identity::City(_))),
+            limiter.guard(|id| matches!(id, Identity::City(_))),
         ))
         .add_service(InterceptedService::new(
             ObservatoryServer::new(ObservatoryService::new(ledger.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            hotline_tls::allow(|id| {
+            limiter.guard(|id| {
                 matches!(
                     id,
                     Identity::Province | Identity::Department(_) | Identity::City(_)

@@ -125,6 +125,7 @@ pub async fn run(opts: TransferBenchOptions) -> anyhow::Result<TransferBench> {
     let fed = Spawned::start(
         &CITIES,
         dir.path(),
+        "",
         "ring_timeout_ms = 60000\ntransfer_deadline_ms = 600000",
     )
     .await?;

@@ -65,6 +65,7 @@ impl Cluster {
             tls: Some(pki.files(&Identity::Gateway)),
             insecure: false,
             transfer_completion_ms: 30 * 60 * 1000,
+            limits: gateway::limits::Limits::default(),
             cities: Some(catalogue.cities.clone()),
             categories: Some(catalogue.categories.clone()),
         };

@@ -11,6 +11,8 @@
 //!   and compares it with the gateway's statistics.
 //! - [`demo`]: the front door, `simulator demo`.
 //! - [`spawn`]: a federation of real child processes, each measurable.
+//! - [`flood`]: `simulator bench-flood`, another city's latency while one
+//!   floods the gateway.
 //! - [`pki`]: the run's development CA; every link is mutual TLS.
 //! - [`bench`]: `simulator bench-transfers`, ring latency and how many live
 //!   transfers one gateway holds.
@@ -19,6 +21,7 @@ pub mod bench;
 pub mod calls;
 pub mod cluster;
 pub mod demo;
+pub mod flood;
 pub mod operators;
 pub mod pki;
 pub mod report;

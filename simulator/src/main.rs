@@ -51,6 +51,23 @@ enum Command {
         #[arg(long, default_value_t = 1.0, value_name = "N")]
         transfer_rate: f64,
     },
+    /// A benchmark of the gateway's per-caller limits over real processes:
+    /// Yibin's dispatch latency (p50, p99) alone, then while Luzhou floods
+    /// the gateway at FACTOR times the limit.
+    BenchFlood {
+        /// Measured dispatches in each phase.
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+        /// The per-caller limit, requests a second.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// How many times its limit the flooding city sends.
+        #[arg(long, default_value_t = 10.0)]
+        factor: f64,
+        /// Write the JSON figures here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
     /// A benchmark of call-transfer signalling over real processes: the time
     /// from StartTransfer at the origin node to the ring at the target
     /// console (p50, p99), and the gateway's memory while it holds more and
@@ -86,6 +103,31 @@ fn main() -> ExitCode {
         }
     };
     match args.command {
+        Command::BenchFlood {
+            samples,
+            rate,
+            factor,
+            report,
+        } => {
+            if samples == 0 || !(rate > 0.0 && rate.is_finite()) || factor.is_nan() || factor < 1.0
+            {
+                eprintln!("error: --samples, --rate must be positive and --factor at least 1");
+                return ExitCode::from(2);
+            }
+            let opts = simulator::flood::FloodOptions {
+                samples,
+                rate,
+                factor,
+                report,
+            };
+            match runtime.block_on(simulator::flood::run(opts)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::BenchTransfers {
             samples,
             hold,

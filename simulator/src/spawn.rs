@@ -57,9 +57,15 @@ fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
 }
 
 impl Spawned {
-    /// Starts a gateway and a node per city under `dir`, with `node_extra`
-    /// TOML lines in every node's file, and waits until all answer.
-    pub async fn start(cities: &[&str], dir: &Path, node_extra: &str) -> anyhow::Result<Self> {
+    /// Starts a gateway and a node per city under `dir`, with extra TOML
+    /// (tables) in the gateway's file and extra top-level lines in every
+    /// node's, and waits until all answer.
+    pub async fn start(
+        cities: &[&str],
+        dir: &Path,
+        gateway_extra: &str,
+        node_extra: &str,
+    ) -> anyhow::Result<Self> {
         let bins = bin_dir()?;
         let pki = Pki::init(&dir.join("certs"), &hotline_proto::Catalogue::default())?;
         let gateway = free_addr()?;
@@ -75,7 +81,7 @@ impl Spawned {
         std::fs::write(
             &gw_config,
             format!(
-                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{table}\n{}",
+                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{table}\n{}\n{gateway_extra}",
                 dir.join("gateway").display(),
                 pki.toml(&Identity::Gateway)
             ),

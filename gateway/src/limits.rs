@@ -1,0 +1,165 @@
+//! Limits at the gateway, which every city shares: a token bucket per
+//! caller (a city, the province, a department), so that one noisy city
+//! cannot starve the others; past its rate a caller hears
+//! RESOURCE_EXHAUSTED, which the nodes' outboxes retry with backoff. The
+//! transport's own limits (streams, headers, in-flight requests per
+//! connection, load shedding) are set where the server is built.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Deserialize;
+use tonic::{Request, Status};
+
+/// The `[limits]` table of the gateway's configuration.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests a second each caller may make on average.
+    #[serde(default = "default_rate")]
+    pub per_caller_rps: f64,
+    /// How many requests a caller may make at once above that rate.
+    #[serde(default = "default_burst")]
+    pub per_caller_burst: f64,
+    /// Requests one connection may have in flight; past it the gateway sheds
+    /// load with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_in_flight")]
+    pub in_flight_per_connection: usize,
+}
+
+fn default_rate() -> f64 {
+    5_000.0
+}
+
+fn default_burst() -> f64 {
+    10_000.0
+}
+
+fn default_in_flight() -> usize {
+    1_024
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            per_caller_rps: default_rate(),
+            per_caller_burst: default_burst(),
+            in_flight_per_connection: default_in_flight(),
+        }
+    }
+}
+
+impl Limits {
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.per_caller_rps.is_finite() && self.per_caller_rps > 0.0) {
+            return Err("limits.per_caller_rps: must be a positive number".into());
+        }
+        if !(self.per_caller_burst.is_finite() && self.per_caller_burst >= 1.0) {
+            return Err("limits.per_caller_burst: must be at least 1".into());
+        }
+        if self.in_flight_per_connection == 0 {
+            return Err("limits.in_flight_per_connection: must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// One token bucket per caller.
+#[derive(Clone)]
+pub struct RateLimiter {
+    limits: Limits,
+    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+}
+
+impl RateLimiter {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            buckets: Arc::default(),
+        }
+    }
+
+    /// Takes a token of `caller`'s bucket, if it has one.
+    pub fn try_take(&self, caller: &str) -> bool {
+        let now = Instant::now();
+        let mut buckets = match self.buckets.lock() {
+            Ok(b) => b,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let burst = self.limits.per_caller_burst;
+        let b = buckets.entry(caller.to_owned()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * self.limits.per_caller_rps;
+        b.tokens = (b.tokens + refill).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The interceptor of a service: the caller must be one `rule` admits
+    /// (see `hotline_tls::allow`) and within its rate.
+    pub fn guard(
+        &self,
+        rule: impl Fn(&hotline_proto::identity::Identity) -> bool + Clone + Send + Sync + 'static,
+    ) -> impl tonic::service::Interceptor + Clone + Send + Sync + 'static {
+        let limiter = self.clone();
+        let allow = hotline_tls::allow(rule);
+        move |request: Request<()>| {
+            let mut allow = allow.clone();
+            let request = tonic::service::Interceptor::call(&mut allow, request)?;
+            let caller = hotline_tls::Peer::of(&request)
+                .and_then(|p| p.identity.as_ref())
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| "an unauthenticated caller".to_owned());
+            if !limiter.try_take(&caller) {
+                return Err(Status::resource_exhausted(format!(
+                    "{caller} is over its rate of {} requests a second; retry later",
+                    limiter.limits.per_caller_rps
+                )));
+            }
+            Ok(request)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_past_its_burst_is_refused_and_the_others_are_not() {
+        let limiter = RateLimiter::new(Limits {
+            per_caller_rps: 1.0,
+            per_caller_burst: 5.0,
+            ..Limits::default()
+        });
+        let taken = (0..50).filter(|_| limiter.try_take("luzhou")).count();
+        assert_eq!(taken, 5, "only the burst, at one a second");
+        assert!(limiter.try_take("yibin"), "yibin has a bucket of its own");
+    }
+
+    #[test]
+    fn bad_limits_are_named() {
+        let bad = Limits {
+            per_caller_rps: 0.0,
+            ..Limits::default()
+        };
+        assert!(
+            bad.check()
+                .unwrap_err()
+                .starts_with("limits.per_caller_rps")
+        );
+    }
+}
