@@ -60,10 +60,23 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
-/// A free port on loopback (the process binds it right after).
+/// A free port on loopback for a process to bind right after. Taken below
+/// the kernel's ephemeral range (32768 and up by default), where outgoing
+/// connections take their local ports — a port freed there can be taken
+/// by a connection before the process binds it — and never the same twice
+/// in one test process.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id() % 6000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 12_000, "no free port left below the ephemeral range");
+        let port = 20_000 + (offset + n) % 12_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().unwrap();
+        }
+    }
 }
 
 pub struct Proc {
@@ -252,9 +265,11 @@ impl Federation {
     }
 
     /// Waits until `server` answers its health check (over mTLS, as the
-    /// province).
+    /// province); fails with every process's log if it does not.
     pub async fn wait_healthy(&self, server: &Identity) {
-        wait_healthy(self.channel_as(&Identity::Province, server)).await;
+        if !wait_healthy(self.channel_as(&Identity::Province, server)).await {
+            panic!("{server} did not become healthy\n{}", self.logs());
+        }
     }
 
     pub fn node(&mut self, city: &str) -> &mut Proc {
@@ -310,8 +325,8 @@ impl Federation {
 }
 
 /// Waits until the process at the end of `channel` answers its health
-/// check.
-pub async fn wait_healthy(channel: Channel) {
+/// check; false after 30 seconds without.
+pub async fn wait_healthy(channel: Channel) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
@@ -322,12 +337,11 @@ pub async fn wait_healthy(channel: Channel) {
             .await
             .is_ok_and(|r| r.into_inner().status == 1);
         if ok {
-            return;
+            return true;
         }
-        assert!(
-            Instant::now() < deadline,
-            "a process did not become healthy"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
