@@ -33,6 +33,11 @@ pub struct GatewayConfig {
     /// gateway completes it, in milliseconds.
     #[serde(default = "default_completion_ms")]
     pub transfer_completion_ms: u64,
+    /// The categories each provincial department oversees, by the name its
+    /// certificate gives it (`spiffe://hotline.sichuan/department/NAME`). A
+    /// department not listed oversees the category of its own name.
+    #[serde(default)]
+    pub departments: BTreeMap<String, Vec<String>>,
     /// Limits per caller and per connection.
     #[serde(default)]
     pub limits: crate::limits::Limits,
@@ -104,6 +109,13 @@ impl GatewayConfig {
         for city in catalogue.city_ids() {
             if !self.nodes.contains_key(city) {
                 bail!("nodes: no address for member city {city:?}");
+            }
+        }
+        for (department, categories) in &self.departments {
+            for category in categories {
+                if catalogue.category(category).is_none() {
+                    bail!("departments.{department}: unknown category {category:?}");
+                }
             }
         }
         Ok(catalogue)

@@ -7,20 +7,26 @@ use hotline_proto::pb::{
     GetLedgerTicketRequest, GetLedgerTicketResponse, ListCoordinationItemsRequest,
     ListCoordinationItemsResponse,
 };
+use std::sync::Arc;
+
 use hotline_proto::{error::invalid_argument, privacy, validate};
 use tonic::{Request, Response, Status};
 
 use crate::error::GatewayError;
 use crate::ledger::Ledger;
-use crate::roles::Viewer;
+use crate::roles::{Departments, Viewer};
 
 pub struct ObservatoryService {
     ledger: Ledger,
+    departments: Arc<Departments>,
 }
 
 impl ObservatoryService {
-    pub fn new(ledger: Ledger) -> Self {
-        Self { ledger }
+    pub fn new(ledger: Ledger, departments: Arc<Departments>) -> Self {
+        Self {
+            ledger,
+            departments,
+        }
     }
 }
 
@@ -39,7 +45,7 @@ impl Observatory for ObservatoryService {
         &self,
         request: Request<GetCityStatsRequest>,
     ) -> Result<Response<GetCityStatsResponse>, Status> {
-        let viewer = Viewer::of(&request)?;
+        let viewer = Viewer::of(&request, &self.departments)?;
         let req = request.into_inner();
         let catalogue = self.ledger.catalogue();
         if !req.city.is_empty() {
@@ -54,7 +60,7 @@ impl Observatory for ObservatoryService {
         &self,
         request: Request<ListCoordinationItemsRequest>,
     ) -> Result<Response<ListCoordinationItemsResponse>, Status> {
-        let viewer = Viewer::of(&request)?;
+        let viewer = Viewer::of(&request, &self.departments)?;
         let req = request.into_inner();
         let limit = page_size("page_size", req.page_size)?;
         let after = if req.page_token.is_empty() {
@@ -81,7 +87,7 @@ impl Observatory for ObservatoryService {
         &self,
         request: Request<AssignOwnerRequest>,
     ) -> Result<Response<AssignOwnerResponse>, Status> {
-        Viewer::of(&request)?.must_be_province()?;
+        Viewer::of(&request, &self.departments)?.must_be_province()?;
         let req = request.into_inner();
         validate::ticket_id("ticket_id", &req.ticket_id).map_err(Status::from)?;
         validate::city("owner_city", &req.owner_city, self.ledger.catalogue())
@@ -98,7 +104,7 @@ impl Observatory for ObservatoryService {
         &self,
         request: Request<GetLedgerTicketRequest>,
     ) -> Result<Response<GetLedgerTicketResponse>, Status> {
-        let viewer = Viewer::of(&request)?;
+        let viewer = Viewer::of(&request, &self.departments)?;
         let req = request.into_inner();
         validate::ticket_id("ticket_id", &req.ticket_id).map_err(Status::from)?;
         let ticket = self.ledger.ticket(req.ticket_id.clone()).await?;

@@ -1,11 +1,13 @@
 //! Who sees what in the Observatory (分行业分领域开放数据): the provincial
 //! centre sees everything; a provincial department sees only the tickets
-//! and figures of its category; a city sees its own. Only the province
+//! and figures of the categories it oversees; a city sees its own. Only the province
 //! names owners in coordination.
 //!
 //! The viewer comes from the caller's certificate. On an insecure gateway
 //! (plaintext, loopback only) nobody is authenticated and every caller is
 //! taken for the province.
+
+use std::collections::BTreeMap;
 
 use hotline_proto::identity::Identity;
 use hotline_proto::pb::{CityStats, CoordinationItem, Ticket};
@@ -14,16 +16,27 @@ use tonic::{Request, Status};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Viewer {
     Province,
-    Department(String),
+    /// A department, with the categories it oversees.
+    Department(Vec<String>),
     City(String),
 }
 
+/// Which categories each department oversees (the gateway's
+/// `[departments]`); a department not listed oversees the category of its
+/// own name.
+pub type Departments = BTreeMap<String, Vec<String>>;
+
 impl Viewer {
-    pub fn of<T>(request: &Request<T>) -> Result<Self, Status> {
+    pub fn of<T>(request: &Request<T>, departments: &Departments) -> Result<Self, Status> {
         match hotline_tls::Peer::of(request).map(|p| &p.identity) {
             Some(None) => Ok(Viewer::Province),
             Some(Some(Identity::Province)) => Ok(Viewer::Province),
-            Some(Some(Identity::Department(d))) => Ok(Viewer::Department(d.clone())),
+            Some(Some(Identity::Department(d))) => Ok(Viewer::Department(
+                departments
+                    .get(d)
+                    .cloned()
+                    .unwrap_or_else(|| vec![d.clone()]),
+            )),
             Some(Some(Identity::City(c))) => Ok(Viewer::City(c.clone())),
             Some(Some(id)) => Err(Status::permission_denied(format!(
                 "{id} has no view of the Observatory"
@@ -60,7 +73,7 @@ impl Viewer {
     /// A department's figures hold its category only; counts by status
     /// are kept per city, not per category, and are left out for it.
     pub fn filter_stats(&self, stats: Vec<CityStats>) -> Vec<CityStats> {
-        let Viewer::Department(category) = self else {
+        let Viewer::Department(categories) = self else {
             return stats;
         };
         stats
@@ -68,7 +81,7 @@ impl Viewer {
             .map(|s| {
                 let only = |m: &std::collections::HashMap<String, u64>| {
                     m.iter()
-                        .filter(|(k, _)| *k == category)
+                        .filter(|(k, _)| categories.contains(k))
                         .map(|(k, v)| (k.clone(), *v))
                         .collect::<std::collections::HashMap<_, _>>()
                 };
@@ -106,7 +119,7 @@ impl Viewer {
     pub fn sees_ticket(&self, t: &Ticket) -> bool {
         match self {
             Viewer::Province => true,
-            Viewer::Department(category) => t.category == *category,
+            Viewer::Department(categories) => categories.contains(&t.category),
             Viewer::City(c) => {
                 t.origin_city == *c || t.handling_city == *c || t.target_cities.contains(c)
             }
@@ -117,7 +130,7 @@ impl Viewer {
     pub fn sees_item(&self, item: &CoordinationItem) -> bool {
         match self {
             Viewer::Province => true,
-            Viewer::Department(category) => item.category == *category,
+            Viewer::Department(categories) => categories.contains(&item.category),
             Viewer::City(c) => {
                 item.origin_city == *c || item.rejected_by == *c || item.assigned_city == *c
             }
@@ -141,7 +154,7 @@ mod tests {
             sent_by_status: HashMap::from([("DELIVERED".into(), 5)]),
             ..Default::default()
         };
-        let out = Viewer::Department("education".into()).filter_stats(vec![s.clone()]);
+        let out = Viewer::Department(vec!["education".into()]).filter_stats(vec![s.clone()]);
         assert_eq!(out[0].sent, 2);
         assert_eq!(out[0].received, 0);
         assert!(out[0].received_by_category.is_empty());

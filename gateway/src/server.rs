@@ -98,8 +98,11 @@ pub async fn serve(
             limiter.guard(|id| matches!(id, Identity::City(_))),
         ))
         .add_service(InterceptedService::new(
-            ObservatoryServer::new(ObservatoryService::new(ledger.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            ObservatoryServer::new(ObservatoryService::new(
+                ledger.clone(),
+                Arc::new(config.departments.clone()),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
             limiter.guard(|id| {
                 matches!(
                     id,

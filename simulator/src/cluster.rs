@@ -66,6 +66,7 @@ impl Cluster {
             insecure: false,
             transfer_completion_ms: 30 * 60 * 1000,
             limits: gateway::limits::Limits::default(),
+            departments: Default::default(),
             cities: Some(catalogue.cities.clone()),
             categories: Some(catalogue.categories.clone()),
         };

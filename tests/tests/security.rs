@@ -236,6 +236,16 @@ async fn a_city_certificate_acts_only_for_its_city() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
+    // Nor answer one at Neijiang's node: its hotline is Neijiang's own.
+    let e = CityHotlineClient::new(f.channel_as(&lz, &Identity::City("neijiang".into())))
+        .answer_transfer(AnswerTransferRequest {
+            operator_id: "nj-1".into(),
+            transfer_id: hotline_proto::TicketId::new("yibin").to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
     // Only the gateway delivers to a node; a city reads only its own part
     // of the Observatory (see the roles test).
     let e = CityNodeClient::new(f.channel_as(&lz, &yb))
@@ -281,10 +291,15 @@ async fn a_city_certificate_acts_only_for_its_city() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_department_sees_only_its_category_and_a_city_only_its_own() {
-    let f = Federation::start().await;
+    let f = Federation::start_with(
+        "[departments]\nhousing = [\"housing-fund\", \"real-estate\"]",
+        "",
+    )
+    .await;
     let mut luzhou = f.hotline("luzhou").await;
     let mut zigong = f.hotline("zigong").await;
     let housing = create(&mut luzhou, draft(&["yibin"], "housing-fund")).await;
+    let property = create(&mut luzhou, draft(&["neijiang"], "real-estate")).await;
     let tourism = create(&mut zigong, draft(&["neijiang"], "tourism")).await;
     let province = f.observatory().await;
     eventually("both delivered", Duration::from_secs(15), || {
@@ -297,7 +312,7 @@ async fn a_department_sees_only_its_category_and_a_city_only_its_own() {
                 .into_inner()
                 .cities;
             let received: u64 = s.iter().map(|c| c.received).sum();
-            (received == 2).then_some(())
+            (received == 3).then_some(())
         }
     })
     .await;
@@ -316,7 +331,11 @@ async fn a_department_sees_only_its_category_and_a_city_only_its_own() {
     assert_eq!(of("luzhou").sent, 1);
     assert_eq!(of("yibin").received, 1);
     assert_eq!(of("zigong").sent, 0, "tourism is not the department's");
-    assert_eq!(of("neijiang").received, 0);
+    assert_eq!(
+        of("neijiang").received,
+        0,
+        "real-estate is not housing-fund's"
+    );
     for s in &stats {
         assert!(
             s.sent_by_category
@@ -367,10 +386,28 @@ async fn a_department_sees_only_its_category_and_a_city_only_its_own() {
     let e = z.get_ledger_ticket(get(&housing.id)).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
-    // The province sees both.
+    // A department configured with two categories sees both.
+    let housing_dept = Identity::Department("housing".into());
+    dev_ca::issue(&f.certs, &housing_dept, Duration::from_secs(3600)).unwrap();
+    let mut h = ObservatoryClient::new(f.channel_as(&housing_dept, &Identity::Gateway));
+    let stats = h
+        .get_city_stats(GetCityStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .cities;
+    let luzhou_sent = stats.iter().find(|s| s.city == "luzhou").unwrap().sent;
+    assert_eq!(luzhou_sent, 2, "housing-fund and real-estate");
+    h.get_ledger_ticket(get(&property.id)).await.unwrap();
+    h.get_ledger_ticket(get(&housing.id)).await.unwrap();
+    let e = h.get_ledger_ticket(get(&tourism.id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // The province sees all.
     let mut p = province.clone();
     p.get_ledger_ticket(get(&housing.id)).await.unwrap();
     p.get_ledger_ticket(get(&tourism.id)).await.unwrap();
+    p.get_ledger_ticket(get(&property.id)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
