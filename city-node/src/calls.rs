@@ -236,13 +236,18 @@ impl Calls {
         tracing::info!(city = %self.inner.city, "transfer signalling linked to the gateway");
     }
 
-    /// The gateway stream ended: every live transfer here fails.
-    pub fn link_down(&self) {
+    /// The gateway stream ended — lost, or closed because this node stops:
+    /// every live transfer here fails.
+    pub fn link_down(&self, stopping: bool) {
         let mut st = self.lock();
         if st.uplink.take().is_none() {
             return;
         }
-        tracing::warn!(city = %self.inner.city, "transfer signalling lost the gateway");
+        if stopping {
+            tracing::info!(city = %self.inner.city, "transfer signalling closed: the node stops");
+        } else {
+            tracing::warn!(city = %self.inner.city, "transfer signalling lost the gateway");
+        }
         let ids: Vec<String> = st
             .transfers
             .iter()

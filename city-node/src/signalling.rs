@@ -53,7 +53,7 @@ pub async fn run(
                     _ = stop.changed() => break,
                 }
             }
-            calls.link_down();
+            calls.link_down(*stop.borrow());
         }
         // While the gateway is away, transfers still end by their deadline.
         let wait = tokio::time::sleep(backoff);

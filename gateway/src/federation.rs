@@ -82,6 +82,7 @@ impl Federation for FederationService {
         let switchboard = self.switchboard.clone();
         let mut closing = self.switchboard.closing();
         tokio::spawn(async move {
+            let mut closed = true;
             loop {
                 let message = tokio::select! {
                     m = inbound.message() => m,
@@ -92,10 +93,14 @@ impl Federation for FederationService {
                         signal: Some(Signal::Transfer(t)),
                     })) => switchboard.signal(&city, t),
                     Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => break,
+                    Err(_) => {
+                        closed = false;
+                        break;
+                    }
                 }
             }
-            switchboard.disconnect(&city, link);
+            switchboard.disconnect(&city, link, closed);
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }

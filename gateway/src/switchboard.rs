@@ -134,11 +134,17 @@ impl Switchboard {
     }
 
     /// A node's stream ended: its live transfers fail, on both sides.
-    pub fn disconnect(&self, city: &str, link: u64) {
+    /// `closed` when the node ended the stream in good order (it stops);
+    /// otherwise the stream broke.
+    pub fn disconnect(&self, city: &str, link: u64, closed: bool) {
         let mut st = self.lock();
         if st.links.get(city).is_some_and(|l| l.id == link) {
             st.links.remove(city);
-            tracing::warn!(city, "transfer signalling stream lost");
+            if closed {
+                tracing::info!(city, "transfer signalling stream closed by the node");
+            } else {
+                tracing::warn!(city, "transfer signalling stream lost");
+            }
             self.fail_city(&mut st, city, &format!("{city}-lost"));
         }
     }

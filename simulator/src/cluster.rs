@@ -21,8 +21,10 @@ pub struct Cluster {
     pub pki: Pki,
     pub gateway: SocketAddr,
     pub nodes: BTreeMap<String, SocketAddr>,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<anyhow::Result<()>>,
+    stop_nodes: watch::Sender<bool>,
+    stop_gateway: watch::Sender<bool>,
+    node_tasks: JoinSet<anyhow::Result<()>>,
+    gateway_task: JoinSet<anyhow::Result<()>>,
 }
 
 async fn loopback() -> anyhow::Result<(TcpListener, SocketAddr)> {
@@ -52,8 +54,10 @@ impl Cluster {
             .iter()
             .map(|(c, (_, a))| (c.clone(), *a))
             .collect();
-        let (stop, _) = watch::channel(false);
-        let mut tasks = JoinSet::new();
+        let (stop_nodes, _) = watch::channel(false);
+        let (stop_gateway, _) = watch::channel(false);
+        let mut node_tasks = JoinSet::new();
+        let mut gateway_task = JoinSet::new();
 
         let gw_config = GatewayConfig {
             listen: gateway,
@@ -70,7 +74,11 @@ impl Cluster {
             cities: Some(catalogue.cities.clone()),
             categories: Some(catalogue.categories.clone()),
         };
-        tasks.spawn(gateway::serve(gw_config, gw_listener, stopper(&stop)));
+        gateway_task.spawn(gateway::serve(
+            gw_config,
+            gw_listener,
+            stopper(&stop_gateway),
+        ));
         for (city, (listener, addr)) in listeners {
             let config = NodeConfig {
                 city: city.clone(),
@@ -84,22 +92,33 @@ impl Cluster {
                 cities: Some(catalogue.cities.clone()),
                 categories: Some(catalogue.categories.clone()),
             };
-            tasks.spawn(city_node::serve(config, listener, stopper(&stop)));
+            node_tasks.spawn(city_node::serve(config, listener, stopper(&stop_nodes)));
         }
         Ok(Self {
             pki,
             gateway,
             nodes,
-            stop,
-            tasks,
+            stop_nodes,
+            stop_gateway,
+            node_tasks,
+            gateway_task,
         })
     }
 
-    /// Stops every server gracefully and reports the first failure.
+    /// Stops every server gracefully, the nodes first (they close their
+    /// streams to the gateway in good order), then the gateway; reports the
+    /// first failure.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
+        let _ = self.stop_nodes.send(true);
         let mut first = Ok(());
-        while let Some(done) = self.tasks.join_next().await {
+        while let Some(done) = self.node_tasks.join_next().await {
+            let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        let _ = self.stop_gateway.send(true);
+        while let Some(done) = self.gateway_task.join_next().await {
             let result = done.map_err(anyhow::Error::from).and_then(|r| r);
             if first.is_ok() {
                 first = result;
