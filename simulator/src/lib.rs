@@ -13,6 +13,8 @@
 //! - [`spawn`]: a federation of real child processes, each measurable.
 //! - [`flood`]: `simulator bench-flood`, another city's latency while one
 //!   floods the gateway.
+//! - [`peers`]: `simulator bench`, the gateway beside a direct call,
+//!   haproxy and nginx.
 //! - [`pki`]: the run's development CA; every link is mutual TLS.
 //! - [`bench`]: `simulator bench-transfers`, ring latency and how many live
 //!   transfers one gateway holds.
@@ -23,6 +25,7 @@ pub mod cluster;
 pub mod demo;
 pub mod flood;
 pub mod operators;
+pub mod peers;
 pub mod pki;
 pub mod report;
 pub mod spawn;

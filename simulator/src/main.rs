@@ -51,6 +51,20 @@ enum Command {
         #[arg(long, default_value_t = 1.0, value_name = "N")]
         transfer_rate: f64,
     },
+    /// The gateway's cost per ticket, side by side in one run: the target
+    /// node called directly (A), through the gateway (B), through haproxy
+    /// (C) and through nginx grpc_pass (D), each three times, interleaved;
+    /// plus transfer start-to-ringing. haproxy and nginx come from the
+    /// system packages (apt-get install haproxy nginx); a missing one is
+    /// said and skipped. See docs/benchmarks.md.
+    Bench {
+        /// Finish in under two minutes (fewer requests, shorter runs).
+        #[arg(long)]
+        quick: bool,
+        /// Write the JSON figures here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
     /// A benchmark of the gateway's per-caller limits over real processes:
     /// Yibin's dispatch latency (p50, p99) alone, then while Luzhou floods
     /// the gateway at FACTOR times the limit.
@@ -103,6 +117,16 @@ fn main() -> ExitCode {
         }
     };
     match args.command {
+        Command::Bench { quick, report } => {
+            let opts = simulator::peers::PeersOptions { quick, report };
+            match runtime.block_on(simulator::peers::run(opts)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::BenchFlood {
             samples,
             rate,

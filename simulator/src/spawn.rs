@@ -21,6 +21,9 @@ use crate::pki::Pki;
 
 pub struct Spawned {
     pub pki: Pki,
+    /// Plaintext on loopback instead of mutual TLS (for comparing hops
+    /// with proxies that speak plaintext).
+    pub insecure: bool,
     pub gateway: SocketAddr,
     pub nodes: BTreeMap<String, SocketAddr>,
     gateway_child: Child,
@@ -66,6 +69,26 @@ impl Spawned {
         gateway_extra: &str,
         node_extra: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(cities, dir, gateway_extra, node_extra, false).await
+    }
+
+    /// As [`Spawned::start`]; `insecure` runs every link plaintext (on
+    /// loopback only, as the processes insist).
+    pub async fn start_with(
+        cities: &[&str],
+        dir: &Path,
+        gateway_extra: &str,
+        node_extra: &str,
+        insecure: bool,
+    ) -> anyhow::Result<Self> {
+        let transport = |who: &Identity, pki: &Pki| {
+            if insecure {
+                String::new()
+            } else {
+                pki.toml(who)
+            }
+        };
+        let top = if insecure { "insecure = true\n" } else { "" };
         let bins = bin_dir()?;
         let pki = Pki::init(&dir.join("certs"), &hotline_proto::Catalogue::default())?;
         let gateway = free_addr()?;
@@ -81,9 +104,9 @@ impl Spawned {
         std::fs::write(
             &gw_config,
             format!(
-                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{table}\n{}\n{gateway_extra}",
+                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{top}{table}\n{}\n{gateway_extra}",
                 dir.join("gateway").display(),
-                pki.toml(&Identity::Gateway)
+                transport(&Identity::Gateway, &pki)
             ),
         )?;
         let gateway_child = start(&bins.join("gateway"), &gw_config, &dir.join("gateway.log"))?;
@@ -93,9 +116,9 @@ impl Spawned {
             std::fs::write(
                 &config,
                 format!(
-                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway}\"\n{node_extra}\n{}",
+                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway}\"\n{top}{node_extra}\n{}",
                     dir.join(city).display(),
-                    pki.toml(&Identity::City(city.clone()))
+                    transport(&Identity::City(city.clone()), &pki)
                 ),
             )?;
             node_children.push(start(
@@ -106,6 +129,7 @@ impl Spawned {
         }
         let spawned = Self {
             pki,
+            insecure,
             gateway,
             nodes,
             gateway_child,
@@ -117,7 +141,11 @@ impl Spawned {
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let until = Instant::now() + Duration::from_secs(30);
-        let mut observatory = ObservatoryClient::new(self.pki.province_channel(self.gateway)?);
+        let mut observatory = ObservatoryClient::new(self.channel(
+            self.gateway,
+            &Identity::Province,
+            &Identity::Gateway,
+        )?);
         while observatory
             .get_city_stats(GetCityStatsRequest::default())
             .await
@@ -129,7 +157,11 @@ impl Spawned {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for (city, addr) in &self.nodes {
-            let mut node = CityHotlineClient::new(self.pki.node_channel(*addr, city)?);
+            let mut node = CityHotlineClient::new(self.channel(
+                *addr,
+                &Identity::City(city.clone()),
+                &Identity::City(city.clone()),
+            )?);
             while node
                 .list_tickets(ListTicketsRequest {
                     page_size: 1,
@@ -145,6 +177,35 @@ impl Spawned {
             }
         }
         Ok(())
+    }
+
+    /// A channel to `server` at `addr` as `who`: over mutual TLS, or
+    /// plaintext when the federation runs insecure.
+    pub fn channel(
+        &self,
+        addr: SocketAddr,
+        who: &Identity,
+        server: &Identity,
+    ) -> anyhow::Result<tonic::transport::Channel> {
+        if self.insecure {
+            Ok(hotline_tls::channel(
+                &addr.to_string(),
+                &hotline_tls::ClientTls::Insecure,
+                server,
+                Some(Duration::from_secs(10)),
+            )?)
+        } else {
+            self.pki.channel(addr, who, server)
+        }
+    }
+
+    pub fn gateway_pid(&self) -> u32 {
+        self.gateway_child.id()
+    }
+
+    /// The node processes' ids, in the order of `nodes`.
+    pub fn node_pids(&self) -> Vec<u32> {
+        self.node_children.iter().map(Child::id).collect()
     }
 
     /// The gateway's resident memory, in bytes (Linux).

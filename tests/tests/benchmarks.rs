@@ -44,3 +44,43 @@ fn bench_transfers_runs_and_reports_ring_latency_and_held_transfers() {
     }
     assert_eq!(levels[1]["held"], 40);
 }
+
+#[test]
+fn bench_quick_runs_every_path_it_can_and_reports_the_side_by_side_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("b.json");
+    let out = Command::new(bin_dir().join("simulator"))
+        .args(["bench", "--quick", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    for key in [
+        "direct_tps",
+        "gateway_tps",
+        "gateway_p50_us",
+        "gateway_p99_us",
+        "transfer_ring_p99_us",
+    ] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r:#}");
+    }
+    // A proxy is measured, or said to be missing: never silently absent.
+    for proxy in ["haproxy", "nginx"] {
+        let measured = r[format!("{proxy}_tps")].as_f64().is_some();
+        let missing = r["missing"].as_array().unwrap().iter().any(|m| m == proxy);
+        assert!(measured != missing, "{proxy}: {r:#}");
+        assert!(stdout.contains(proxy), "{proxy} not mentioned:\n{stdout}");
+    }
+    // Three runs of each path measured, interleaved.
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len() % 3, 0);
+    assert_eq!(runs[0]["path"], "direct");
+    assert_eq!(runs[1]["path"], "gateway");
+}
