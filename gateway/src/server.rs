@@ -126,6 +126,12 @@ pub async fn serve(
     // The recorder ends once the switchboard, its last sender, is gone.
     drop(switchboard);
     let _ = tokio::time::timeout(Duration::from_secs(5), recording).await;
+    let stats = ledger.db().stats();
+    tracing::info!(
+        writes = stats.writes.load(std::sync::atomic::Ordering::Relaxed),
+        commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+        "ledger: writes, and commits (one fsync each), since start"
+    );
     result?;
     Ok(())
 }

@@ -55,6 +55,8 @@ pub struct PeersOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
     pub path: String,
+    /// Tickets this run made (warm-up, one at a time, and under load).
+    pub tickets: u64,
     pub tps: f64,
     pub p50_us: u64,
     pub p99_us: u64,
@@ -78,6 +80,12 @@ pub struct PeersReport {
     pub ratio_b_a: f64,
     pub ratio_b_c: Option<f64>,
     pub ratio_b_d: Option<f64>,
+    /// Tickets through the gateway per ledger commit (each one fsync):
+    /// what group commit buys. Every commit of the run counts, the
+    /// deliveries' and acknowledgements' as well as the dispatches'.
+    pub gateway_tickets_per_fsync: Option<f64>,
+    pub gateway_ledger_commits: Option<u64>,
+    pub gateway_ledger_writes: Option<u64>,
     /// The median run of each path.
     pub median: Vec<Run>,
     /// Every run, in the order they ran.
@@ -383,12 +391,44 @@ async fn run_path(t: &Target<'_>, latency_n: usize, window: Duration) -> anyhow:
         })
         .collect();
     Ok(Run {
+        tickets: (latency_n / 10 + latency_n) as u64 + done.load(Ordering::Relaxed),
         path: t.name.into(),
         tps: tickets as f64 / elapsed.as_secs_f64(),
         p50_us: percentile(&micros, 0.5),
         p99_us: percentile(&micros, 0.99),
         cpu_us_per_ticket,
     })
+}
+
+/// The gateway's last word on its ledger: `writes=N commits=M`, from its
+/// log (which may be coloured).
+fn ledger_counts(log: &Path) -> (Option<u64>, Option<u64>) {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return (None, None);
+    };
+    let mut plain = String::with_capacity(text.len());
+    let mut in_escape = false;
+    for ch in text.chars() {
+        match (in_escape, ch) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    let Some(line) = plain.lines().rev().find(|l| l.contains("ledger: writes")) else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        let at = line.find(&format!("{name}="))? + name.len() + 1;
+        line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()
+    };
+    (field("writes"), field("commits"))
 }
 
 fn median_run(runs: &[Run], path: &str) -> Option<Run> {
@@ -407,7 +447,7 @@ pub async fn run(opts: PeersOptions) -> anyhow::Result<PeersReport> {
         (3000, Duration::from_secs(8), 3)
     };
     let dir = tempfile::tempdir()?;
-    let fed = Spawned::start_with(
+    let mut fed = Spawned::start_with(
         &["luzhou", "yibin", "zigong", "neijiang"],
         dir.path(),
         // No rate limit in the way of the measurement.
@@ -513,6 +553,14 @@ pub async fn run(opts: PeersOptions) -> anyhow::Result<PeersReport> {
         }
     }
     drop(proxies);
+    // The gateway says how many commits its ledger made when it stops.
+    fed.stop_gateway()?;
+    let (writes, commits) = ledger_counts(&fed.dir.join("gateway.log"));
+    let through_gateway: u64 = runs
+        .iter()
+        .filter(|r| r.path == "gateway")
+        .map(|r| r.tickets)
+        .sum();
 
     let ring = crate::bench::run(crate::bench::TransferBenchOptions {
         samples: if opts.quick { 300 } else { 2000 },
@@ -540,12 +588,17 @@ pub async fn run(opts: PeersOptions) -> anyhow::Result<PeersReport> {
         ratio_b_a: b.tps / a.tps,
         ratio_b_c: c.as_ref().map(|r| b.tps / r.tps),
         ratio_b_d: d.as_ref().map(|r| b.tps / r.tps),
+        gateway_tickets_per_fsync: commits
+            .filter(|c| *c > 0)
+            .map(|c| through_gateway as f64 / c as f64),
+        gateway_ledger_commits: commits,
+        gateway_ledger_writes: writes,
         median: [Some(a), Some(b), c, d].into_iter().flatten().collect(),
         runs,
         missing,
     };
     println!(
-        "\nmedian of {reps}: direct {:.0}/s, gateway {:.0}/s (B/A {:.2}), haproxy {}, nginx {}; gateway p50 {} µs p99 {} µs; transfer ring p99 {} µs",
+        "\nmedian of {reps}: direct {:.0}/s, gateway {:.0}/s (B/A {:.2}), haproxy {}, nginx {}; gateway p50 {} µs p99 {} µs; {} tickets per fsync; transfer ring p99 {} µs",
         report.direct_tps,
         report.gateway_tps,
         report.ratio_b_a,
@@ -559,6 +612,10 @@ pub async fn run(opts: PeersOptions) -> anyhow::Result<PeersReport> {
             .unwrap_or_else(|| "missing".into()),
         report.gateway_p50_us,
         report.gateway_p99_us,
+        report
+            .gateway_tickets_per_fsync
+            .map(|t| format!("{t:.1}"))
+            .unwrap_or_else(|| "?".into()),
         report.transfer_ring_p99_us
     );
     if let Some(path) = &opts.report {

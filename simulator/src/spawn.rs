@@ -26,6 +26,8 @@ pub struct Spawned {
     pub insecure: bool,
     pub gateway: SocketAddr,
     pub nodes: BTreeMap<String, SocketAddr>,
+    /// Where each process's log is (`gateway.log`, `CITY.log`).
+    pub dir: PathBuf,
     gateway_child: Child,
     node_children: Vec<Child>,
 }
@@ -128,6 +130,7 @@ impl Spawned {
             )?);
         }
         let spawned = Self {
+            dir: dir.to_owned(),
             pki,
             insecure,
             gateway,
@@ -197,6 +200,19 @@ impl Spawned {
         } else {
             self.pki.channel(addr, who, server)
         }
+    }
+
+    /// Stops the gateway gracefully (SIGTERM) and waits for it.
+    pub fn stop_gateway(&mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.gateway_child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("could not signal the gateway");
+        }
+        self.gateway_child.wait()?;
+        Ok(())
     }
 
     pub fn gateway_pid(&self) -> u32 {
