@@ -207,3 +207,60 @@ pub async fn start_transfer(
         }
     }
 }
+
+/// The operator's actions on a transfer, as their console sends them.
+pub async fn answer(
+    client: &mut CityHotlineClient<Channel>,
+    operator: &str,
+    transfer: &str,
+) -> Result<Transfer, tonic::Status> {
+    client
+        .answer_transfer(hotline_proto::pb::AnswerTransferRequest {
+            operator_id: operator.into(),
+            transfer_id: transfer.into(),
+        })
+        .await
+        .map(|r| r.into_inner().transfer.unwrap_or_default())
+}
+
+pub async fn decline(
+    client: &mut CityHotlineClient<Channel>,
+    operator: &str,
+    transfer: &str,
+) -> Result<Transfer, tonic::Status> {
+    client
+        .decline_transfer(hotline_proto::pb::DeclineTransferRequest {
+            operator_id: operator.into(),
+            transfer_id: transfer.into(),
+        })
+        .await
+        .map(|r| r.into_inner().transfer.unwrap_or_default())
+}
+
+pub async fn cancel(
+    client: &mut CityHotlineClient<Channel>,
+    operator: &str,
+    transfer: &str,
+) -> Result<Transfer, tonic::Status> {
+    client
+        .cancel_transfer(hotline_proto::pb::CancelTransferRequest {
+            operator_id: operator.into(),
+            transfer_id: transfer.into(),
+        })
+        .await
+        .map(|r| r.into_inner().transfer.unwrap_or_default())
+}
+
+pub async fn complete(
+    client: &mut CityHotlineClient<Channel>,
+    operator: &str,
+    transfer: &str,
+) -> Result<Transfer, tonic::Status> {
+    client
+        .complete_transfer(hotline_proto::pb::CompleteTransferRequest {
+            operator_id: operator.into(),
+            transfer_id: transfer.into(),
+        })
+        .await
+        .map(|r| r.into_inner().transfer.unwrap_or_default())
+}

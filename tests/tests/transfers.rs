@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use federation_tests::console::{Console, start_transfer, transfer_request};
+use federation_tests::console::{
+    Console, answer, cancel, complete, decline, start_transfer, transfer_request,
+};
 use federation_tests::{Federation, eventually, get};
 use hotline_proto::pb::transfer_signals_request::Signal;
 use hotline_proto::pb::*;
@@ -98,16 +100,7 @@ async fn blind_warm_and_three_way_transfers_complete_between_two_cities() {
         );
         lz.hears(&started.id, TransferState::Ringing).await;
 
-        let answered = yibin
-            .answer_transfer(AnswerTransferRequest {
-                operator_id: "yb-1".into(),
-                transfer_id: started.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .transfer
-            .unwrap();
+        let answered = answer(&mut yibin, "yb-1", &started.id).await.unwrap();
         assert!(!answered.bridge_ref.is_empty());
         match mode {
             TransferMode::Blind => {}
@@ -125,13 +118,7 @@ async fn blind_warm_and_three_way_transfers_complete_between_two_cities() {
         }
         if mode != TransferMode::Blind {
             // The origin operator drops out: handed over.
-            luzhou
-                .complete_transfer(CompleteTransferRequest {
-                    operator_id: "lz-1".into(),
-                    transfer_id: started.id.clone(),
-                })
-                .await
-                .unwrap();
+            complete(&mut luzhou, "lz-1", &started.id).await.unwrap();
         }
         lz.hears(&started.id, TransferState::Completed).await;
         yb.hears(&started.id, TransferState::Completed).await;
@@ -181,13 +168,7 @@ async fn a_declined_transfer_ends_declined_for_both_operators() {
     )
     .await;
     zg.ringing().await;
-    zigong
-        .decline_transfer(DeclineTransferRequest {
-            operator_id: "zg-1".into(),
-            transfer_id: t.id.clone(),
-        })
-        .await
-        .unwrap();
+    decline(&mut zigong, "zg-1", &t.id).await.unwrap();
     let end = lz.hears(&t.id, TransferState::Declined).await;
     assert_eq!(end.reason, "declined");
     zg.hears(&t.id, TransferState::Declined).await;
@@ -220,23 +201,11 @@ async fn a_ring_timeout_falls_over_to_a_second_operator_who_answers() {
     let rang = second.ringing().await;
     assert_eq!(rang.id, t.id);
     assert_eq!(rang.attempts, 2);
-    neijiang
-        .answer_transfer(AnswerTransferRequest {
-            operator_id: "nj-b".into(),
-            transfer_id: t.id.clone(),
-        })
-        .await
-        .unwrap();
+    answer(&mut neijiang, "nj-b", &t.id).await.unwrap();
     let done = lz.hears(&t.id, TransferState::Completed).await;
     assert_eq!(done.target_operator, "nj-b");
     // nj-a can no longer take it.
-    let late = neijiang
-        .answer_transfer(AnswerTransferRequest {
-            operator_id: "nj-a".into(),
-            transfer_id: t.id.clone(),
-        })
-        .await
-        .unwrap_err();
+    let late = answer(&mut neijiang, "nj-a", &t.id).await.unwrap_err();
     assert_eq!(late.code(), Code::PermissionDenied, "{late:?}");
     assert!(!other.rings_within(Duration::from_millis(200)).await);
 
@@ -319,13 +288,7 @@ async fn with_no_operator_available_the_transfer_fails_and_converts_to_a_ticket_
     )
     .await;
     yb.ringing().await;
-    yibin
-        .answer_transfer(AnswerTransferRequest {
-            operator_id: "yb-2".into(),
-            transfer_id: ok.id.clone(),
-        })
-        .await
-        .unwrap();
+    answer(&mut yibin, "yb-2", &ok.id).await.unwrap();
     lz.hears(&ok.id, TransferState::Completed).await;
     let refused = luzhou
         .convert_transfer_to_ticket(ConvertTransferToTicketRequest {
@@ -351,23 +314,11 @@ async fn the_origin_cancels_a_ringing_transfer_and_both_operators_learn_it() {
     )
     .await;
     yb.ringing().await;
-    luzhou
-        .cancel_transfer(CancelTransferRequest {
-            operator_id: "lz-1".into(),
-            transfer_id: t.id.clone(),
-        })
-        .await
-        .unwrap();
+    cancel(&mut luzhou, "lz-1", &t.id).await.unwrap();
     lz.hears(&t.id, TransferState::Cancelled).await;
     yb.hears(&t.id, TransferState::Cancelled).await;
     // Too late to answer.
-    let late = yibin
-        .answer_transfer(AnswerTransferRequest {
-            operator_id: "yb-1".into(),
-            transfer_id: t.id.clone(),
-        })
-        .await
-        .unwrap_err();
+    let late = answer(&mut yibin, "yb-1", &t.id).await.unwrap_err();
     assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
     // And the freed operator takes the next call.
     let next = start_transfer(
@@ -437,13 +388,7 @@ async fn a_gateway_restart_mid_call_leaves_no_transfer_stuck() {
     )
     .await;
     zg.ringing().await;
-    zigong
-        .answer_transfer(AnswerTransferRequest {
-            operator_id: "zg-1".into(),
-            transfer_id: t.id.clone(),
-        })
-        .await
-        .unwrap();
+    answer(&mut zigong, "zg-1", &t.id).await.unwrap();
     lz.hears(&t.id, TransferState::Conferenced).await;
     eventually(
         "the gateway recorded the answer",
@@ -539,38 +484,16 @@ async fn bad_transfer_requests_get_a_clear_status_and_change_nothing() {
 
     // Another operator cannot answer or decline a call ringing at yb-1,
     // nor can the target cancel it or the origin answer it.
-    let answer = |op: &str| AnswerTransferRequest {
-        operator_id: op.into(),
-        transfer_id: t.id.clone(),
-    };
-    let e = yibin.answer_transfer(answer("yb-2")).await.unwrap_err();
+    let e = answer(&mut yibin, "yb-2", &t.id).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let e = yibin
-        .decline_transfer(DeclineTransferRequest {
-            operator_id: "yb-2".into(),
-            transfer_id: t.id.clone(),
-        })
-        .await
-        .unwrap_err();
+    let e = decline(&mut yibin, "yb-2", &t.id).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let e = yibin
-        .cancel_transfer(CancelTransferRequest {
-            operator_id: "yb-1".into(),
-            transfer_id: t.id.clone(),
-        })
-        .await
-        .unwrap_err();
+    let e = cancel(&mut yibin, "yb-1", &t.id).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let e = luzhou.answer_transfer(answer("lz-1")).await.unwrap_err();
+    let e = answer(&mut luzhou, "lz-1", &t.id).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     // Not known at a third city.
-    let e = f
-        .hotline("zigong")
-        .await
-        .cancel_transfer(CancelTransferRequest {
-            operator_id: "zg-1".into(),
-            transfer_id: t.id.clone(),
-        })
+    let e = cancel(&mut f.hotline("zigong").await, "zg-1", &t.id)
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -621,6 +544,6 @@ async fn bad_transfer_requests_get_a_clear_status_and_change_nothing() {
             "at {city}"
         );
     }
-    yibin.answer_transfer(answer("yb-1")).await.unwrap();
+    answer(&mut yibin, "yb-1", &t.id).await.unwrap();
     yb.hears(&t.id, TransferState::Answered).await;
 }
