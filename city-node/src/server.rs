@@ -38,7 +38,7 @@ pub async fn serve(
         hotline_tls::transport(config.tls.as_ref(), config.insecure, listener.local_addr()?)?;
     let db = Db::open(
         &config.data_dir.join("node.db"),
-        &[store::SCHEMA, outbox::SCHEMA],
+        &[store::SCHEMA, outbox::SCHEMA, outbox::SCHEMA_IN_ORDER],
     )?;
     let outbox = Outbox::new();
     let (stop_tx, stop_rx) = watch::channel(false);

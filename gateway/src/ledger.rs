@@ -100,6 +100,7 @@ impl Ledger {
                 stats::SCHEMA,
                 crate::recorder::SCHEMA,
                 DELIVERIES,
+                outbox::SCHEMA_IN_ORDER,
             ],
         )?;
         Ok(Self {
