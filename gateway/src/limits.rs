@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use hotline_proto::identity::Identity;
 use serde::Deserialize;
 use tonic::{Request, Status};
 
@@ -74,7 +75,9 @@ struct Bucket {
 #[derive(Clone)]
 pub struct RateLimiter {
     limits: Limits,
-    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+    /// By caller; `None` for the unauthenticated callers of an insecure
+    /// gateway, who share one bucket.
+    buckets: Arc<Mutex<HashMap<Option<Identity>, Bucket>>>,
 }
 
 impl RateLimiter {
@@ -85,18 +88,23 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token of `caller`'s bucket, if it has one.
-    pub fn try_take(&self, caller: &str) -> bool {
+    /// Takes a token of `caller`'s bucket, if it has one. Runs on every
+    /// request: it allocates only for a caller's first.
+    pub fn try_take(&self, caller: Option<&Identity>) -> bool {
         let now = Instant::now();
         let mut buckets = match self.buckets.lock() {
             Ok(b) => b,
             Err(poisoned) => poisoned.into_inner(),
         };
         let burst = self.limits.per_caller_burst;
-        let b = buckets.entry(caller.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
+        let key = caller.cloned();
+        let b = match buckets.get_mut(&key) {
+            Some(b) => b,
+            None => buckets.entry(key).or_insert(Bucket {
+                tokens: burst,
+                at: now,
+            }),
+        };
         let refill = now.duration_since(b.at).as_secs_f64() * self.limits.per_caller_rps;
         b.tokens = (b.tokens + refill).min(burst);
         b.at = now;
@@ -112,18 +120,18 @@ impl RateLimiter {
     /// (see `hotline_tls::allow`) and within its rate.
     pub fn guard(
         &self,
-        rule: impl Fn(&hotline_proto::identity::Identity) -> bool + Clone + Send + Sync + 'static,
+        rule: impl Fn(&Identity) -> bool + Clone + Send + Sync + 'static,
     ) -> impl tonic::service::Interceptor + Clone + Send + Sync + 'static {
         let limiter = self.clone();
         let allow = hotline_tls::allow(rule);
         move |request: Request<()>| {
             let mut allow = allow.clone();
             let request = tonic::service::Interceptor::call(&mut allow, request)?;
-            let caller = hotline_tls::Peer::of(&request)
-                .and_then(|p| p.identity.as_ref())
-                .map(|id| id.to_string())
-                .unwrap_or_else(|| "an unauthenticated caller".to_owned());
-            if !limiter.try_take(&caller) {
+            let caller = hotline_tls::Peer::caller(&request)?;
+            if !limiter.try_take(caller) {
+                let caller = caller
+                    .map(|id| id.to_string())
+                    .unwrap_or_else(|| "an unauthenticated caller".to_owned());
                 return Err(Status::resource_exhausted(format!(
                     "{caller} is over its rate of {} requests a second; retry later",
                     limiter.limits.per_caller_rps
@@ -145,9 +153,14 @@ mod tests {
             per_caller_burst: 5.0,
             ..Limits::default()
         });
-        let taken = (0..50).filter(|_| limiter.try_take("luzhou")).count();
+        let luzhou = Identity::City("luzhou".into());
+        let yibin = Identity::City("yibin".into());
+        let taken = (0..50).filter(|_| limiter.try_take(Some(&luzhou))).count();
         assert_eq!(taken, 5, "only the burst, at one a second");
-        assert!(limiter.try_take("yibin"), "yibin has a bucket of its own");
+        assert!(
+            limiter.try_take(Some(&yibin)),
+            "yibin has a bucket of its own"
+        );
     }
 
     #[test]

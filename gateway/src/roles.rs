@@ -28,22 +28,18 @@ pub type Departments = BTreeMap<String, Vec<String>>;
 
 impl Viewer {
     pub fn of<T>(request: &Request<T>, departments: &Departments) -> Result<Self, Status> {
-        match hotline_tls::Peer::of(request).map(|p| &p.identity) {
-            Some(None) => Ok(Viewer::Province),
-            Some(Some(Identity::Province)) => Ok(Viewer::Province),
-            Some(Some(Identity::Department(d))) => Ok(Viewer::Department(
+        match hotline_tls::Peer::caller(request)? {
+            None | Some(Identity::Province) => Ok(Viewer::Province),
+            Some(Identity::Department(d)) => Ok(Viewer::Department(
                 departments
                     .get(d)
                     .cloned()
                     .unwrap_or_else(|| vec![d.clone()]),
             )),
-            Some(Some(Identity::City(c))) => Ok(Viewer::City(c.clone())),
-            Some(Some(id)) => Err(Status::permission_denied(format!(
+            Some(Identity::City(c)) => Ok(Viewer::City(c.clone())),
+            Some(id) => Err(Status::permission_denied(format!(
                 "{id} has no view of the Observatory"
             ))),
-            None => Err(Status::permission_denied(
-                "the caller's identity is unknown",
-            )),
         }
     }
 

@@ -111,7 +111,8 @@ async fn start_when_linked(
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+/// The value at fraction `p` of `sorted` (nearest rank); 0 for none.
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }

@@ -74,8 +74,8 @@ impl CallLog {
 
 type Outbound = mpsc::UnboundedSender<OperatorSessionRequest>;
 
-/// Opens a console session and waits until the node has registered it; the
-/// sender keeps it open.
+/// Opens a console session and waits until the node has registered this
+/// operator; the sender keeps it open.
 pub async fn session(
     client: &mut CityHotlineClient<Channel>,
     operator: &str,
@@ -96,8 +96,8 @@ pub async fn session(
         .into_inner();
     match inbound.message().await? {
         Some(OperatorSessionResponse {
-            event: Some(Event::Registered(_)),
-        }) => Ok((tx, inbound)),
+            event: Some(Event::Registered(hello)),
+        }) if hello.operator_id == operator => Ok((tx, inbound)),
         other => anyhow::bail!("{operator}: unexpected first message {other:?}"),
     }
 }

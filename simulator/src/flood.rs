@@ -20,6 +20,7 @@ use hotline_proto::pb::{
 };
 use serde::Serialize;
 
+use crate::bench::percentile;
 use crate::spawn::Spawned;
 
 #[derive(Debug, Clone)]
@@ -66,13 +67,6 @@ fn ticket(seq: usize) -> Ticket {
         )],
         ..Default::default()
     }
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
 /// Yibin's dispatches, paced at half its limit; returns sorted latencies

@@ -18,7 +18,7 @@
 //! times; the report gives the median run of each.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -37,7 +37,8 @@ use hotline_proto::pb::{
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::spawn::Spawned;
+use crate::bench::percentile;
+use crate::spawn::{Spawned, free_addr};
 
 const ORIGIN: &str = "luzhou";
 const TARGET: &str = "yibin";
@@ -92,10 +93,6 @@ pub struct PeersReport {
     pub runs: Vec<Run>,
     /// Proxies not found on this machine (their paths were skipped).
     pub missing: Vec<String>,
-}
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// A program on the PATH or in the system directories.
@@ -195,13 +192,6 @@ fn cpu_time(pid: u32) -> Duration {
         .sum();
     // USER_HZ is 100 on Linux.
     Duration::from_millis(ticks * 10)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
 fn new_ticket() -> Ticket {

@@ -41,8 +41,37 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
         .context("the simulator has no directory")
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// A free port on loopback for a process to bind right after. Taken below
+/// the kernel's ephemeral range (32768 and up by default), where outgoing
+/// connections take their local ports — a port freed there can be taken by
+/// a connection before the process binds it — and never the same twice in
+/// one process. Each process starts at a point spread by a hash of its id
+/// and start time, so that processes running side by side (neighbouring
+/// ids) walk different stretches of the range.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static OFFSET: OnceLock<u32> = OnceLock::new();
+    let offset = *OFFSET.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mixed = (u64::from(std::process::id()) ^ (u64::from(nanos) << 20))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ((mixed >> 32) % 12_000) as u32
+    });
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        if n >= 12_000 {
+            bail!("no free port left below the ephemeral range");
+        }
+        let port = 20_000 + (offset + n) % 12_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return Ok(l.local_addr()?);
+        }
+    }
 }
 
 fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {

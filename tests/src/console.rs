@@ -7,8 +7,8 @@ use hotline_proto::pb::city_hotline_client::CityHotlineClient;
 use hotline_proto::pb::operator_session_request::Message;
 use hotline_proto::pb::operator_session_response::Event;
 use hotline_proto::pb::{
-    CallContext, Citizen, OperatorHello, OperatorSessionRequest, StartTransferRequest, Transfer,
-    TransferMode, TransferState,
+    CallContext, Citizen, OperatorSessionRequest, StartTransferRequest, Transfer, TransferMode,
+    TransferState,
 };
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -33,31 +33,15 @@ impl Console {
         operator: &str,
         categories: &[&str],
     ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(OperatorSessionRequest {
-            message: Some(Message::Hello(OperatorHello {
-                operator_id: operator.into(),
-                categories: categories.iter().map(|c| c.to_string()).collect(),
-                available: true,
-            })),
-        })
-        .unwrap();
-        let mut inbound = client
-            .operator_session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let first = tokio::time::timeout(HEAR_WITHIN, inbound.message())
-            .await
-            .expect("registration in time")
-            .unwrap();
-        assert!(
-            matches!(
-                first.and_then(|m| m.event),
-                Some(Event::Registered(h)) if h.operator_id == operator
-            ),
-            "the first message is the registration"
-        );
+        let categories = categories.iter().map(|c| c.to_string()).collect();
+        // The first message must be the registration of this operator.
+        let (tx, inbound) = tokio::time::timeout(
+            HEAR_WITHIN,
+            simulator::calls::session(client, operator, categories, true),
+        )
+        .await
+        .expect("registration in time")
+        .expect("the first message is the registration");
         Self {
             operator: operator.into(),
             tx: Some(tx),

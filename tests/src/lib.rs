@@ -13,7 +13,7 @@
 pub mod console;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -26,7 +26,7 @@ use hotline_proto::pb::observatory_client::ObservatoryClient;
 use hotline_proto::pb::{
     CreateTicketRequest, GetTicketRequest, ListTicketsRequest, Ticket, TicketKind, TicketRole,
 };
-use hotline_tls::{ClientTls, TlsFiles};
+use simulator::pki::Pki;
 use tonic::transport::Channel;
 
 pub const CITIES: [&str; 4] = ["luzhou", "yibin", "zigong", "neijiang"];
@@ -60,23 +60,10 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
-/// A free port on loopback for a process to bind right after. Taken below
-/// the kernel's ephemeral range (32768 and up by default), where outgoing
-/// connections take their local ports — a port freed there can be taken
-/// by a connection before the process binds it — and never the same twice
-/// in one test process.
+/// A free port on loopback for a process to bind right after (see
+/// `simulator::spawn::free_addr`).
 pub fn free_addr() -> SocketAddr {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let offset = std::process::id() % 6000;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < 12_000, "no free port left below the ephemeral range");
-        let port = 20_000 + (offset + n) % 12_000;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
-            return l.local_addr().unwrap();
-        }
-    }
+    simulator::spawn::free_addr().unwrap()
 }
 
 pub struct Proc {
@@ -142,20 +129,9 @@ pub struct Federation {
     pub dir: tempfile::TempDir,
     /// The development CA and every holder's certificate (`dev_ca`).
     pub certs: PathBuf,
+    pki: Pki,
     pub gateway: Proc,
     pub nodes: BTreeMap<String, Proc>,
-}
-
-/// The TOML `[tls]` table of `holder`'s files in `certs`.
-pub fn tls_table(certs: &Path, holder: &Identity) -> String {
-    let f = TlsFiles::in_dir(certs, holder);
-    format!(
-        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\n",
-        f.ca.display(),
-        f.cert.display(),
-        f.key.display(),
-        f.crl.unwrap().display()
-    )
 }
 
 impl Federation {
@@ -170,12 +146,7 @@ impl Federation {
     pub async fn start_with(gateway_extra: &str, node_extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
-        let categories = hotline_proto::Catalogue::default();
-        let holders = hotline_tls::dev_ca::holders(
-            CITIES,
-            categories.categories.iter().map(|c| c.id.as_str()),
-        );
-        hotline_tls::dev_ca::init(&certs, &holders).unwrap();
+        let pki = Pki::init(&certs, &hotline_proto::Catalogue::default()).unwrap();
         let gateway_addr = free_addr();
         let node_addrs: BTreeMap<String, SocketAddr> = CITIES
             .iter()
@@ -191,7 +162,7 @@ impl Federation {
             format!(
                 "listen = \"{gateway_addr}\"\ndata_dir = \"{}\"\n{gateway_extra}\n{nodes_toml}\n{}",
                 dir.path().join("gateway").display(),
-                tls_table(&certs, &Identity::Gateway)
+                pki.toml(&Identity::Gateway)
             ),
         )
         .unwrap();
@@ -211,7 +182,7 @@ impl Federation {
                 format!(
                     "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway_addr}\"\n{node_extra}\n{}",
                     dir.path().join(city).display(),
-                    tls_table(&certs, &Identity::City(city.clone()))
+                    pki.toml(&Identity::City(city.clone()))
                 ),
             )
             .unwrap();
@@ -230,6 +201,7 @@ impl Federation {
         let mut f = Self {
             dir,
             certs,
+            pki,
             gateway,
             nodes,
         };
@@ -254,14 +226,7 @@ impl Federation {
 
     /// A channel to `server`, presenting `who`'s certificate.
     pub fn channel_as(&self, who: &Identity, server: &Identity) -> Channel {
-        let tls = ClientTls::from_files(&TlsFiles::in_dir(&self.certs, who)).unwrap();
-        hotline_tls::channel(
-            &self.addr_of(server).to_string(),
-            &tls,
-            server,
-            Some(Duration::from_secs(10)),
-        )
-        .unwrap()
+        self.pki.channel(self.addr_of(server), who, server).unwrap()
     }
 
     /// Waits until `server` answers its health check (over mTLS, as the

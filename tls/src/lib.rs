@@ -84,15 +84,11 @@ pub fn transport(
 pub fn allow(
     rule: impl Fn(&hotline_proto::identity::Identity) -> bool + Clone + Send + Sync + 'static,
 ) -> impl tonic::service::Interceptor + Clone + Send + Sync + 'static {
-    move |request: tonic::Request<()>| match Peer::of(&request).map(|p| &p.identity) {
-        Some(None) => Ok(request),
-        Some(Some(id)) if rule(id) => Ok(request),
-        Some(Some(id)) => Err(tonic::Status::permission_denied(format!(
+    move |request: tonic::Request<()>| match Peer::caller(&request)? {
+        Some(id) if !rule(id) => Err(tonic::Status::permission_denied(format!(
             "{id} may not call this service"
         ))),
-        None => Err(tonic::Status::permission_denied(
-            "the caller's identity is unknown",
-        )),
+        _ => Ok(request),
     }
 }
 
@@ -100,14 +96,11 @@ pub fn allow(
 /// against a request: `Ok(None)` on an insecure server (no identities),
 /// `PERMISSION_DENIED` for an identity that is not a city.
 pub fn caller_city<T>(request: &tonic::Request<T>) -> Result<Option<String>, tonic::Status> {
-    match Peer::of(request).map(|p| &p.identity) {
-        Some(None) => Ok(None),
-        Some(Some(hotline_proto::identity::Identity::City(c))) => Ok(Some(c.clone())),
-        Some(Some(id)) => Err(tonic::Status::permission_denied(format!(
+    match Peer::caller(request)? {
+        None => Ok(None),
+        Some(hotline_proto::identity::Identity::City(c)) => Ok(Some(c.clone())),
+        Some(id) => Err(tonic::Status::permission_denied(format!(
             "{id} is not a city"
         ))),
-        None => Err(tonic::Status::permission_denied(
-            "the caller's identity is unknown",
-        )),
     }
 }

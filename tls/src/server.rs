@@ -47,6 +47,20 @@ impl Peer {
     pub fn of<T>(request: &tonic::Request<T>) -> Option<&Peer> {
         request.extensions().get::<Peer>()
     }
+
+    /// Who made a request: `Ok(Some(identity))` from its certificate,
+    /// `Ok(None)` on an insecure server (nobody is authenticated there), and
+    /// PERMISSION_DENIED when the request came by no connection of this
+    /// crate's, so nobody vouches for it. Every check of a caller starts
+    /// here.
+    pub fn caller<T>(request: &tonic::Request<T>) -> Result<Option<&Identity>, tonic::Status> {
+        match Self::of(request) {
+            Some(peer) => Ok(peer.identity.as_ref()),
+            None => Err(tonic::Status::permission_denied(
+                "the caller's identity is unknown",
+            )),
+        }
+    }
 }
 
 /// A connection accepted by [`incoming`].
