@@ -41,6 +41,16 @@ pub struct GatewayConfig {
     /// Limits per caller and per connection.
     #[serde(default)]
     pub limits: crate::limits::Limits,
+    /// How long a city has to resolve a ticket.
+    #[serde(default)]
+    pub deadlines: crate::ledger::Deadlines,
+    /// Where the dashboard and Prometheus `/metrics` are served over HTTP
+    /// (none when absent).
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
+    /// How long the flow log keeps events for `WatchFlow` to resume from.
+    #[serde(default = "default_watch_retention_hours")]
+    pub watch_retention_hours: u32,
     /// Member cities; the four cities of southern Sichuan when absent.
     #[serde(default)]
     pub cities: Option<Vec<City>>,
@@ -51,6 +61,10 @@ pub struct GatewayConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7400))
+}
+
+fn default_watch_retention_hours() -> u32 {
+    7 * 24
 }
 
 fn default_completion_ms() -> u64 {

@@ -22,6 +22,8 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sends outbox items to the city nodes.
 pub struct NodeSender {
     clients: HashMap<String, CityNodeClient<Channel>>,
+    deadlines: ledger::Deadlines,
+    bell: crate::flow::Bell,
 }
 
 impl NodeSender {
@@ -30,6 +32,7 @@ impl NodeSender {
     pub fn new(
         nodes: &HashMap<String, String>,
         tls: &hotline_tls::ClientTls,
+        ledger: &ledger::Ledger,
     ) -> anyhow::Result<Self> {
         let mut clients = HashMap::new();
         for (city, addr) in nodes {
@@ -38,7 +41,11 @@ impl NodeSender {
             let channel = hotline_tls::channel(addr, tls, &server, Some(DELIVERY_TIMEOUT))?;
             clients.insert(city.clone(), CityNodeClient::new(channel));
         }
-        Ok(Self { clients })
+        Ok(Self {
+            clients,
+            deadlines: ledger.deadlines(),
+            bell: ledger.bell().clone(),
+        })
     }
 }
 
@@ -68,10 +75,14 @@ impl Sender for NodeSender {
                 let Some(delivered) = delivered else {
                     return Outcome::Refused("delivery without its DELIVERED event".into());
                 };
+                let deadlines = self.deadlines;
                 match client.deliver_ticket(req).await {
                     Ok(_) => {
+                        // Rung a moment before the commit: watchers also look
+                        // again on their own a little later.
+                        self.bell.ring();
                         Outcome::Delivered(Some(Box::new(move |c| {
-                            match ledger::mark_delivered(c, &delivered) {
+                            match ledger::mark_delivered(c, &delivered, deadlines) {
                                 Ok(wake) => Ok(wake),
                                 Err(crate::GatewayError::Db(e)) => Err(e),
                                 Err(e) => {
@@ -107,7 +118,7 @@ pub fn spawn_workers(
     tasks: &mut tokio::task::JoinSet<()>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let sender = Arc::new(NodeSender::new(nodes, tls)?);
+    let sender = Arc::new(NodeSender::new(nodes, tls, ledger)?);
     for city in nodes.keys() {
         ledger.outbox().spawn_worker(
             tasks,

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use hotline_durable::{Db, Outbox, outbox};
 use hotline_proto::pb::{
-    CoordinationItem, DeliverEventRequest, DeliverTicketRequest, EventKind, Ticket, TicketEvent,
-    TicketStatus,
+    CoordinationItem, DeliverEventRequest, DeliverTicketRequest, EventKind, Satisfaction, Ticket,
+    TicketEvent, TicketStatus,
 };
 use hotline_proto::state::{self, Actor};
 use hotline_proto::{Catalogue, ContractError, time};
@@ -20,7 +20,9 @@ use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::GatewayError;
+use crate::flow::{self, Bell, TicketSide};
 use crate::stats::{self, RECEIVED, SENT};
+use crate::windows::{self, Duration, Metric};
 
 /// Outbox kinds.
 pub const DELIVER_TICKET: &str = "deliver-ticket";
@@ -70,12 +72,68 @@ CREATE TABLE deliveries (
 ) WITHOUT ROWID;
 ";
 
+/// The tickets' resolution deadline in the ledger (the working-day calendar
+/// of the supervision rules is still to come; until then, calendar hours).
+const TICKET_DUE: &str = "
+ALTER TABLE tickets ADD COLUMN due_ms INTEGER;
+CREATE INDEX tickets_due ON tickets (due_ms) WHERE due_ms IS NOT NULL;
+";
+
+/// The cumulative tables of the first statistics, replaced by the windows
+/// (whose grain 0 is since the start).
+const DROP_CUMULATIVE: &str = "
+DROP TABLE city_totals;
+DROP TABLE transfer_totals;
+DROP TABLE transfer_answers;
+DROP TABLE transfer_outcomes;
+";
+
+/// How long a city has to resolve a ticket, from the citizen's request.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deadlines {
+    #[serde(default = "default_resolve_hours")]
+    pub resolve_hours: u32,
+    #[serde(default = "default_urgent_resolve_hours")]
+    pub urgent_resolve_hours: u32,
+}
+
+fn default_resolve_hours() -> u32 {
+    15 * 24
+}
+
+fn default_urgent_resolve_hours() -> u32 {
+    72
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            resolve_hours: default_resolve_hours(),
+            urgent_resolve_hours: default_urgent_resolve_hours(),
+        }
+    }
+}
+
+impl Deadlines {
+    fn resolve_ms(&self, urgent: bool) -> i64 {
+        let h = if urgent {
+            self.urgent_resolve_hours
+        } else {
+            self.resolve_hours
+        };
+        i64::from(h) * 3_600_000
+    }
+}
+
 /// The gateway's durable state.
 #[derive(Clone)]
 pub struct Ledger {
     db: Db,
     outbox: Outbox,
     catalogue: Arc<Catalogue>,
+    deadlines: Deadlines,
+    bell: Bell,
 }
 
 /// A ticket's row: what the ledger decides on.
@@ -86,12 +144,18 @@ struct Row {
     urgent: bool,
     status: TicketStatus,
     seq: u64,
+    created_ms: i64,
+    due_ms: Option<i64>,
 }
 
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
 
 impl Ledger {
-    pub fn open(path: &std::path::Path, catalogue: Arc<Catalogue>) -> Result<Self> {
+    pub fn open(
+        path: &std::path::Path,
+        catalogue: Arc<Catalogue>,
+        deadlines: Deadlines,
+    ) -> Result<Self> {
         let db = Db::open(
             path,
             &[
@@ -101,13 +165,28 @@ impl Ledger {
                 crate::recorder::SCHEMA,
                 DELIVERIES,
                 outbox::SCHEMA_IN_ORDER,
+                windows::SCHEMA,
+                TICKET_DUE,
+                flow::SCHEMA,
+                DROP_CUMULATIVE,
             ],
         )?;
         Ok(Self {
             db,
             outbox: Outbox::new(),
             catalogue,
+            deadlines,
+            bell: Bell::default(),
         })
+    }
+
+    pub fn deadlines(&self) -> Deadlines {
+        self.deadlines
+    }
+
+    /// Rung after each commit that adds to the flow log.
+    pub fn bell(&self) -> &Bell {
+        &self.bell
     }
 
     pub fn db(&self) -> &Db {
@@ -126,19 +205,29 @@ impl Ledger {
     /// target. A retry of the same ticket returns the same DISPATCHED event.
     pub async fn dispatch(&self, ticket: Ticket) -> Result<TicketEvent> {
         let target = ticket.target_cities.first().cloned().unwrap_or_default();
-        let (event, fresh) = self.db.write(move |c| dispatch(c, ticket)).await?;
+        let deadlines = self.deadlines;
+        let (event, fresh) = self
+            .db
+            .write(move |c| dispatch(c, ticket, deadlines))
+            .await?;
         if fresh {
             self.outbox.wake(&target);
+            self.bell.ring();
         }
         Ok(event)
     }
 
     /// Commits an event a city reports and queues it for the other side.
     pub async fn report(&self, city: String, event: TicketEvent) -> Result<Vec<TicketEvent>> {
-        let (events, wake) = self.db.write(move |c| report(c, &city, event)).await?;
+        let deadlines = self.deadlines;
+        let (events, wake) = self
+            .db
+            .write(move |c| report(c, &city, event, deadlines))
+            .await?;
         for dest in wake {
             self.outbox.wake(&dest);
         }
+        self.bell.ring();
         Ok(events)
     }
 
@@ -149,13 +238,15 @@ impl Ledger {
         owner: String,
         note: String,
     ) -> Result<TicketEvent> {
+        let deadlines = self.deadlines;
         let (event, wake) = self
             .db
-            .write(move |c| assign(c, &ticket_id, &owner, &note))
+            .write(move |c| assign(c, &ticket_id, &owner, &note, deadlines))
             .await?;
         for dest in wake {
             self.outbox.wake(&dest);
         }
+        self.bell.ring();
         Ok(event)
     }
 
@@ -176,8 +267,17 @@ impl Ledger {
             .await
     }
 
-    pub async fn stats(&self, cities: Vec<String>) -> Result<Vec<hotline_proto::pb::CityStats>> {
-        self.db.read(move |c| stats::read(c, &cities)).await
+    /// The figures of `cities` over window `w`, counting only `categories`
+    /// when given.
+    pub async fn stats(
+        &self,
+        w: windows::Window,
+        cities: Vec<String>,
+        categories: Option<Vec<String>>,
+    ) -> Result<Vec<hotline_proto::pb::CityStats>> {
+        self.db
+            .read(move |c| stats::read(c, w, &cities, categories.as_deref()))
+            .await
     }
 }
 
@@ -195,29 +295,40 @@ fn status_of(id: &str, raw: i64) -> Result<TicketStatus> {
 fn load(c: &Connection, id: &str) -> Result<Option<Row>> {
     let raw = c
         .prepare_cached(
-            "SELECT origin, handler, category, urgent, status, seq FROM tickets WHERE id = ?1",
+            "SELECT origin, handler, category, urgent, status, seq, created_ms, due_ms
+             FROM tickets WHERE id = ?1",
         )?
         .query_row([id], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, bool>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                ),
+                (
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                ),
             ))
         })
         .optional()?;
-    raw.map(|(origin, handler, category, urgent, status, seq)| {
-        Ok(Row {
-            origin,
-            handler,
-            category,
-            urgent,
-            status: status_of(id, status)?,
-            seq: u64::try_from(seq).unwrap_or(0),
-        })
-    })
+    raw.map(
+        |((origin, handler, category, urgent), (status, seq, created_ms, due_ms))| {
+            Ok(Row {
+                origin,
+                handler,
+                category,
+                urgent,
+                status: status_of(id, status)?,
+                seq: u64::try_from(seq).unwrap_or(0),
+                created_ms,
+                due_ms,
+            })
+        },
+    )
     .transpose()
 }
 
@@ -259,9 +370,17 @@ fn snapshot(c: &Connection, id: &str) -> Result<Option<Ticket>> {
     Ok(Some(t))
 }
 
-/// Appends an event and moves the ticket and the statistics with it.
-fn append(c: &Connection, row: &mut Row, id: &str, event: &TicketEvent) -> Result<()> {
+/// Appends an event and moves the ticket, its deadline, the statistics and
+/// the flow log with it.
+fn append(
+    c: &Connection,
+    row: &mut Row,
+    id: &str,
+    event: &TicketEvent,
+    deadlines: Deadlines,
+) -> Result<()> {
     let to = status_of(id, i64::from(event.status))?;
+    let now = time::now_ms();
     c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![
             id,
@@ -269,12 +388,87 @@ fn append(c: &Connection, row: &mut Row, id: &str, event: &TicketEvent) -> Resul
             event.kind,
             event.encode_to_vec()
         ])?;
-    c.prepare_cached("UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4 WHERE id = ?1")?
-        .execute(params![id, to as i32, event.seq as i64, time::now_ms()])?;
     stats::move_status(c, &row.origin, SENT, Some(row.status), Some(to))?;
     stats::move_status(c, &row.handler, RECEIVED, Some(row.status), Some(to))?;
+    let kind = EventKind::try_from(event.kind).unwrap_or(EventKind::Unspecified);
+    let count = |city: &str, m: Metric, detail: &str| {
+        windows::count(c, now, city, &row.category, m, detail, 1)
+    };
+    let mut due = row.due_ms;
+    match kind {
+        EventKind::Dispatched => {
+            count(&row.origin, Metric::Sent, &row.handler)?;
+            due = Some(row.created_ms + deadlines.resolve_ms(row.urgent));
+        }
+        EventKind::Accepted => {
+            count(&row.handler, Metric::Accepted, "")?;
+            let waited = (now - row.created_ms).max(0);
+            windows::observe(
+                c,
+                now,
+                &row.handler,
+                &row.category,
+                Duration::ToAccept,
+                waited,
+            )?;
+        }
+        EventKind::Rejected => count(&row.handler, Metric::Rejected, "")?,
+        EventKind::Resolved => {
+            count(&row.handler, Metric::Resolved, "")?;
+            let late = row.due_ms.is_some_and(|d| now > d);
+            let verdict = if late {
+                Metric::ResolvedOverdue
+            } else {
+                Metric::ResolvedOnTime
+            };
+            count(&row.handler, verdict, "")?;
+            let took = (now - row.created_ms).max(0);
+            windows::observe(
+                c,
+                now,
+                &row.handler,
+                &row.category,
+                Duration::ToResolve,
+                took,
+            )?;
+            due = None;
+        }
+        EventKind::Closed => {
+            let verdict = match Satisfaction::try_from(event.satisfaction) {
+                Ok(Satisfaction::Satisfied) => Some(Metric::Satisfied),
+                Ok(Satisfaction::BasicallySatisfied) => Some(Metric::BasicallySatisfied),
+                Ok(Satisfaction::Unsatisfied) => Some(Metric::Unsatisfied),
+                _ => None,
+            };
+            if let Some(m) = verdict {
+                count(&row.handler, m, "")?;
+            }
+            due = None;
+        }
+        EventKind::Reopened => {
+            count(&row.handler, Metric::Reopened, "")?;
+            due = Some(now + deadlines.resolve_ms(row.urgent));
+        }
+        _ => {}
+    }
+    c.prepare_cached(
+        "UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4, due_ms = ?5 WHERE id = ?1",
+    )?
+    .execute(params![id, to as i32, event.seq as i64, now, due])?;
     row.status = to;
     row.seq = event.seq;
+    row.due_ms = due;
+    flow::ticket(
+        c,
+        now,
+        TicketSide {
+            origin: &row.origin,
+            handler: &row.handler,
+            category: &row.category,
+            urgent: row.urgent,
+        },
+        event,
+    )?;
     Ok(())
 }
 
@@ -317,7 +511,11 @@ fn enqueue_delivery(c: &Connection, id: &str, row: &Row) -> Result<()> {
     Ok(())
 }
 
-fn dispatch(c: &Connection, mut ticket: Ticket) -> Result<(TicketEvent, bool)> {
+fn dispatch(
+    c: &Connection,
+    mut ticket: Ticket,
+    deadlines: Deadlines,
+) -> Result<(TicketEvent, bool)> {
     let id = ticket.id.clone();
     let created = ticket
         .history
@@ -393,8 +591,9 @@ fn dispatch(c: &Connection, mut ticket: Ticket) -> Result<(TicketEvent, bool)> {
         urgent,
         status: TicketStatus::Pending,
         seq: 1,
+        created_ms,
+        due_ms: None,
     };
-    stats::count_total(c, &row.origin, SENT, &row.category)?;
     stats::move_status(c, &row.origin, SENT, None, Some(TicketStatus::Pending))?;
     stats::move_status(c, &row.handler, RECEIVED, None, Some(TicketStatus::Pending))?;
 
@@ -406,14 +605,18 @@ fn dispatch(c: &Connection, mut ticket: Ticket) -> Result<(TicketEvent, bool)> {
         TicketStatus::Dispatched,
     );
     dispatched.city = target;
-    append(c, &mut row, &id, &dispatched)?;
+    append(c, &mut row, &id, &dispatched, deadlines)?;
     enqueue_delivery(c, &id, &row)?;
     Ok((dispatched, true))
 }
 
 /// Records that the handler committed the ticket (its DELIVERED event), once.
 /// Returns the destinations to wake.
-pub fn mark_delivered(c: &Connection, delivered: &TicketEvent) -> Result<Vec<String>> {
+pub fn mark_delivered(
+    c: &Connection,
+    delivered: &TicketEvent,
+    deadlines: Deadlines,
+) -> Result<Vec<String>> {
     let id = &delivered.ticket_id;
     let Some(mut row) = load(c, id)? else {
         return Err(GatewayError::UnknownTicket(id.clone()));
@@ -430,13 +633,21 @@ pub fn mark_delivered(c: &Connection, delivered: &TicketEvent) -> Result<Vec<Str
             row.seq
         )));
     }
-    append(c, &mut row, id, delivered)?;
+    append(c, &mut row, id, delivered, deadlines)?;
     let first_time = c
         .prepare_cached("INSERT OR IGNORE INTO deliveries (ticket_id, city) VALUES (?1, ?2)")?
         .execute(params![id, row.handler])?
         == 1;
     if first_time {
-        stats::count_total(c, &row.handler, RECEIVED, &row.category)?;
+        windows::count(
+            c,
+            time::now_ms(),
+            &row.handler,
+            &row.category,
+            Metric::Received,
+            &row.origin,
+            1,
+        )?;
     }
     enqueue_event(c, &row.origin, &row, delivered)?;
     Ok(vec![row.origin])
@@ -446,6 +657,7 @@ fn report(
     c: &Connection,
     city: &str,
     mut event: TicketEvent,
+    deadlines: Deadlines,
 ) -> Result<(Vec<TicketEvent>, Vec<String>)> {
     let id = event.ticket_id.clone();
     let Some(mut row) = load(c, &id)? else {
@@ -492,7 +704,7 @@ fn report(
             TicketStatus::Delivered,
         );
         delivered.city = row.handler.clone();
-        wake.extend(mark_delivered(c, &delivered)?);
+        wake.extend(mark_delivered(c, &delivered, deadlines)?);
         row.status = TicketStatus::Delivered;
         row.seq += 1;
         committed.push(delivered);
@@ -510,7 +722,7 @@ fn report(
     if event.time.is_none() {
         event.time = Some(time::now());
     }
-    append(c, &mut row, &id, &event)?;
+    append(c, &mut row, &id, &event, deadlines)?;
     if kind == EventKind::Rejected {
         c.prepare_cached(
             "INSERT INTO coordination (ticket_id, origin, category, rejected_by, reason, reject_ms)
@@ -540,7 +752,13 @@ fn report(
     Ok((committed, wake))
 }
 
-fn assign(c: &Connection, id: &str, owner: &str, note: &str) -> Result<(TicketEvent, Vec<String>)> {
+fn assign(
+    c: &Connection,
+    id: &str,
+    owner: &str,
+    note: &str,
+    deadlines: Deadlines,
+) -> Result<(TicketEvent, Vec<String>)> {
     let Some(mut row) = load(c, id)? else {
         return Err(GatewayError::UnknownTicket(id.to_owned()));
     };
@@ -561,7 +779,7 @@ fn assign(c: &Connection, id: &str, owner: &str, note: &str) -> Result<(TicketEv
     c.prepare_cached("UPDATE tickets SET handler = ?2 WHERE id = ?1")?
         .execute(params![id, owner])?;
     row.handler = owner.to_owned();
-    append(c, &mut row, id, &event)?;
+    append(c, &mut row, id, &event, deadlines)?;
     c.prepare_cached(
         "UPDATE coordination SET assigned_city = ?2, assign_ms = ?3 WHERE ticket_id = ?1",
     )?

@@ -26,6 +26,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod federation;
+pub mod flow;
 pub mod ledger;
 pub mod limits;
 pub mod observatory;
@@ -34,6 +35,7 @@ pub mod roles;
 pub mod server;
 pub mod stats;
 pub mod switchboard;
+pub mod windows;
 
 pub use config::GatewayConfig;
 pub use error::GatewayError;

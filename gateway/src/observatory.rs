@@ -1,32 +1,69 @@
 //! The `Observatory` service: what the provincial centre sees and does;
 //! departments and cities see their part of it ([`crate::roles`]).
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
 use hotline_proto::pb::observatory_server::Observatory;
 use hotline_proto::pb::{
-    AssignOwnerRequest, AssignOwnerResponse, GetCityStatsRequest, GetCityStatsResponse,
-    GetLedgerTicketRequest, GetLedgerTicketResponse, ListCoordinationItemsRequest,
-    ListCoordinationItemsResponse,
+    AssignOwnerRequest, AssignOwnerResponse, CategoryCount, CityTopCategories, FlowCell, FlowEvent,
+    GetCityStatsRequest, GetCityStatsResponse, GetFlowMatrixRequest, GetFlowMatrixResponse,
+    GetLedgerTicketRequest, GetLedgerTicketResponse, GetTopCategoriesRequest,
+    GetTopCategoriesResponse, ListCoordinationItemsRequest, ListCoordinationItemsResponse,
+    ListOverdueTicketsRequest, ListOverdueTicketsResponse, OverdueTicket, WatchFlowRequest,
+    flow_event::Change,
 };
-use std::sync::Arc;
-
-use hotline_proto::{error::invalid_argument, privacy, validate};
+use hotline_proto::{error::invalid_argument, privacy, time, validate};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::GatewayError;
+use crate::flow;
 use crate::ledger::Ledger;
 use crate::roles::{Departments, Viewer};
+use crate::stats;
+use crate::windows::{Grain, Window};
 
 pub struct ObservatoryService {
     ledger: Ledger,
     departments: Arc<Departments>,
+    /// Set when the gateway stops: the watch streams end.
+    closing: watch::Receiver<bool>,
 }
 
 impl ObservatoryService {
-    pub fn new(ledger: Ledger, departments: Arc<Departments>) -> Self {
+    pub fn new(
+        ledger: Ledger,
+        departments: Arc<Departments>,
+        closing: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             ledger,
             departments,
+            closing,
         }
+    }
+
+    fn window(&self, field: &str, wire: i32, period: &str) -> Result<Window, Status> {
+        Window::parse(field, wire, period, time::now_ms()).map_err(Status::from)
+    }
+}
+
+/// Events one watch reads from the log at a time.
+const WATCH_BATCH: usize = 512;
+/// A watcher looks again this often even when no commit rang.
+const WATCH_POLL: StdDuration = StdDuration::from_millis(250);
+/// The most events a new watcher may ask to replay.
+const MAX_REPLAY: u32 = 10_000;
+
+fn sees_event(viewer: &Viewer, e: &FlowEvent) -> bool {
+    match &e.change {
+        Some(Change::Ticket(t)) => viewer.sees_flow(&t.origin_city, &t.handling_city, &t.category),
+        Some(Change::Transfer(t)) => viewer.sees_flow(&t.origin_city, &t.target_city, &t.category),
+        None => false,
     }
 }
 
@@ -51,9 +88,198 @@ impl Observatory for ObservatoryService {
         if !req.city.is_empty() {
             validate::city("city", &req.city, catalogue).map_err(Status::from)?;
         }
+        let w = self.window("period", req.window, &req.period)?;
         let cities = viewer.cities(&req.city, catalogue.city_ids().map(str::to_owned).collect())?;
-        let cities = viewer.filter_stats(self.ledger.stats(cities).await?);
-        Ok(Response::new(GetCityStatsResponse { cities }))
+        let cities = self.ledger.stats(w, cities, viewer.categories()).await?;
+        Ok(Response::new(GetCityStatsResponse {
+            cities,
+            window: req.window,
+            period: w.label(),
+        }))
+    }
+
+    async fn get_flow_matrix(
+        &self,
+        request: Request<GetFlowMatrixRequest>,
+    ) -> Result<Response<GetFlowMatrixResponse>, Status> {
+        let viewer = Viewer::of(&request, &self.departments)?;
+        let req = request.into_inner();
+        let w = self.window("period", req.window, &req.period)?;
+        let flows = self
+            .ledger
+            .db()
+            .read(move |c| stats::flow_matrix(c, w))
+            .await
+            .map_err(|e: GatewayError| Status::from(e))?;
+        let cells = flows
+            .into_iter()
+            .filter(|f| viewer.sees_flow(&f.origin, &f.target, &f.category))
+            .map(|f| FlowCell {
+                origin_city: f.origin,
+                target_city: f.target,
+                category: f.category,
+                tickets: f.tickets,
+                transfers: f.transfers,
+            })
+            .collect();
+        Ok(Response::new(GetFlowMatrixResponse {
+            cells,
+            window: req.window,
+            period: w.label(),
+        }))
+    }
+
+    async fn get_top_categories(
+        &self,
+        request: Request<GetTopCategoriesRequest>,
+    ) -> Result<Response<GetTopCategoriesResponse>, Status> {
+        let viewer = Viewer::of(&request, &self.departments)?;
+        let req = request.into_inner();
+        let catalogue = self.ledger.catalogue();
+        if !req.city.is_empty() {
+            validate::city("city", &req.city, catalogue).map_err(Status::from)?;
+        }
+        let limit = match req.limit {
+            0 => 10,
+            n if n < 0 => return Err(invalid_argument("limit", "must not be negative")),
+            n => (n as usize).min(10),
+        };
+        let w = self.window("month", Grain::Month as i32, &req.month)?;
+        let cities = viewer.cities(&req.city, catalogue.city_ids().map(str::to_owned).collect())?;
+        let order: Vec<String> = catalogue.category_ids().map(str::to_owned).collect();
+        let mut top = self
+            .ledger
+            .db()
+            .read(move |c| stats::top_categories(c, w, &order))
+            .await
+            .map_err(|e: GatewayError| Status::from(e))?;
+        let allowed = viewer.categories();
+        let cities = cities
+            .into_iter()
+            .map(|city| {
+                let categories = top
+                    .remove(&city)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(c, _)| allowed.as_ref().is_none_or(|a| a.contains(c)))
+                    .take(limit)
+                    .map(|(category, count)| CategoryCount { category, count })
+                    .collect();
+                CityTopCategories { city, categories }
+            })
+            .collect();
+        Ok(Response::new(GetTopCategoriesResponse {
+            month: w.label(),
+            cities,
+        }))
+    }
+
+    async fn list_overdue_tickets(
+        &self,
+        request: Request<ListOverdueTicketsRequest>,
+    ) -> Result<Response<ListOverdueTicketsResponse>, Status> {
+        let viewer = Viewer::of(&request, &self.departments)?;
+        let limit = page_size("page_size", request.get_ref().page_size)?;
+        let (rows, total) = self
+            .ledger
+            .db()
+            .read(move |c| {
+                stats::overdue(c, time::now_ms(), limit, &|o| {
+                    viewer.sees_flow(&o.origin, &o.handler, &o.category)
+                })
+            })
+            .await
+            .map_err(|e: GatewayError| Status::from(e))?;
+        let tickets = rows
+            .into_iter()
+            .map(|o| OverdueTicket {
+                ticket_id: o.id,
+                origin_city: o.origin,
+                handling_city: o.handler,
+                category: o.category,
+                status: o.status,
+                due_time: Some(time::from_unix_ms(o.due_ms)),
+                urgent: o.urgent,
+            })
+            .collect();
+        Ok(Response::new(ListOverdueTicketsResponse { tickets, total }))
+    }
+
+    type WatchFlowStream = Pin<Box<dyn Stream<Item = Result<FlowEvent, Status>> + Send>>;
+
+    async fn watch_flow(
+        &self,
+        request: Request<WatchFlowRequest>,
+    ) -> Result<Response<Self::WatchFlowStream>, Status> {
+        let viewer = Viewer::of(&request, &self.departments)?;
+        let req = request.into_inner();
+        if req.replay > MAX_REPLAY {
+            return Err(invalid_argument(
+                "replay",
+                &format!("must be at most {MAX_REPLAY}"),
+            ));
+        }
+        let db = self.ledger.db().clone();
+        let bounds = db
+            .read(flow::bounds)
+            .await
+            .map_err(|e: GatewayError| Status::from(e))?;
+        let mut cursor = req.after_cursor;
+        match bounds {
+            Some((lo, hi)) if cursor > 0 => {
+                if cursor + 1 < lo {
+                    return Err(Status::out_of_range(format!(
+                        "after_cursor {cursor} is older than the oldest event kept ({lo}); \
+                         start again from 0"
+                    )));
+                }
+                if cursor > hi {
+                    return Err(Status::out_of_range(format!(
+                        "after_cursor {cursor} is ahead of the last event written ({hi})"
+                    )));
+                }
+            }
+            Some((_, hi)) => cursor = hi.saturating_sub(u64::from(req.replay)),
+            None => {}
+        }
+        let (tx, rx) = mpsc::channel(WATCH_BATCH);
+        let mut bell = self.ledger.bell().subscribe();
+        let mut closing = self.closing.clone();
+        tokio::spawn(async move {
+            loop {
+                if *closing.borrow() {
+                    return;
+                }
+                let from = cursor;
+                let batch = db
+                    .read(move |c| flow::after(c, from, WATCH_BATCH))
+                    .await
+                    .map_err(|e: GatewayError| Status::from(e));
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    tokio::select! {
+                        _ = bell.changed() => {}
+                        _ = tokio::time::sleep(WATCH_POLL) => {}
+                        _ = closing.changed() => {}
+                        _ = tx.closed() => return,
+                    }
+                    continue;
+                }
+                for e in batch {
+                    cursor = e.cursor;
+                    if sees_event(&viewer, &e) && tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn list_coordination_items(

@@ -8,13 +8,17 @@
 //! still shows live ([`fail_unfinished`]), and the nodes fail theirs when
 //! the stream drops.
 
-use hotline_durable::{Db, DbError};
+use hotline_durable::Db;
 use hotline_proto::pb::{Transfer, TransferState};
 use hotline_proto::time;
 use hotline_proto::transfer::{is_terminal, state_key};
 use prost::Message;
 use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
+
+use crate::error::GatewayError;
+use crate::flow::{self, Bell};
+use crate::windows::{self, Metric};
 
 pub const SCHEMA: &str = "
 CREATE TABLE transfers (
@@ -30,6 +34,8 @@ CREATE TABLE transfers (
     body BLOB NOT NULL
 );
 CREATE INDEX transfers_live ON transfers (state) WHERE ended_ms IS NULL;
+-- The cumulative tables below were replaced by the windows (windows.rs)
+-- and are dropped by a later migration.
 -- direction: 'out' (started here), 'in' (offered here), 'answered' (here)
 CREATE TABLE transfer_totals (
     city TEXT NOT NULL,
@@ -60,9 +66,9 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the writing task.
-    pub fn start(db: Db) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(db: Db, bell: Bell) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, tokio::spawn(run(db, rx)))
+        (Self { tx }, tokio::spawn(run(db, rx, bell)))
     }
 
     /// Records that `t` moved from `from` to its state now.
@@ -71,7 +77,7 @@ impl Recorder {
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<Move>) {
+async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<Move>, bell: Bell) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
         let moves = std::mem::take(&mut batch);
@@ -80,11 +86,12 @@ async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<Move>) {
                 for (from, t) in &moves {
                     write(c, *from, t)?;
                 }
-                Ok::<_, DbError>(())
+                Ok::<_, GatewayError>(())
             })
             .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cannot record transfer moves");
+        match result {
+            Ok(()) => bell.ring(),
+            Err(e) => tracing::error!(error = %e, "cannot record transfer moves"),
         }
     }
 }
@@ -93,12 +100,7 @@ fn ms(t: &Option<prost_types::Timestamp>) -> Option<i64> {
     t.as_ref().map(time::to_unix_ms)
 }
 
-fn bump(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<(), DbError> {
-    c.prepare_cached(sql)?.execute(p)?;
-    Ok(())
-}
-
-fn write(c: &Connection, from: TransferState, t: &Transfer) -> Result<(), DbError> {
+fn write(c: &Connection, from: TransferState, t: &Transfer) -> Result<(), GatewayError> {
     let to = TransferState::try_from(t.state).unwrap_or(TransferState::Unspecified);
     let now = time::now_ms();
     let ended = is_terminal(to).then(|| ms(&t.end_time).unwrap_or(now));
@@ -120,39 +122,31 @@ fn write(c: &Connection, from: TransferState, t: &Transfer) -> Result<(), DbErro
         ended,
         t.encode_to_vec()
     ])?;
-    let totals = "INSERT INTO transfer_totals (city, direction, category, n) VALUES (?1, ?2, ?3, 1)
-                  ON CONFLICT (city, direction, category) DO UPDATE SET n = n + 1";
+    let count = |city: &str, m: Metric, detail: &str, n: i64| {
+        windows::count(c, now, city, &t.category, m, detail, n)
+    };
     if from == TransferState::Initiated {
-        bump(c, totals, params![t.origin_city, "out", t.category])?;
-        bump(c, totals, params![t.target_city, "in", t.category])?;
+        count(&t.origin_city, Metric::TransfersOut, &t.target_city, 1)?;
+        count(&t.target_city, Metric::TransfersIn, &t.origin_city, 1)?;
     }
     if to == TransferState::Answered {
-        bump(c, totals, params![t.target_city, "answered", t.category])?;
         let waited = ms(&t.answer_time)
             .unwrap_or(now)
             .saturating_sub(ms(&t.create_time).unwrap_or(now))
             .max(0);
-        bump(
-            c,
-            "INSERT INTO transfer_answers (city, n, answer_ms_sum) VALUES (?1, 1, ?2)
-             ON CONFLICT (city) DO UPDATE SET n = n + 1, answer_ms_sum = answer_ms_sum + excluded.answer_ms_sum",
-            params![t.target_city, waited],
-        )?;
+        count(&t.target_city, Metric::TransfersAnswered, "", 1)?;
+        count(&t.target_city, Metric::AnswerMsSum, "", waited)?;
     }
     if is_terminal(to) {
-        bump(
-            c,
-            "INSERT INTO transfer_outcomes (city, state, n) VALUES (?1, ?2, 1)
-             ON CONFLICT (city, state) DO UPDATE SET n = n + 1",
-            params![t.target_city, state_key(to)],
-        )?;
+        count(&t.target_city, Metric::TransferOutcome, state_key(to), 1)?;
     }
+    flow::transfer(c, now, t)?;
     Ok(())
 }
 
 /// At start: every transfer the ledger still shows live ended with the
 /// gateway that held it.
-pub fn fail_unfinished(c: &Connection) -> Result<usize, DbError> {
+pub fn fail_unfinished(c: &Connection) -> Result<usize, GatewayError> {
     let mut stmt = c.prepare("SELECT body FROM transfers WHERE ended_ms IS NULL")?;
     let bodies: Vec<Vec<u8>> = stmt
         .query_map([], |r| r.get(0))?

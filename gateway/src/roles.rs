@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use hotline_proto::identity::Identity;
-use hotline_proto::pb::{CityStats, CoordinationItem, Ticket};
+use hotline_proto::pb::{CoordinationItem, Ticket};
 use tonic::{Request, Status};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,49 +66,22 @@ impl Viewer {
         }
     }
 
-    /// A department's figures hold its category only; counts by status
-    /// are kept per city, not per category, and are left out for it.
-    pub fn filter_stats(&self, stats: Vec<CityStats>) -> Vec<CityStats> {
-        let Viewer::Department(categories) = self else {
-            return stats;
-        };
-        stats
-            .into_iter()
-            .map(|s| {
-                let only = |m: &std::collections::HashMap<String, u64>| {
-                    m.iter()
-                        .filter(|(k, _)| categories.contains(k))
-                        .map(|(k, v)| (k.clone(), *v))
-                        .collect::<std::collections::HashMap<_, _>>()
-                };
-                let sent_by_category = only(&s.sent_by_category);
-                let received_by_category = only(&s.received_by_category);
-                let transfers_out_by_category = only(&s.transfers_out_by_category);
-                let transfers_in_by_category = only(&s.transfers_in_by_category);
-                let transfers_answered_by_category = only(&s.transfers_answered_by_category);
-                let transfers_in: u64 = transfers_in_by_category.values().sum();
-                let transfers_answered: u64 = transfers_answered_by_category.values().sum();
-                CityStats {
-                    city: s.city,
-                    sent: sent_by_category.values().sum(),
-                    received: received_by_category.values().sum(),
-                    transfers_out: transfers_out_by_category.values().sum(),
-                    transfers_in,
-                    transfers_answered,
-                    answer_rate: if transfers_in > 0 {
-                        transfers_answered as f64 / transfers_in as f64
-                    } else {
-                        0.0
-                    },
-                    sent_by_category,
-                    received_by_category,
-                    transfers_out_by_category,
-                    transfers_in_by_category,
-                    transfers_answered_by_category,
-                    ..Default::default()
-                }
-            })
-            .collect()
+    /// The categories this viewer is limited to (`None`: all of them).
+    pub fn categories(&self) -> Option<Vec<String>> {
+        match self {
+            Viewer::Department(categories) => Some(categories.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether a flow between two cities in a category is this viewer's to
+    /// see.
+    pub fn sees_flow(&self, origin: &str, target: &str, category: &str) -> bool {
+        match self {
+            Viewer::Province => true,
+            Viewer::Department(categories) => categories.iter().any(|c| c == category),
+            Viewer::City(c) => origin == c || target == c,
+        }
     }
 
     /// Whether this viewer may see a ticket.
@@ -137,25 +110,17 @@ impl Viewer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     #[test]
-    fn a_department_keeps_its_category_and_nothing_else() {
-        let s = CityStats {
-            city: "luzhou".into(),
-            sent: 5,
-            received: 4,
-            sent_by_category: HashMap::from([("education".into(), 2), ("tourism".into(), 3)]),
-            received_by_category: HashMap::from([("tourism".into(), 4)]),
-            sent_by_status: HashMap::from([("DELIVERED".into(), 5)]),
-            ..Default::default()
-        };
-        let out = Viewer::Department(vec!["education".into()]).filter_stats(vec![s.clone()]);
-        assert_eq!(out[0].sent, 2);
-        assert_eq!(out[0].received, 0);
-        assert!(out[0].received_by_category.is_empty());
-        assert!(out[0].sent_by_status.is_empty());
-        assert_eq!(Viewer::Province.filter_stats(vec![s.clone()])[0], s);
+    fn a_department_sees_its_categories_and_nothing_else() {
+        let d = Viewer::Department(vec!["education".into()]);
+        assert_eq!(d.categories(), Some(vec!["education".to_string()]));
+        assert!(d.sees_flow("luzhou", "yibin", "education"));
+        assert!(!d.sees_flow("luzhou", "yibin", "tourism"));
+        assert_eq!(Viewer::Province.categories(), None);
+        let city = Viewer::City("yibin".into());
+        assert!(city.sees_flow("luzhou", "yibin", "tourism"));
+        assert!(!city.sees_flow("luzhou", "zigong", "tourism"));
     }
 
     #[test]

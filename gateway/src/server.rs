@@ -41,7 +41,11 @@ pub async fn serve(
     let catalogue = Arc::new(config.catalogue()?);
     let (server_tls, client_tls) =
         hotline_tls::transport(config.tls.as_ref(), config.insecure, listener.local_addr()?)?;
-    let ledger = Ledger::open(&config.data_dir.join("gateway.db"), catalogue.clone())?;
+    let ledger = Ledger::open(
+        &config.data_dir.join("gateway.db"),
+        catalogue.clone(),
+        config.deadlines,
+    )?;
     let failed = ledger.db().write(recorder::fail_unfinished).await?;
     if failed > 0 {
         tracing::warn!(
@@ -53,13 +57,19 @@ pub async fn serve(
     let mut tasks = JoinSet::new();
     let nodes = config.nodes.clone().into_iter().collect();
     delivery::spawn_workers(&ledger, &nodes, &client_tls, &mut tasks, stop_rx.clone())?;
-    let (recorder, recording) = Recorder::start(ledger.db().clone());
+    let (recorder, recording) = Recorder::start(ledger.db().clone(), ledger.bell().clone());
+    tasks.spawn(prune_flow_log(
+        ledger.clone(),
+        config.watch_retention_hours,
+        stop_rx.clone(),
+    ));
     let switchboard = Switchboard::new(
         catalogue,
         recorder,
         Duration::from_millis(config.transfer_completion_ms),
     );
     tasks.spawn(sweep(switchboard.clone(), stop_rx));
+    let (closing_tx, closing_rx) = watch::channel(false);
 
     let (_health_reporter, health) = grpc::health(&[
         "hotline.federation.v1.Federation",
@@ -74,6 +84,7 @@ pub async fn serve(
         async move {
             shutdown.await;
             switchboard.close_all();
+            let _ = closing_tx.send(true);
         }
     };
     let limiter = RateLimiter::new(config.limits);
@@ -101,6 +112,7 @@ pub async fn serve(
             ObservatoryServer::new(ObservatoryService::new(
                 ledger.clone(),
                 Arc::new(config.departments.clone()),
+                closing_rx,
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             limiter.guard(|id| {
@@ -143,6 +155,33 @@ async fn sweep(switchboard: Switchboard, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => switchboard.sweep(),
             _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Keeps the flow log to its retention, a chunk at a time, once a minute.
+async fn prune_flow_log(ledger: Ledger, hours: u32, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => continue,
+        }
+        let cutoff = hotline_proto::time::now_ms() - i64::from(hours) * 3_600_000;
+        loop {
+            let pruned = ledger
+                .db()
+                .write(move |c| crate::flow::prune(c, cutoff, 10_000))
+                .await;
+            match pruned {
+                Ok(n) if n > 0 => tokio::task::yield_now().await,
+                Ok(_) => break,
+                Err(e) => {
+                    let e: crate::GatewayError = e;
+                    tracing::warn!(error = %e, "cannot prune the flow log");
+                    break;
+                }
+            }
         }
     }
 }

@@ -2,19 +2,23 @@
 //! change of the ledger, so a query reads a few small rows and never scans
 //! tickets.
 //!
-//! - `city_totals`: tickets a city sent (on dispatch) and received (on each
-//!   delivery), per category, cumulative;
+//! - the windows ([`crate::windows`]): what happened in an hour, a day, a
+//!   month, or since the start;
 //! - `city_status`: how many of the tickets a city sent, or handles now, are
-//!   in each status.
+//!   in each status (the state now, not windowed).
 
 use std::collections::HashMap;
 
-use hotline_proto::pb::{CityStats, TicketStatus};
+use hotline_proto::pb::{CategoryFigures, CityStats, TicketStatus};
 use hotline_proto::state::status_key;
+use hotline_proto::time;
 use rusqlite::{Connection, params};
 
 use crate::error::GatewayError;
+use crate::windows::{self, Duration, Histogram, Metric, Window};
 
+/// A migration of the first version: `city_totals` was replaced by the
+/// windows and is dropped by a later one.
 pub const SCHEMA: &str = "
 CREATE TABLE city_totals (
     city TEXT NOT NULL,
@@ -34,20 +38,6 @@ CREATE TABLE city_status (
 
 pub const SENT: &str = "sent";
 pub const RECEIVED: &str = "received";
-
-pub fn count_total(
-    conn: &Connection,
-    city: &str,
-    direction: &str,
-    category: &str,
-) -> Result<(), GatewayError> {
-    conn.prepare_cached(
-        "INSERT INTO city_totals (city, direction, category, n) VALUES (?1, ?2, ?3, 1)
-         ON CONFLICT (city, direction, category) DO UPDATE SET n = n + 1",
-    )?
-    .execute(params![city, direction, category])?;
-    Ok(())
-}
 
 /// Moves one ticket of `city`'s `direction` from status `from` to `to`
 /// (either may be absent: a ticket arriving or leaving).
@@ -71,43 +61,131 @@ pub fn move_status(
     Ok(())
 }
 
-/// The statistics of the given cities (zeros for a city with no traffic).
-pub fn read(conn: &Connection, cities: &[String]) -> Result<Vec<CityStats>, GatewayError> {
-    let mut out: HashMap<&str, CityStats> = cities
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// One city's figures as they are summed up.
+#[derive(Default)]
+struct Tally {
+    stats: CityStats,
+    to_accept: Histogram,
+    to_resolve: Histogram,
+    answer_ms_sum: u64,
+}
+
+/// The statistics of the given cities over window `w` (zeros for a city
+/// with no traffic), counting only `categories` when given. A viewer
+/// limited to categories is not shown the status counts, which are kept
+/// per city only.
+pub fn read(
+    conn: &Connection,
+    w: Window,
+    cities: &[String],
+    categories: Option<&[String]>,
+) -> Result<Vec<CityStats>, GatewayError> {
+    let allowed = |cat: &str| categories.is_none_or(|c| c.iter().any(|x| x == cat));
+    let mut out: HashMap<&str, Tally> = cities
         .iter()
         .map(|c| {
-            (
-                c.as_str(),
-                CityStats {
-                    city: c.clone(),
-                    ..Default::default()
-                },
-            )
+            let mut t = Tally::default();
+            t.stats.city = c.clone();
+            (c.as_str(), t)
         })
         .collect();
-    let mut totals = conn.prepare_cached("SELECT city, direction, category, n FROM city_totals")?;
-    let rows = totals.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (city, direction, category, n) = row?;
-        let Some(s) = out.get_mut(city.as_str()) else {
+    for ((city, category), cell) in windows::read(conn, w, None)? {
+        let Some(t) = out.get_mut(city.as_str()) else {
             continue;
         };
-        let n = u64::try_from(n).unwrap_or(0);
-        if direction == SENT {
-            s.sent += n;
-            *s.sent_by_category.entry(category).or_default() += n;
-        } else {
-            s.received += n;
-            *s.received_by_category.entry(category).or_default() += n;
+        if !allowed(&category) {
+            continue;
         }
+        let s = &mut t.stats;
+        let f = CategoryFigures {
+            sent: cell.get(Metric::Sent),
+            received: cell.get(Metric::Received),
+            accepted: cell.get(Metric::Accepted),
+            rejected: cell.get(Metric::Rejected),
+            resolved: cell.get(Metric::Resolved),
+            resolved_on_time: cell.get(Metric::ResolvedOnTime),
+            resolved_overdue: cell.get(Metric::ResolvedOverdue),
+            satisfied: cell.get(Metric::Satisfied),
+            basically_satisfied: cell.get(Metric::BasicallySatisfied),
+            unsatisfied: cell.get(Metric::Unsatisfied),
+            reopened: cell.get(Metric::Reopened),
+            transfers_out: cell.get(Metric::TransfersOut),
+            transfers_in: cell.get(Metric::TransfersIn),
+            transfers_answered: cell.get(Metric::TransfersAnswered),
+            accept_ms_p50: quantile(&cell.durations, Duration::ToAccept, 0.5),
+            accept_ms_p90: quantile(&cell.durations, Duration::ToAccept, 0.9),
+            resolve_ms_p50: quantile(&cell.durations, Duration::ToResolve, 0.5),
+            resolve_ms_p90: quantile(&cell.durations, Duration::ToResolve, 0.9),
+        };
+        s.sent += f.sent;
+        s.received += f.received;
+        s.accepted += f.accepted;
+        s.rejected += f.rejected;
+        s.resolved += f.resolved;
+        s.resolved_on_time += f.resolved_on_time;
+        s.resolved_overdue += f.resolved_overdue;
+        s.satisfied += f.satisfied;
+        s.basically_satisfied += f.basically_satisfied;
+        s.unsatisfied += f.unsatisfied;
+        s.reopened += f.reopened;
+        s.transfers_out += f.transfers_out;
+        s.transfers_in += f.transfers_in;
+        s.transfers_answered += f.transfers_answered;
+        t.answer_ms_sum += cell.get(Metric::AnswerMsSum);
+        for (state, n) in cell.details(Metric::TransferOutcome) {
+            *s.transfers_in_by_outcome.entry(state.clone()).or_default() += n;
+        }
+        let by = |m: &mut HashMap<String, u64>, n: u64| {
+            if n > 0 {
+                m.insert(category.clone(), n);
+            }
+        };
+        by(&mut s.sent_by_category, f.sent);
+        by(&mut s.received_by_category, f.received);
+        by(&mut s.transfers_out_by_category, f.transfers_out);
+        by(&mut s.transfers_in_by_category, f.transfers_in);
+        by(&mut s.transfers_answered_by_category, f.transfers_answered);
+        if let Some(h) = cell.durations.get(&Duration::ToAccept) {
+            t.to_accept.add(h);
+        }
+        if let Some(h) = cell.durations.get(&Duration::ToResolve) {
+            t.to_resolve.add(h);
+        }
+        s.by_category.insert(category, f);
     }
+    if categories.is_none() {
+        read_statuses(conn, &mut out)?;
+    }
+    read_overdue(conn, &mut out, &allowed)?;
+    Ok(cities
+        .iter()
+        .filter_map(|c| out.remove(c.as_str()))
+        .map(|t| {
+            let mut s = t.stats;
+            s.answer_rate = ratio(s.transfers_answered, s.transfers_in);
+            s.mean_answer_ms = ratio(t.answer_ms_sum, s.transfers_answered);
+            s.satisfaction_rate = ratio(
+                s.satisfied + s.basically_satisfied,
+                s.satisfied + s.basically_satisfied + s.unsatisfied,
+            );
+            s.accept_ms_p50 = t.to_accept.quantile(0.5);
+            s.accept_ms_p90 = t.to_accept.quantile(0.9);
+            s.resolve_ms_p50 = t.to_resolve.quantile(0.5);
+            s.resolve_ms_p90 = t.to_resolve.quantile(0.9);
+            s
+        })
+        .collect())
+}
+
+fn quantile(h: &std::collections::BTreeMap<Duration, Histogram>, d: Duration, q: f64) -> f64 {
+    h.get(&d).map(|h| h.quantile(q)).unwrap_or(0.0)
+}
+
+fn read_statuses(conn: &Connection, out: &mut HashMap<&str, Tally>) -> Result<(), GatewayError> {
     let mut statuses =
         conn.prepare_cached("SELECT city, direction, status, n FROM city_status WHERE n != 0")?;
     let rows = statuses.query_map([], |r| {
@@ -120,99 +198,158 @@ pub fn read(conn: &Connection, cities: &[String]) -> Result<Vec<CityStats>, Gate
     })?;
     for row in rows {
         let (city, direction, status, n) = row?;
-        let Some(s) = out.get_mut(city.as_str()) else {
+        let Some(t) = out.get_mut(city.as_str()) else {
             continue;
         };
         let n = u64::try_from(n).unwrap_or(0);
         if direction == SENT {
-            s.sent_by_status.insert(status, n);
+            t.stats.sent_by_status.insert(status, n);
         } else {
-            s.received_by_status.insert(status, n);
-        }
-    }
-    read_transfers(conn, &mut out)?;
-    Ok(cities
-        .iter()
-        .filter_map(|c| out.remove(c.as_str()))
-        .collect())
-}
-
-/// The call-transfer figures, from the tables the recorder keeps.
-fn read_transfers(
-    conn: &Connection,
-    out: &mut HashMap<&str, CityStats>,
-) -> Result<(), GatewayError> {
-    let mut totals =
-        conn.prepare_cached("SELECT city, direction, category, n FROM transfer_totals")?;
-    let rows = totals.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (city, direction, category, n) = row?;
-        let Some(s) = out.get_mut(city.as_str()) else {
-            continue;
-        };
-        let n = u64::try_from(n).unwrap_or(0);
-        match direction.as_str() {
-            "out" => {
-                s.transfers_out += n;
-                *s.transfers_out_by_category.entry(category).or_default() += n;
-            }
-            "in" => {
-                s.transfers_in += n;
-                *s.transfers_in_by_category.entry(category).or_default() += n;
-            }
-            "answered" => {
-                *s.transfers_answered_by_category
-                    .entry(category)
-                    .or_default() += n;
-            }
-            _ => {}
-        }
-    }
-    let mut answers = conn.prepare_cached("SELECT city, n, answer_ms_sum FROM transfer_answers")?;
-    let rows = answers.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (city, n, sum) = row?;
-        let Some(s) = out.get_mut(city.as_str()) else {
-            continue;
-        };
-        s.transfers_answered = u64::try_from(n).unwrap_or(0);
-        if n > 0 {
-            s.mean_answer_ms = sum as f64 / n as f64;
-        }
-    }
-    let mut outcomes = conn.prepare_cached("SELECT city, state, n FROM transfer_outcomes")?;
-    let rows = outcomes.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (city, state, n) = row?;
-        let Some(s) = out.get_mut(city.as_str()) else {
-            continue;
-        };
-        s.transfers_in_by_outcome
-            .insert(state, u64::try_from(n).unwrap_or(0));
-    }
-    for s in out.values_mut() {
-        if s.transfers_in > 0 {
-            s.answer_rate = s.transfers_answered as f64 / s.transfers_in as f64;
+            t.stats.received_by_status.insert(status, n);
         }
     }
     Ok(())
+}
+
+/// Open tickets past their deadline now, by handler: read through the index
+/// of deadlines, which holds open tickets only.
+fn read_overdue(
+    conn: &Connection,
+    out: &mut HashMap<&str, Tally>,
+    allowed: &dyn Fn(&str) -> bool,
+) -> Result<(), GatewayError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT handler, category, count(*) FROM tickets
+         WHERE due_ms IS NOT NULL AND due_ms < ?1 GROUP BY handler, category",
+    )?;
+    let rows = stmt.query_map(params![time::now_ms()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (city, category, n) = row?;
+        if let Some(t) = out.get_mut(city.as_str())
+            && allowed(&category)
+        {
+            t.stats.overdue_open += u64::try_from(n).unwrap_or(0);
+        }
+    }
+    Ok(())
+}
+
+/// One cell of the flow matrix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub origin: String,
+    pub target: String,
+    pub category: String,
+    pub tickets: u64,
+    pub transfers: u64,
+}
+
+/// What went from each city to each other, per category, in window `w`:
+/// the sent tickets and started transfers by their target.
+pub fn flow_matrix(conn: &Connection, w: Window) -> Result<Vec<Flow>, GatewayError> {
+    let contents = windows::read(conn, w, Some(&[Metric::Sent, Metric::TransfersOut]))?;
+    let mut cells: std::collections::BTreeMap<(String, String, String), Flow> = Default::default();
+    for ((origin, category), cell) in contents {
+        for (m, is_ticket) in [(Metric::Sent, true), (Metric::TransfersOut, false)] {
+            for (target, n) in cell.details(m) {
+                let f = cells
+                    .entry((origin.clone(), target.clone(), category.clone()))
+                    .or_insert_with(|| Flow {
+                        origin: origin.clone(),
+                        target: target.clone(),
+                        category: category.clone(),
+                        ..Default::default()
+                    });
+                if is_ticket {
+                    f.tickets += n;
+                } else {
+                    f.transfers += n;
+                }
+            }
+        }
+    }
+    Ok(cells.into_values().collect())
+}
+
+/// Each city's categories in month `w`, by tickets sent plus calls
+/// transferred, most first (ties in the order of `catalogue_order`).
+pub fn top_categories(
+    conn: &Connection,
+    w: Window,
+    catalogue_order: &[String],
+) -> Result<HashMap<String, Vec<(String, u64)>>, GatewayError> {
+    let contents = windows::read(conn, w, Some(&[Metric::Sent, Metric::TransfersOut]))?;
+    let mut out: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+    for ((city, category), cell) in contents {
+        let n = cell.get(Metric::Sent) + cell.get(Metric::TransfersOut);
+        if n > 0 {
+            out.entry(city).or_default().push((category, n));
+        }
+    }
+    let rank = |c: &str| {
+        catalogue_order
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or(usize::MAX)
+    };
+    for list in out.values_mut() {
+        list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| rank(&a.0).cmp(&rank(&b.0))));
+    }
+    Ok(out)
+}
+
+/// An open ticket past its deadline.
+#[derive(Debug, Clone)]
+pub struct Overdue {
+    pub id: String,
+    pub origin: String,
+    pub handler: String,
+    pub category: String,
+    pub status: i32,
+    pub due_ms: i64,
+    pub urgent: bool,
+}
+
+/// Open tickets past their deadline at `now_ms`, the most overdue first,
+/// read through the index of deadlines; `keep` says which the viewer may
+/// see. Returns the first `limit` and how many there are in all.
+pub fn overdue(
+    conn: &Connection,
+    now_ms: i64,
+    limit: usize,
+    keep: &dyn Fn(&Overdue) -> bool,
+) -> Result<(Vec<Overdue>, u64), GatewayError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, origin, handler, category, status, due_ms, urgent FROM tickets
+         WHERE due_ms IS NOT NULL AND due_ms < ?1 ORDER BY due_ms",
+    )?;
+    let rows = stmt.query_map(params![now_ms], |r| {
+        Ok(Overdue {
+            id: r.get(0)?,
+            origin: r.get(1)?,
+            handler: r.get(2)?,
+            category: r.get(3)?,
+            status: r.get(4)?,
+            due_ms: r.get(5)?,
+            urgent: r.get(6)?,
+        })
+    })?;
+    let mut out = Vec::new();
+    let mut total = 0;
+    for row in rows {
+        let o = row?;
+        if keep(&o) {
+            total += 1;
+            if out.len() < limit {
+                out.push(o);
+            }
+        }
+    }
+    Ok((out, total))
 }

@@ -272,6 +272,7 @@ async fn received(observatory: &ObservatoryClient<Channel>) -> anyhow::Result<u6
         .clone()
         .get_city_stats(GetCityStatsRequest {
             city: TARGET.into(),
+            ..Default::default()
         })
         .await?
         .into_inner()

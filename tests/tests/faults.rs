@@ -122,9 +122,7 @@ async fn assert_each_delivered_once(f: &Federation, expected: &BTreeMap<String, 
     let stats = f
         .observatory()
         .await
-        .get_city_stats(GetCityStatsRequest {
-            city: String::new(),
-        })
+        .get_city_stats(GetCityStatsRequest::default())
         .await
         .unwrap()
         .into_inner()

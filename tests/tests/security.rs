@@ -258,6 +258,7 @@ async fn a_city_certificate_acts_only_for_its_city() {
     let e = ObservatoryClient::new(f.channel_as(&lz, &Identity::Gateway))
         .get_city_stats(GetCityStatsRequest {
             city: "yibin".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -378,6 +379,7 @@ async fn a_department_sees_only_its_category_and_a_city_only_its_own() {
     let e = z
         .get_city_stats(GetCityStatsRequest {
             city: "luzhou".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

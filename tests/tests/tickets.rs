@@ -121,6 +121,7 @@ async fn a_ticket_from_luzhou_to_yibin_is_delivered_accepted_resolved_and_closed
     let stats = obs
         .get_city_stats(GetCityStatsRequest {
             city: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -342,6 +343,7 @@ async fn a_rejected_ticket_lands_in_coordination_and_reaches_the_assigned_owner(
     let stats = obs
         .get_city_stats(GetCityStatsRequest {
             city: "luzhou".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -408,6 +410,7 @@ async fn the_same_dispatch_sent_100_times_also_concurrently_makes_one_ticket() {
         .await
         .get_city_stats(GetCityStatsRequest {
             city: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -60,7 +60,10 @@ async fn transfer_at(f: &Federation, city: &str, id: &str) -> Transfer {
 async fn city_stats(f: &Federation, city: &str) -> CityStats {
     f.observatory()
         .await
-        .get_city_stats(GetCityStatsRequest { city: city.into() })
+        .get_city_stats(GetCityStatsRequest {
+            city: city.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

@@ -1,0 +1,151 @@
+//! The flow log: every ticket event and transfer move, in the order the
+//! gateway committed them, written in the same transaction, with personal
+//! data left out. `WatchFlow` reads it from a cursor, so a watcher that
+//! reconnects with the last cursor it saw misses nothing and sees nothing
+//! twice. A bell rings after each commit so watchers need not poll.
+
+use hotline_proto::pb::{
+    FlowEvent, TicketEvent, TicketFlow, Transfer, TransferFlow, flow_event::Change,
+};
+use hotline_proto::time;
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::watch;
+
+use crate::error::GatewayError;
+
+pub const SCHEMA: &str = "
+CREATE TABLE flow_log (
+    seq INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+";
+
+/// What a ticket's flow entry says of it.
+pub struct TicketSide<'a> {
+    pub origin: &'a str,
+    pub handler: &'a str,
+    pub category: &'a str,
+    pub urgent: bool,
+}
+
+fn append(c: &Connection, at_ms: i64, change: Change) -> Result<(), GatewayError> {
+    let body = FlowEvent {
+        cursor: 0,
+        time: Some(time::from_unix_ms(at_ms)),
+        change: Some(change),
+    }
+    .encode_to_vec();
+    c.prepare_cached("INSERT INTO flow_log (at_ms, body) VALUES (?1, ?2)")?
+        .execute(params![at_ms, body])?;
+    Ok(())
+}
+
+pub fn ticket(
+    c: &Connection,
+    at_ms: i64,
+    side: TicketSide<'_>,
+    event: &TicketEvent,
+) -> Result<(), GatewayError> {
+    append(
+        c,
+        at_ms,
+        Change::Ticket(TicketFlow {
+            ticket_id: event.ticket_id.clone(),
+            origin_city: side.origin.to_owned(),
+            handling_city: side.handler.to_owned(),
+            category: side.category.to_owned(),
+            seq: event.seq,
+            kind: event.kind,
+            status: event.status,
+            urgent: side.urgent,
+            actor: event.actor.clone(),
+        }),
+    )
+}
+
+pub fn transfer(c: &Connection, at_ms: i64, t: &Transfer) -> Result<(), GatewayError> {
+    append(
+        c,
+        at_ms,
+        Change::Transfer(TransferFlow {
+            transfer_id: t.id.clone(),
+            origin_city: t.origin_city.clone(),
+            target_city: t.target_city.clone(),
+            category: t.category.clone(),
+            mode: t.mode,
+            state: t.state,
+            reason: t.reason.clone(),
+        }),
+    )
+}
+
+/// Up to `limit` events after `cursor`, in order.
+pub fn after(c: &Connection, cursor: u64, limit: usize) -> Result<Vec<FlowEvent>, GatewayError> {
+    let mut stmt =
+        c.prepare_cached("SELECT seq, body FROM flow_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = stmt.query_map(params![cursor as i64, limit as i64], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, body) = row?;
+        let mut e = FlowEvent::decode(body.as_slice())
+            .map_err(|e| GatewayError::Corrupt(format!("flow event {seq}"), e.to_string()))?;
+        e.cursor = u64::try_from(seq).unwrap_or(0);
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// The first and last cursors kept (`None` when the log is empty).
+pub fn bounds(c: &Connection) -> Result<Option<(u64, u64)>, GatewayError> {
+    let b: Option<(Option<i64>, Option<i64>)> = c
+        .prepare_cached("SELECT min(seq), max(seq) FROM flow_log")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match b {
+        Some((Some(lo), Some(hi))) => Some((
+            u64::try_from(lo).unwrap_or(0),
+            u64::try_from(hi).unwrap_or(0),
+        )),
+        _ => None,
+    })
+}
+
+/// Deletes up to `limit` of the oldest events written before `cutoff_ms`;
+/// returns how many went.
+pub fn prune(c: &Connection, cutoff_ms: i64, limit: i64) -> Result<usize, GatewayError> {
+    let oldest: Option<i64> = c
+        .prepare_cached("SELECT seq FROM flow_log ORDER BY seq LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let Some(oldest) = oldest else {
+        return Ok(0);
+    };
+    Ok(
+        c.prepare_cached("DELETE FROM flow_log WHERE seq < ?1 AND at_ms < ?2")?
+            .execute(params![oldest + limit, cutoff_ms])?,
+    )
+}
+
+/// Rung after every commit that wrote to the flow log.
+#[derive(Clone)]
+pub struct Bell(watch::Sender<u64>);
+
+impl Default for Bell {
+    fn default() -> Self {
+        Self(watch::channel(0).0)
+    }
+}
+
+impl Bell {
+    pub fn ring(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
