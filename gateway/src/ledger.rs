@@ -72,11 +72,14 @@ CREATE TABLE deliveries (
 ) WITHOUT ROWID;
 ";
 
-/// The tickets' resolution deadline in the ledger (the working-day calendar
-/// of the supervision rules is still to come; until then, calendar hours).
+/// The tickets' resolution deadline in the ledger, and the waiting part of
+/// the coordination queue, each indexed so the dashboard reads them without
+/// a scan. Deadlines are in calendar hours until the supervision rules bring
+/// the working-day calendar.
 const TICKET_DUE: &str = "
 ALTER TABLE tickets ADD COLUMN due_ms INTEGER;
 CREATE INDEX tickets_due ON tickets (due_ms) WHERE due_ms IS NOT NULL;
+CREATE INDEX coordination_waiting ON coordination (pos) WHERE assigned_city IS NULL;
 ";
 
 /// The cumulative tables of the first statistics, replaced by the windows
@@ -790,7 +793,17 @@ fn assign(
     Ok((event, vec![row.origin.clone(), owner.to_owned()]))
 }
 
-fn coordination(
+/// How many rejected tickets wait for an owner.
+pub fn coordination_waiting(c: &Connection) -> Result<u64> {
+    let n: i64 = c
+        .prepare_cached("SELECT count(*) FROM coordination WHERE assigned_city IS NULL")?
+        .query_row([], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// A page of the coordination queue after position `after`, and the
+/// position to go on from when there is more.
+pub fn coordination(
     c: &Connection,
     after: i64,
     limit: usize,

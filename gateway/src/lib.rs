@@ -27,6 +27,7 @@ pub mod delivery;
 pub mod error;
 pub mod federation;
 pub mod flow;
+pub mod http;
 pub mod ledger;
 pub mod limits;
 pub mod observatory;

@@ -14,6 +14,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::Server;
 
+use anyhow::Context;
+
 use crate::config::GatewayConfig;
 use hotline_proto::identity::Identity;
 use tonic::service::interceptor::InterceptedService;
@@ -33,9 +35,29 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// Largest header block a request may carry.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
+/// Serves on `listener`, and the dashboard on `config.http_listen` when set.
 pub async fn serve(
     config: GatewayConfig,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let http = match config.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?,
+        ),
+        None => None,
+    };
+    serve_with_http(config, listener, http, shutdown).await
+}
+
+/// Serves gRPC on `listener` and, when given, the dashboard and `/metrics`
+/// on `http`.
+pub async fn serve_with_http(
+    config: GatewayConfig,
+    listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let catalogue = Arc::new(config.catalogue()?);
@@ -70,6 +92,26 @@ pub async fn serve(
     );
     tasks.spawn(sweep(switchboard.clone(), stop_rx));
     let (closing_tx, closing_rx) = watch::channel(false);
+    let dashboard = match http {
+        Some(http) => {
+            let addr = http.local_addr()?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the dashboard and /metrics listen beyond loopback: put an authenticating proxy in front");
+            }
+            tracing::info!(%addr, "dashboard and /metrics");
+            let mut closing = closing_rx.clone();
+            let ledger = ledger.clone();
+            Some(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = closing.wait_for(|c| *c).await;
+                };
+                if let Err(e) = crate::http::serve(http, ledger, stop).await {
+                    tracing::error!(error = %e, "the dashboard stopped");
+                }
+            }))
+        }
+        None => None,
+    };
 
     let (_health_reporter, health) = grpc::health(&[
         "hotline.federation.v1.Federation",
@@ -128,6 +170,9 @@ pub async fn serve(
         )
         .await;
     let _ = stop_tx.send(true);
+    if let Some(dashboard) = dashboard {
+        let _ = tokio::time::timeout(Duration::from_secs(5), dashboard).await;
+    }
     let drained = tokio::time::timeout(Duration::from_secs(10), async {
         while tasks.join_next().await.is_some() {}
     })

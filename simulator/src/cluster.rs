@@ -20,6 +20,8 @@ use crate::pki::Pki;
 pub struct Cluster {
     pub pki: Pki,
     pub gateway: SocketAddr,
+    /// The gateway's dashboard and `/metrics`.
+    pub dashboard: SocketAddr,
     pub nodes: BTreeMap<String, SocketAddr>,
     stop_nodes: watch::Sender<bool>,
     stop_gateway: watch::Sender<bool>,
@@ -29,6 +31,19 @@ pub struct Cluster {
 
 async fn loopback() -> anyhow::Result<(TcpListener, SocketAddr)> {
     let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    Ok((l, addr))
+}
+
+/// The dashboard's port when it is free (12345 is the hotline's number;
+/// 8345 is easy to remember), else any.
+pub const DASHBOARD_PORT: u16 = 8345;
+
+async fn dashboard_listener() -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let l = match TcpListener::bind(("127.0.0.1", DASHBOARD_PORT)).await {
+        Ok(l) => l,
+        Err(_) => TcpListener::bind("127.0.0.1:0").await?,
+    };
     let addr = l.local_addr()?;
     Ok((l, addr))
 }
@@ -46,6 +61,7 @@ impl Cluster {
     pub async fn start(catalogue: &Catalogue, data_dir: &Path) -> anyhow::Result<Self> {
         let pki = Pki::init(&data_dir.join("certs"), catalogue)?;
         let (gw_listener, gateway) = loopback().await?;
+        let (http_listener, dashboard) = dashboard_listener().await?;
         let mut listeners = BTreeMap::new();
         for city in catalogue.city_ids() {
             listeners.insert(city.to_owned(), loopback().await?);
@@ -72,14 +88,15 @@ impl Cluster {
             limits: gateway::limits::Limits::default(),
             deadlines: Default::default(),
             watch_retention_hours: 24,
-            http_listen: None,
+            http_listen: Some(dashboard),
             departments: Default::default(),
             cities: Some(catalogue.cities.clone()),
             categories: Some(catalogue.categories.clone()),
         };
-        gateway_task.spawn(gateway::serve(
+        gateway_task.spawn(gateway::server::serve_with_http(
             gw_config,
             gw_listener,
+            Some(http_listener),
             stopper(&stop_gateway),
         ));
         for (city, (listener, addr)) in listeners {
@@ -100,6 +117,7 @@ impl Cluster {
         Ok(Self {
             pki,
             gateway,
+            dashboard,
             nodes,
             stop_nodes,
             stop_gateway,

@@ -55,6 +55,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     };
     let cluster = Cluster::start(&catalogue, &data_dir).await?;
     println!("gateway: {}", cluster.gateway);
+    println!("dashboard: http://{}/", cluster.dashboard);
     for (city, addr) in &cluster.nodes {
         println!("{city}: {addr}");
     }

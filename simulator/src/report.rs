@@ -88,7 +88,70 @@ pub struct CityFigures {
     pub by_category: BTreeMap<String, u64>,
     pub received_by_category: BTreeMap<String, u64>,
     pub local: u64,
+    /// What this city did with the cross-city tickets it handled, from the
+    /// histories in the origins' stores: events, not tickets (a ticket
+    /// reopened and resolved again counts twice in `resolved`).
+    pub handled: Handled,
 }
+
+/// Events of the tickets a city handled, as the gateway counts them.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Handled {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub resolved: u64,
+    pub reopened: u64,
+    pub satisfied: u64,
+    pub basically_satisfied: u64,
+    pub unsatisfied: u64,
+}
+
+impl Handled {
+    fn of_stats(s: &CityStats) -> Self {
+        Self {
+            accepted: s.accepted,
+            rejected: s.rejected,
+            resolved: s.resolved,
+            reopened: s.reopened,
+            satisfied: s.satisfied,
+            basically_satisfied: s.basically_satisfied,
+            unsatisfied: s.unsatisfied,
+        }
+    }
+
+    /// Counts `t`'s history, following the handler through coordination.
+    fn count(t: &Ticket, cities: &mut BTreeMap<String, CityFigures>) {
+        let mut handler = t.target_cities.first().cloned().unwrap_or_default();
+        for e in &t.history {
+            let Ok(kind) = EventKind::try_from(e.kind) else {
+                continue;
+            };
+            if kind == EventKind::Assigned {
+                handler = e.city.clone();
+                continue;
+            }
+            let Some(h) = cities.get_mut(&handler).map(|f| &mut f.handled) else {
+                continue;
+            };
+            match kind {
+                EventKind::Accepted => h.accepted += 1,
+                EventKind::Rejected => h.rejected += 1,
+                EventKind::Resolved => h.resolved += 1,
+                EventKind::Reopened => h.reopened += 1,
+                EventKind::Closed => match Satisfaction::try_from(e.satisfaction) {
+                    Ok(Satisfaction::Satisfied) => h.satisfied += 1,
+                    Ok(Satisfaction::BasicallySatisfied) => h.basically_satisfied += 1,
+                    Ok(Satisfaction::Unsatisfied) => h.unsatisfied += 1,
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+}
+
+/// (origin, target, category) → (tickets, transfers).
+pub type FlowRecount = BTreeMap<(String, String, String), (u64, u64)>;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -115,7 +178,7 @@ async fn list_all(
                 role: role as i32,
                 page_size: 1000,
                 page_token: token,
-                omit_history: true,
+                omit_history: role == TicketRole::Received,
                 ..Default::default()
             })
             .await?
@@ -175,6 +238,7 @@ pub async fn count(
     }
 
     let mut r = Report::default();
+    let mut flow = FlowRecount::new();
     for city in nodes.keys() {
         r.cities.insert(city.clone(), CityFigures::default());
     }
@@ -202,6 +266,9 @@ pub async fn count(
                 f.sent += 1;
                 *f.by_category.entry(c.category.clone()).or_default() += 1;
             }
+            flow.entry((c.origin.clone(), target.clone(), c.category.clone()))
+                .or_default()
+                .0 += 1;
             let at_target = received.get(&target).is_some_and(|m| m.contains_key(&id));
             let owner_ok = match assigned.get(&id) {
                 Some(owner) => {
@@ -220,6 +287,7 @@ pub async fn count(
                 }
             }
             if let Some(t) = everything.get(&id) {
+                Handled::count(t, &mut r.cities);
                 match TicketStatus::try_from(t.status) {
                     Ok(TicketStatus::Resolved) => r.tickets.resolved += 1,
                     Ok(TicketStatus::Closed) => {
@@ -267,6 +335,11 @@ pub async fn count(
             .count() as u64;
 
     count_transfers(started, nodes, &mut r).await?;
+    for s in started {
+        flow.entry((s.origin.clone(), s.target.clone(), s.category.clone()))
+            .or_default()
+            .1 += 1;
+    }
 
     let stats = observatory
         .get_city_stats(GetCityStatsRequest::default())
@@ -274,6 +347,36 @@ pub async fn count(
         .into_inner()
         .cities;
     r.gateway_stats_agree = true;
+    let matrix = observatory
+        .get_flow_matrix(GetFlowMatrixRequest::default())
+        .await?
+        .into_inner()
+        .cells;
+    let gateway_flow: FlowRecount = matrix
+        .into_iter()
+        .map(|c| {
+            (
+                (c.origin_city, c.target_city, c.category),
+                (c.tickets, c.transfers),
+            )
+        })
+        .collect();
+    if gateway_flow != flow {
+        r.gateway_stats_agree = false;
+        for (key, mine) in &flow {
+            let theirs = gateway_flow.get(key).copied().unwrap_or_default();
+            if theirs != *mine && r.problems.len() < 20 {
+                r.problems.push(format!(
+                    "flow {} → {} in {}: the gateway counts {theirs:?} (tickets, transfers), the record {mine:?}",
+                    key.0, key.1, key.2
+                ));
+            }
+        }
+        if let Some(extra) = gateway_flow.keys().find(|k| !flow.contains_key(*k)) {
+            r.problems
+                .push(format!("flow {extra:?}: counted by the gateway only"));
+        }
+    }
     for s in &stats {
         let (out, into) = r
             .cities
@@ -292,6 +395,19 @@ pub async fn count(
             .get(&s.city)
             .map(|f| (f.sent, f.received))
             .unwrap_or_default();
+        let handled = r
+            .cities
+            .get(&s.city)
+            .map(|f| f.handled.clone())
+            .unwrap_or_default();
+        if handled != Handled::of_stats(s) {
+            r.gateway_stats_agree = false;
+            r.problems.push(format!(
+                "{}: the gateway counts {:?}; the histories hold {handled:?}",
+                s.city,
+                Handled::of_stats(s)
+            ));
+        }
         if sent != s.sent || received != s.received {
             r.gateway_stats_agree = false;
             r.problems.push(format!(

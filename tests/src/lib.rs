@@ -131,6 +131,8 @@ pub struct Federation {
     pub certs: PathBuf,
     pki: Pki,
     pub gateway: Proc,
+    /// The gateway's dashboard and `/metrics` (plain HTTP on loopback).
+    pub dashboard: SocketAddr,
     pub nodes: BTreeMap<String, Proc>,
 }
 
@@ -148,6 +150,7 @@ impl Federation {
         let certs = dir.path().join("certs");
         let pki = Pki::init(&certs, &hotline_proto::Catalogue::default()).unwrap();
         let gateway_addr = free_addr();
+        let dashboard = free_addr();
         let node_addrs: BTreeMap<String, SocketAddr> = CITIES
             .iter()
             .map(|c| (c.to_string(), free_addr()))
@@ -160,7 +163,7 @@ impl Federation {
         std::fs::write(
             &gw_config,
             format!(
-                "listen = \"{gateway_addr}\"\ndata_dir = \"{}\"\n{gateway_extra}\n{nodes_toml}\n{}",
+                "listen = \"{gateway_addr}\"\nhttp_listen = \"{dashboard}\"\ndata_dir = \"{}\"\n{gateway_extra}\n{nodes_toml}\n{}",
                 dir.path().join("gateway").display(),
                 pki.toml(&Identity::Gateway)
             ),
@@ -203,6 +206,7 @@ impl Federation {
             certs,
             pki,
             gateway,
+            dashboard,
             nodes,
         };
         f.gateway.start();
