@@ -25,6 +25,7 @@ use hotline_proto::pb::federation_client::FederationClient;
 use hotline_proto::pb::observatory_client::ObservatoryClient;
 use hotline_proto::pb::{
     CreateTicketRequest, GetTicketRequest, ListTicketsRequest, Ticket, TicketKind, TicketRole,
+    TicketStatus,
 };
 use simulator::pki::Pki;
 use tonic::transport::Channel;
@@ -392,4 +393,45 @@ pub async fn list_all(client: &mut CityHotlineClient<Channel>, role: TicketRole)
         }
         token = page.next_page_token;
     }
+}
+
+/// Waits until `city`'s node holds ticket `id` in status `want`.
+pub async fn wait_status(
+    client: &CityHotlineClient<Channel>,
+    id: &str,
+    want: TicketStatus,
+) -> Ticket {
+    let what = format!("{id} is {}", want.as_str_name());
+    eventually(&what, Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let id = id.to_owned();
+        async move {
+            get(&mut client, &id)
+                .await
+                .filter(|t| t.status == want as i32)
+        }
+    })
+    .await
+}
+
+/// A plain HTTP/1.1 GET on loopback: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    // A chunked body is fine to search in as it is; tests look for lines.
+    (code, body.to_owned())
 }
