@@ -82,7 +82,9 @@ function renderMatrix(data) {
   box.setAttribute("viewBox", `0 0 ${label + size * cities.length + 4} ${h}`);
   box.style.height = Math.min(520, h * 1.1) + "px";
   box.replaceChildren();
-  cities.forEach((to, j) => box.append(svg("text", { x: label + j * size + size / 2, y: label / 4, "text-anchor": "middle" }, "→ " + cityName(to))));
+  // Column heads carry the short (Chinese) name: the cells are narrow.
+  const short = (id) => cityName(id).split(" ")[0];
+  cities.forEach((to, j) => box.append(svg("text", { x: label + j * size + size / 2, y: label / 4, "text-anchor": "middle" }, "→ " + short(to))));
   cities.forEach((from, i) => {
     const y = label / 3 + i * size;
     box.append(svg("text", { x: label - 8, y: y + size / 2 + 4, "text-anchor": "end" }, cityName(from) + " →"));
