@@ -36,14 +36,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
     let mut config = NodeConfig::load(&args.config, &env)?;
+    let _telemetry = hotline_telemetry::init(
+        &format!("city-node-{}", config.city),
+        &[("hotline.city", config.city.as_str())],
+    )?;
     if args.insecure {
         config.insecure = true;
         config.tls = None;

@@ -38,7 +38,12 @@ pub async fn serve(
         hotline_tls::transport(config.tls.as_ref(), config.insecure, listener.local_addr()?)?;
     let db = Db::open(
         &config.data_dir.join("node.db"),
-        &[store::SCHEMA, outbox::SCHEMA, outbox::SCHEMA_IN_ORDER],
+        &[
+            store::SCHEMA,
+            outbox::SCHEMA,
+            outbox::SCHEMA_IN_ORDER,
+            outbox::SCHEMA_TRACE,
+        ],
     )?;
     let outbox = Outbox::new();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -85,6 +90,7 @@ pub async fn serve(
         }
     };
     let result = Server::builder()
+        .trace_fn(hotline_telemetry::grpc_span)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(1024)

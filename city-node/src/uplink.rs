@@ -49,7 +49,7 @@ impl Sender for GatewaySender {
                 let Ok(req) = DispatchTicketRequest::decode(item.payload.as_slice()) else {
                     return Outcome::Refused("payload does not decode".into());
                 };
-                match client.dispatch_ticket(req).await {
+                match client.dispatch_ticket(hotline_telemetry::traced(req)).await {
                     Ok(resp) => {
                         let Some(event) = resp.into_inner().event else {
                             return Outcome::Retry("the gateway answered without an event".into());
@@ -73,7 +73,7 @@ impl Sender for GatewaySender {
                 let Ok(req) = ReportEventRequest::decode(item.payload.as_slice()) else {
                     return Outcome::Refused("payload does not decode".into());
                 };
-                match client.report_event(req).await {
+                match client.report_event(hotline_telemetry::traced(req)).await {
                     Ok(_) => Outcome::Delivered(None),
                     Err(status) => outcome_of(&status),
                 }

@@ -120,8 +120,11 @@ impl Db {
         E: From<DbError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, E>>();
+        // The caller's span goes with its work to the writer thread, so what
+        // the work logs, and the trace context it queues, are the caller's.
+        let span = tracing::Span::current();
         let job: Job = Box::new(move |conn: &Connection| {
-            let result = in_savepoint(conn, f);
+            let result = span.in_scope(|| in_savepoint(conn, f));
             Box::new(move |committed: Result<(), DbError>| {
                 let out = match (committed, result) {
                     (Ok(()), r) => r,

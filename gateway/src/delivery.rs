@@ -76,7 +76,7 @@ impl Sender for NodeSender {
                     return Outcome::Refused("delivery without its DELIVERED event".into());
                 };
                 let deadlines = self.deadlines;
-                match client.deliver_ticket(req).await {
+                match client.deliver_ticket(hotline_telemetry::traced(req)).await {
                     Ok(_) => {
                         // Rung a moment before the commit: watchers also look
                         // again on their own a little later.
@@ -100,7 +100,7 @@ impl Sender for NodeSender {
                 let Ok(req) = DeliverEventRequest::decode(item.payload.as_slice()) else {
                     return Outcome::Refused("payload does not decode".into());
                 };
-                match client.deliver_event(req).await {
+                match client.deliver_event(hotline_telemetry::traced(req)).await {
                     Ok(_) => Outcome::Delivered(None),
                     Err(status) => outcome_of(&status),
                 }

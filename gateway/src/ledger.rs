@@ -172,6 +172,7 @@ impl Ledger {
                 TICKET_DUE,
                 flow::SCHEMA,
                 DROP_CUMULATIVE,
+                outbox::SCHEMA_TRACE,
             ],
         )?;
         Ok(Self {

@@ -104,11 +104,7 @@ fn certs(action: Certs, env: &HashMap<String, String>) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let _telemetry = hotline_telemetry::init("gateway", &[])?;
     let args = Args::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
     if let Some(Command::Certs { action }) = args.command {

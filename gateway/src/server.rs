@@ -131,6 +131,7 @@ pub async fn serve_with_http(
     };
     let limiter = RateLimiter::new(config.limits);
     let result = Server::builder()
+        .trace_fn(hotline_telemetry::grpc_span)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)

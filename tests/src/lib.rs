@@ -74,6 +74,8 @@ pub struct Proc {
     log: PathBuf,
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// More environment for the process.
+    env: Vec<(String, String)>,
 }
 
 impl Proc {
@@ -87,6 +89,7 @@ impl Proc {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -147,6 +150,20 @@ impl Federation {
     /// As [`Federation::start`], with extra TOML lines for the gateway's and
     /// every node's configuration file (timings, for instance).
     pub async fn start_with(gateway_extra: &str, node_extra: &str) -> Self {
+        Self::start_with_env(gateway_extra, node_extra, &[]).await
+    }
+
+    /// As [`Federation::start_with`], with more environment for every
+    /// process.
+    pub async fn start_with_env(
+        gateway_extra: &str,
+        node_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         let pki = Pki::init(&certs, &hotline_proto::Catalogue::default()).unwrap();
@@ -177,6 +194,7 @@ impl Federation {
             log: dir.path().join("gateway.log"),
             addr: gateway_addr,
             child: None,
+            env: env.clone(),
         };
         let mut nodes = BTreeMap::new();
         for (city, addr) in &node_addrs {
@@ -199,6 +217,7 @@ impl Federation {
                     log: dir.path().join(format!("{city}.log")),
                     addr: *addr,
                     child: None,
+                    env: env.clone(),
                 },
             );
         }

@@ -41,7 +41,10 @@ impl Drop for Driver {
 
 async fn browser() -> (Driver, Client) {
     let chromedriver = find_binary("CHROMEDRIVER", &["/usr/bin/chromedriver"]);
-    let chromium = find_binary("CHROMIUM", &["/usr/bin/chromium", "/usr/bin/chromium-browser"]);
+    let chromium = find_binary(
+        "CHROMIUM",
+        &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
+    );
     let port = free_addr().port();
     let driver = Driver(
         Command::new(chromedriver)
@@ -134,8 +137,11 @@ async fn the_dashboard_shows_the_four_cities_and_its_numbers_move_when_tickets_f
     loop {
         let total = number_at(&c, "#total-flow").await;
         let sent = number_at(&c, ".city-card[data-city=\"luzhou\"] dd.sent").await;
-        let cell = text_of(&c, "g[data-origin=\"luzhou\"][data-target=\"yibin\"] text.n")
-            .await;
+        let cell = text_of(
+            &c,
+            "g[data-origin=\"luzhou\"][data-target=\"yibin\"] text.n",
+        )
+        .await;
         let bar = number_at(&c, ".bar[data-category=\"education\"] .n").await;
         if total == total_before + 3 && sent == sent_before + 3 && cell.starts_with('3') && bar == 3
         {
