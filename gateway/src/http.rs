@@ -125,7 +125,7 @@ async fn overview(State(http): State<Arc<Http>>, Query(q): Query<OverviewQuery>)
             let stats = stats::read(c, w, &cities, None)?;
             let flow = stats::flow_matrix(c, w)?;
             let top = stats::top_categories(c, Window::at(Grain::Month, now), &order)?;
-            let overdue = stats::overdue(c, now, LISTED, &|_| true)?;
+            let overdue = stats::overdue(c, now, LISTED, &|_| true, &|_, _| true)?;
             let (waiting, _) = crate::ledger::coordination(c, 0, LISTED, false)?;
             let waiting_total = crate::ledger::coordination_waiting(c)?;
             let cursor = flow::bounds(c)?.map(|(_, hi)| hi).unwrap_or(0);

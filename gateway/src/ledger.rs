@@ -78,7 +78,19 @@ CREATE TABLE deliveries (
 /// the working-day calendar.
 const TICKET_DUE: &str = "
 ALTER TABLE tickets ADD COLUMN due_ms INTEGER;
+ALTER TABLE tickets ADD COLUMN overdue INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX tickets_due ON tickets (due_ms) WHERE due_ms IS NOT NULL;
+-- Open tickets past their deadline, per handler and category: moved when a
+-- ticket passes its deadline (the sweep, or at once when it is set in the
+-- past) and when it is resolved, reopened or handed to another city.
+CREATE TABLE overdue_open (
+    city TEXT NOT NULL,
+    category TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (city, category)
+) WITHOUT ROWID;
+-- How far the overdue sweep has looked.
+CREATE TABLE sweeps (name TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);
 CREATE INDEX coordination_waiting ON coordination (pos) WHERE assigned_city IS NULL;
 ";
 
@@ -149,6 +161,8 @@ struct Row {
     seq: u64,
     created_ms: i64,
     due_ms: Option<i64>,
+    /// Counted in `overdue_open` now.
+    overdue: bool,
 }
 
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
@@ -299,7 +313,7 @@ fn status_of(id: &str, raw: i64) -> Result<TicketStatus> {
 fn load(c: &Connection, id: &str) -> Result<Option<Row>> {
     let raw = c
         .prepare_cached(
-            "SELECT origin, handler, category, urgent, status, seq, created_ms, due_ms
+            "SELECT origin, handler, category, urgent, status, seq, created_ms, due_ms, overdue
              FROM tickets WHERE id = ?1",
         )?
         .query_row([id], |r| {
@@ -315,12 +329,13 @@ fn load(c: &Connection, id: &str) -> Result<Option<Row>> {
                     r.get::<_, i64>(5)?,
                     r.get::<_, i64>(6)?,
                     r.get::<_, Option<i64>>(7)?,
+                    r.get::<_, bool>(8)?,
                 ),
             ))
         })
         .optional()?;
     raw.map(
-        |((origin, handler, category, urgent), (status, seq, created_ms, due_ms))| {
+        |((origin, handler, category, urgent), (status, seq, created_ms, due_ms, overdue))| {
             Ok(Row {
                 origin,
                 handler,
@@ -330,6 +345,7 @@ fn load(c: &Connection, id: &str) -> Result<Option<Row>> {
                 seq: u64::try_from(seq).unwrap_or(0),
                 created_ms,
                 due_ms,
+                overdue,
             })
         },
     )
@@ -455,13 +471,13 @@ fn append(
         }
         _ => {}
     }
-    c.prepare_cached(
-        "UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4, due_ms = ?5 WHERE id = ?1",
-    )?
-    .execute(params![id, to as i32, event.seq as i64, now, due])?;
+    c.prepare_cached("UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4 WHERE id = ?1")?
+        .execute(params![id, to as i32, event.seq as i64, now])?;
+    if due != row.due_ms {
+        move_due(c, id, row, due, now)?;
+    }
     row.status = to;
     row.seq = event.seq;
-    row.due_ms = due;
     flow::ticket(
         c,
         now,
@@ -597,6 +613,7 @@ fn dispatch(
         seq: 1,
         created_ms,
         due_ms: None,
+        overdue: false,
     };
     stats::move_status(c, &row.origin, SENT, None, Some(TicketStatus::Pending))?;
     stats::move_status(c, &row.handler, RECEIVED, None, Some(TicketStatus::Pending))?;
@@ -777,9 +794,14 @@ fn assign(
     let mut event = state::event(id, row.seq + 1, EventKind::Assigned, "province", to);
     event.city = owner.to_owned();
     event.note = note.to_owned();
-    // The old handler lets go of it; the owner takes it in the new status.
+    // The old handler lets go of it; the owner takes it in the new status,
+    // and past its deadline if it was.
     stats::move_status(c, &row.handler, RECEIVED, Some(row.status), None)?;
     stats::move_status(c, owner, RECEIVED, None, Some(row.status))?;
+    if row.overdue {
+        count_overdue(c, &row.handler, &row.category, -1)?;
+        count_overdue(c, owner, &row.category, 1)?;
+    }
     c.prepare_cached("UPDATE tickets SET handler = ?2 WHERE id = ?1")?
         .execute(params![id, owner])?;
     row.handler = owner.to_owned();
@@ -792,6 +814,65 @@ fn assign(
     enqueue_delivery(c, id, &row)?;
     tracing::info!(ticket = %id, owner = %owner, "coordination named an owner");
     Ok((event, vec![row.origin.clone(), owner.to_owned()]))
+}
+
+fn count_overdue(c: &Connection, city: &str, category: &str, n: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO overdue_open (city, category, n) VALUES (?1, ?2, ?3)
+         ON CONFLICT (city, category) DO UPDATE SET n = n + excluded.n",
+    )?
+    .execute(params![city, category, n])?;
+    Ok(())
+}
+
+/// Gives a ticket a new deadline (or none, once resolved), and keeps the
+/// overdue counts: a ticket counted overdue stops counting; one whose new
+/// deadline has already passed counts at once (the sweep only looks ahead
+/// of where it has been).
+fn move_due(c: &Connection, id: &str, row: &mut Row, due: Option<i64>, now: i64) -> Result<()> {
+    if row.overdue {
+        count_overdue(c, &row.handler, &row.category, -1)?;
+    }
+    let overdue = due.is_some_and(|d| d <= now);
+    if overdue {
+        count_overdue(c, &row.handler, &row.category, 1)?;
+    }
+    c.prepare_cached("UPDATE tickets SET due_ms = ?2, overdue = ?3 WHERE id = ?1")?
+        .execute(params![id, due, overdue])?;
+    row.due_ms = due;
+    row.overdue = overdue;
+    Ok(())
+}
+
+/// Counts the open tickets whose deadline passed since the last sweep, up
+/// to `now_ms`; returns how many. Reads only that stretch of the deadline
+/// index.
+pub fn sweep_overdue(c: &Connection, now_ms: i64) -> Result<usize> {
+    let since: i64 = c
+        .prepare_cached("SELECT at_ms FROM sweeps WHERE name = 'overdue'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(i64::MIN);
+    let due: Vec<(String, String, String)> = c
+        .prepare_cached(
+            "SELECT id, handler, category FROM tickets
+             WHERE due_ms IS NOT NULL AND due_ms > ?1 AND due_ms <= ?2 AND overdue = 0",
+        )?
+        .query_map(params![since, now_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (id, handler, category) in &due {
+        count_overdue(c, handler, category, 1)?;
+        c.prepare_cached("UPDATE tickets SET overdue = 1 WHERE id = ?1")?
+            .execute([id])?;
+    }
+    c.prepare_cached(
+        "INSERT INTO sweeps (name, at_ms) VALUES ('overdue', ?1)
+         ON CONFLICT (name) DO UPDATE SET at_ms = excluded.at_ms",
+    )?
+    .execute([now_ms])?;
+    Ok(due.len())
 }
 
 /// How many rejected tickets wait for an owner.
@@ -838,4 +919,147 @@ pub fn coordination(
         None
     };
     Ok((items.into_iter().map(|(_, i)| i).collect(), next))
+}
+
+/// How a ticket loaded by [`bulk_load`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Delivered, accepted, resolved and closed satisfied.
+    Closed,
+    /// Rejected by its target: it waits in coordination.
+    Rejected,
+    /// Delivered, still open.
+    Open,
+}
+
+/// Writes tickets into the ledger as their lives would have, for
+/// benchmarks at scale: each goes through the same transaction bodies as
+/// the served path (dispatch, delivery, the target's and the origin's
+/// events), all of `tickets` in the caller's one transaction; the outbox
+/// they fill is emptied as if every city had acknowledged at once.
+pub fn bulk_load(c: &Connection, tickets: Vec<(Ticket, Fate)>, deadlines: Deadlines) -> Result<()> {
+    for (ticket, fate) in tickets {
+        let origin = ticket.origin_city.clone();
+        let target = ticket.target_cities.first().cloned().unwrap_or_default();
+        let (dispatched, _) = dispatch(c, ticket, deadlines)?;
+        let id = dispatched.ticket_id.clone();
+        let mut delivered = state::event(
+            &id,
+            3,
+            EventKind::Delivered,
+            "gateway",
+            TicketStatus::Delivered,
+        );
+        delivered.city = target.clone();
+        mark_delivered(c, &delivered, deadlines)?;
+        let by = |seq, kind, status| state::event(&id, seq, kind, "", status);
+        match fate {
+            Fate::Open => {}
+            Fate::Rejected => {
+                let mut e = by(4, EventKind::Rejected, TicketStatus::InCoordination);
+                e.reason = "非本市事项".into();
+                report(c, &target, e, deadlines)?;
+            }
+            Fate::Closed => {
+                report(
+                    c,
+                    &target,
+                    by(4, EventKind::Accepted, TicketStatus::Accepted),
+                    deadlines,
+                )?;
+                report(
+                    c,
+                    &target,
+                    by(5, EventKind::Resolved, TicketStatus::Resolved),
+                    deadlines,
+                )?;
+                let mut e = by(6, EventKind::Closed, TicketStatus::Closed);
+                e.satisfaction = Satisfaction::Satisfied as i32;
+                report(c, &origin, e, deadlines)?;
+            }
+        }
+    }
+    c.execute("DELETE FROM outbox", [])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn ticket(origin: &str, target: &str, created_ms: i64) -> Ticket {
+        Ticket {
+            id: hotline_proto::ids::TicketId::new(origin).to_string(),
+            origin_city: origin.into(),
+            target_cities: vec![target.into()],
+            category: "education".into(),
+            create_time: Some(time::from_unix_ms(created_ms)),
+            ..Default::default()
+        }
+    }
+
+    fn overdue_at(c: &Connection, city: &str) -> i64 {
+        c.query_row(
+            "SELECT coalesce(sum(n), 0) FROM overdue_open WHERE city = ?1",
+            [city],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_sweep_counts_a_ticket_once_when_it_passes_its_deadline_and_resolving_uncounts_it()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let deadlines = Deadlines {
+            resolve_hours: 1,
+            urgent_resolve_hours: 1,
+        };
+        let ledger = Ledger::open(
+            &dir.path().join("g.db"),
+            Arc::new(Catalogue::default()),
+            deadlines,
+        )
+        .unwrap();
+        let now = time::now_ms();
+        let t = ticket("luzhou", "yibin", now);
+        let id = t.id.clone();
+        // One made two hours ago is overdue as soon as it is dispatched.
+        let old = ticket("luzhou", "yibin", now - 2 * 3_600_000);
+        ledger
+            .db()
+            .write(move |c| bulk_load(c, vec![(t, Fate::Open), (old, Fate::Open)], deadlines))
+            .await
+            .unwrap();
+        let r = ledger
+            .db()
+            .write(move |c| {
+                let before = overdue_at(c, "yibin");
+                let first = sweep_overdue(c, now + 30 * 60_000)?;
+                let second = sweep_overdue(c, now + 2 * 3_600_000)?;
+                let third = sweep_overdue(c, now + 3 * 3_600_000)?;
+                let after = overdue_at(c, "yibin");
+                let resolved = report(
+                    c,
+                    "yibin",
+                    state::event(&id, 4, EventKind::Accepted, "", TicketStatus::Accepted),
+                    deadlines,
+                )
+                .and_then(|_| {
+                    report(
+                        c,
+                        "yibin",
+                        state::event(&id, 5, EventKind::Resolved, "", TicketStatus::Resolved),
+                        deadlines,
+                    )
+                })
+                .map(|_| overdue_at(c, "yibin"))?;
+                Ok::<_, GatewayError>((before, first, second, third, after, resolved))
+            })
+            .await
+            .unwrap();
+        assert_eq!(r, (1, 0, 1, 0, 2, 1));
+    }
 }

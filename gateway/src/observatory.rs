@@ -184,9 +184,14 @@ impl Observatory for ObservatoryService {
             .ledger
             .db()
             .read(move |c| {
-                stats::overdue(c, time::now_ms(), limit, &|o| {
-                    viewer.sees_flow(&o.origin, &o.handler, &o.category)
-                })
+                // A city answers for the overdue tickets it handles.
+                stats::overdue(
+                    c,
+                    time::now_ms(),
+                    limit,
+                    &|o| viewer.sees_flow(&o.handler, &o.handler, &o.category),
+                    &|city, category| viewer.sees_flow(city, city, category),
+                )
             })
             .await
             .map_err(|e: GatewayError| Status::from(e))?;

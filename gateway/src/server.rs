@@ -90,7 +90,8 @@ pub async fn serve_with_http(
         recorder,
         Duration::from_millis(config.transfer_completion_ms),
     );
-    tasks.spawn(sweep(switchboard.clone(), stop_rx));
+    tasks.spawn(sweep(switchboard.clone(), stop_rx.clone()));
+    tasks.spawn(sweep_overdue(ledger.clone(), stop_rx));
     let (closing_tx, closing_rx) = watch::channel(false);
     let dashboard = match http {
         Some(http) => {
@@ -201,6 +202,30 @@ async fn sweep(switchboard: Switchboard, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => switchboard.sweep(),
             _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Counts the tickets that pass their deadline, once a second.
+async fn sweep_overdue(ledger: Ledger, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => continue,
+        }
+        let now = hotline_proto::time::now_ms();
+        let swept = ledger
+            .db()
+            .write(move |c| crate::ledger::sweep_overdue(c, now))
+            .await;
+        match swept {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tickets = n, "past their deadline"),
+            Err(e) => {
+                let e: crate::GatewayError = e;
+                tracing::warn!(error = %e, "cannot sweep for overdue tickets");
+            }
         }
     }
 }

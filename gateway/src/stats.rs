@@ -11,7 +11,6 @@ use std::collections::HashMap;
 
 use hotline_proto::pb::{CategoryFigures, CityStats, TicketStatus};
 use hotline_proto::state::status_key;
-use hotline_proto::time;
 use rusqlite::{Connection, params};
 
 use crate::error::GatewayError;
@@ -211,18 +210,15 @@ fn read_statuses(conn: &Connection, out: &mut HashMap<&str, Tally>) -> Result<()
     Ok(())
 }
 
-/// Open tickets past their deadline now, by handler: read through the index
-/// of deadlines, which holds open tickets only.
+/// Open tickets past their deadline now, by handler: counted as they pass
+/// it (the ledger's overdue sweep), so read from a few rows.
 fn read_overdue(
     conn: &Connection,
     out: &mut HashMap<&str, Tally>,
     allowed: &dyn Fn(&str) -> bool,
 ) -> Result<(), GatewayError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT handler, category, count(*) FROM tickets
-         WHERE due_ms IS NOT NULL AND due_ms < ?1 GROUP BY handler, category",
-    )?;
-    let rows = stmt.query_map(params![time::now_ms()], |r| {
+    let mut stmt = conn.prepare_cached("SELECT city, category, n FROM overdue_open WHERE n > 0")?;
+    let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -316,21 +312,31 @@ pub struct Overdue {
     pub urgent: bool,
 }
 
-/// Open tickets past their deadline at `now_ms`, the most overdue first,
-/// read through the index of deadlines; `keep` says which the viewer may
-/// see. Returns the first `limit` and how many there are in all.
+/// Open tickets past their deadline, the most overdue first: the first
+/// `limit` that `keep` lets the viewer see, read through the index of
+/// deadlines until that many are found, and how many the viewer may see in
+/// all, from the overdue counts (`keep_count` says which of those counts,
+/// by city and category, are the viewer's).
 pub fn overdue(
     conn: &Connection,
     now_ms: i64,
     limit: usize,
     keep: &dyn Fn(&Overdue) -> bool,
+    keep_count: &dyn Fn(&str, &str) -> bool,
 ) -> Result<(Vec<Overdue>, u64), GatewayError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, origin, handler, category, status, due_ms, urgent FROM tickets
-         WHERE due_ms IS NOT NULL AND due_ms < ?1 ORDER BY due_ms",
+         WHERE due_ms IS NOT NULL AND overdue = 1
+           AND due_ms <= ?1
+         ORDER BY due_ms",
     )?;
-    let rows = stmt.query_map(params![now_ms], |r| {
-        Ok(Overdue {
+    let mut rows = stmt.query([now_ms])?;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let Some(r) = rows.next()? else {
+            break;
+        };
+        let o = Overdue {
             id: r.get(0)?,
             origin: r.get(1)?,
             handler: r.get(2)?,
@@ -338,17 +344,25 @@ pub fn overdue(
             status: r.get(4)?,
             due_ms: r.get(5)?,
             urgent: r.get(6)?,
-        })
-    })?;
-    let mut out = Vec::new();
-    let mut total = 0;
-    for row in rows {
-        let o = row?;
+        };
         if keep(&o) {
-            total += 1;
-            if out.len() < limit {
-                out.push(o);
-            }
+            out.push(o);
+        }
+    }
+    let mut total = 0;
+    let mut counts =
+        conn.prepare_cached("SELECT city, category, n FROM overdue_open WHERE n > 0")?;
+    let rows = counts.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (city, category, n) = row?;
+        if keep_count(&city, &category) {
+            total += u64::try_from(n).unwrap_or(0);
         }
     }
     Ok((out, total))

@@ -8,9 +8,10 @@
 //! detail) → n`; `detail` is the other city of a flow (so the flow matrix is
 //! the sent counts by target) or a transfer's final state.
 //!
-//! Durations (to accept, to resolve, to answer) go into log-scale histograms
-//! with eight buckets per doubling, so a percentile read from them is within
-//! about 4.5% of the true value, whatever the range.
+//! Durations (to accept, to resolve) go into log-scale histograms with four
+//! buckets per doubling, so a percentile read from them is within about 9%
+//! of the true value, whatever the range, and a window holds at most about
+//! 140 buckets per city, category and duration (a millisecond to a year).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -299,7 +300,7 @@ pub fn count(
 }
 
 /// Buckets per doubling of a duration.
-const STEPS: f64 = 8.0;
+const STEPS: f64 = 4.0;
 
 fn bucket_of(ms: i64) -> i64 {
     ((ms.max(0) as f64 + 1.0).log2() * STEPS).floor() as i64
@@ -512,14 +513,14 @@ mod tests {
     }
 
     #[test]
-    fn quantiles_are_within_five_percent() {
+    fn quantiles_are_within_ten_percent() {
         let mut h = Histogram::default();
         for ms in 1..=10_000 {
             *h.0.entry(bucket_of(ms)).or_default() += 1;
         }
         for (q, want) in [(0.5, 5_000.0), (0.9, 9_000.0), (0.99, 9_900.0)] {
             let got = h.quantile(q);
-            assert!((got - want).abs() / want < 0.05, "q{q}: {got} vs {want}");
+            assert!((got - want).abs() / want < 0.10, "q{q}: {got} vs {want}");
         }
         assert_eq!(Histogram::default().quantile(0.5), 0.0);
     }
@@ -549,7 +550,7 @@ mod tests {
         assert_eq!(day[&key].get(Metric::Sent), 2);
         assert_eq!(day[&key].details(Metric::Sent).count(), 1);
         let q = day[&key].durations[&Duration::ToAccept].quantile(0.5);
-        assert!((q - 1_000.0).abs() < 50.0, "{q}");
+        assert!((q - 1_000.0).abs() < 100.0, "{q}");
         let month = read(&c, Window::at(Grain::Month, ms), Some(&[Metric::Sent])).unwrap();
         assert_eq!(month[&key].get(Metric::Sent), 3);
         assert!(month[&key].durations.is_empty());

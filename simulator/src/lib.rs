@@ -29,4 +29,5 @@ pub mod peers;
 pub mod pki;
 pub mod report;
 pub mod spawn;
+pub mod statsbench;
 pub mod workload;

@@ -65,6 +65,26 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
+    /// The Observatory's queries with many tickets in the ledger: loads the
+    /// ledger through the gateway's own transaction bodies (or reuses one
+    /// kept in --data-dir), starts the real `gateway` binary on it and times
+    /// GetCityStats per window, the flow matrix, the top categories and the
+    /// overdue list, one call at a time. See docs/benchmarks.md.
+    BenchStats {
+        /// Tickets in the ledger.
+        #[arg(long, default_value_t = 10_000_000)]
+        tickets: u64,
+        /// Keep (or reuse) the ledger here; a temporary directory when
+        /// absent.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Calls timed per query.
+        #[arg(long, default_value_t = 200)]
+        calls: usize,
+        /// Write the JSON figures here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
     /// A benchmark of the gateway's per-caller limits over real processes:
     /// Yibin's dispatch latency (p50, p99) alone, then while Luzhou floods
     /// the gateway at FACTOR times the limit.
@@ -120,6 +140,30 @@ fn main() -> ExitCode {
         Command::Bench { quick, report } => {
             let opts = simulator::peers::PeersOptions { quick, report };
             match runtime.block_on(simulator::peers::run(opts)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::BenchStats {
+            tickets,
+            data_dir,
+            calls,
+            report,
+        } => {
+            if calls == 0 {
+                eprintln!("error: --calls must be positive");
+                return ExitCode::from(2);
+            }
+            let opts = simulator::statsbench::StatsBenchOptions {
+                tickets,
+                data_dir,
+                report,
+                calls,
+            };
+            match runtime.block_on(simulator::statsbench::run(opts)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -112,6 +112,26 @@ impl Spawned {
         node_extra: &str,
         insecure: bool,
     ) -> anyhow::Result<Self> {
+        Self::launch(cities, dir, gateway_extra, node_extra, insecure, true).await
+    }
+
+    /// The gateway alone, its ledger in `dir/gateway`, every member city
+    /// given an address where no node runs (for benchmarks of what the
+    /// gateway answers by itself).
+    pub async fn gateway_alone(dir: &Path) -> anyhow::Result<Self> {
+        let catalogue = hotline_proto::Catalogue::default();
+        let cities: Vec<&str> = catalogue.city_ids().collect();
+        Self::launch(&cities, dir, "", "", false, false).await
+    }
+
+    async fn launch(
+        cities: &[&str],
+        dir: &Path,
+        gateway_extra: &str,
+        node_extra: &str,
+        insecure: bool,
+        with_nodes: bool,
+    ) -> anyhow::Result<Self> {
         let transport = |who: &Identity, pki: &Pki| {
             if insecure {
                 String::new()
@@ -142,7 +162,7 @@ impl Spawned {
         )?;
         let gateway_child = start(&bins.join("gateway"), &gw_config, &dir.join("gateway.log"))?;
         let mut node_children = Vec::new();
-        for (city, addr) in &nodes {
+        for (city, addr) in nodes.iter().filter(|_| with_nodes) {
             let config = dir.join(format!("{city}.toml"));
             std::fs::write(
                 &config,
@@ -188,7 +208,7 @@ impl Spawned {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        for (city, addr) in &self.nodes {
+        for (city, addr) in self.nodes.iter().filter(|_| !self.node_children.is_empty()) {
             let mut node = CityHotlineClient::new(self.channel(
                 *addr,
                 &Identity::City(city.clone()),
