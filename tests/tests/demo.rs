@@ -32,6 +32,13 @@ fn the_demo_runs_by_itself_and_reports_nothing_lost_or_duplicated() {
             "no address line for {name}:\n{stdout}"
         );
     }
+    // And the dashboard's address, on a line of its own.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("dashboard: http://127.0.0.1:") && l.ends_with('/')),
+        "no dashboard line:\n{stdout}"
+    );
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let t = &r["tickets"];
