@@ -389,7 +389,11 @@ mod tests {
     #[tokio::test]
     async fn items_arrive_once_in_order_per_ticket_despite_failures() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("o.db"), &[SCHEMA, SCHEMA_IN_ORDER]).unwrap();
+        let db = Db::open(
+            &dir.path().join("o.db"),
+            &[SCHEMA, SCHEMA_IN_ORDER, SCHEMA_TRACE],
+        )
+        .unwrap();
         let outbox = Outbox::new();
         db.write(|c| {
             for t in 0..5 {
