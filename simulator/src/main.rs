@@ -85,6 +85,23 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
+    /// Instructions the gateway executes per dispatched ticket, counted by
+    /// valgrind's callgrind: a deterministic figure for regressions. Runs
+    /// N and 2N tickets under callgrind and takes the difference, REPEAT
+    /// times. Needs valgrind and the release binaries.
+    BenchInstructions {
+        #[arg(long, default_value_t = 500)]
+        tickets: u64,
+        #[arg(long, default_value_t = 2)]
+        repeat: usize,
+        /// Write the JSON figures here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Keep the last callgrind profile (of 2N tickets) here, for
+        /// callgrind_annotate.
+        #[arg(long, value_name = "FILE")]
+        keep: Option<PathBuf>,
+    },
     /// A benchmark of the gateway's per-caller limits over real processes:
     /// Yibin's dispatch latency (p50, p99) alone, then while Luzhou floods
     /// the gateway at FACTOR times the limit.
@@ -140,6 +157,29 @@ fn main() -> ExitCode {
         Command::Bench { quick, report } => {
             let opts = simulator::peers::PeersOptions { quick, report };
             match runtime.block_on(simulator::peers::run(opts)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::BenchInstructions {
+            tickets,
+            repeat,
+            report,
+            keep,
+        } => {
+            if tickets == 0 || repeat == 0 {
+                eprintln!("error: --tickets and --repeat must be positive");
+                return ExitCode::from(2);
+            }
+            match runtime.block_on(simulator::instructions::run(
+                tickets,
+                repeat,
+                report.as_deref(),
+                keep.as_deref(),
+            )) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -40,8 +40,8 @@ use tonic::transport::Channel;
 use crate::bench::percentile;
 use crate::spawn::{Spawned, free_addr};
 
-const ORIGIN: &str = "luzhou";
-const TARGET: &str = "yibin";
+pub(crate) const ORIGIN: &str = "luzhou";
+pub(crate) const TARGET: &str = "yibin";
 const CONNECTIONS: usize = 8;
 const STREAMS: usize = 16;
 
@@ -194,7 +194,7 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-fn new_ticket() -> Ticket {
+pub(crate) fn new_ticket() -> Ticket {
     let id = hotline_proto::TicketId::new(ORIGIN).to_string();
     Ticket {
         id: id.clone(),
@@ -267,7 +267,7 @@ impl Caller {
 }
 
 /// How many tickets the target city has received, by the gateway's count.
-async fn received(observatory: &ObservatoryClient<Channel>) -> anyhow::Result<u64> {
+pub(crate) async fn received(observatory: &ObservatoryClient<Channel>) -> anyhow::Result<u64> {
     Ok(observatory
         .clone()
         .get_city_stats(GetCityStatsRequest {
@@ -438,13 +438,18 @@ pub async fn run(opts: PeersOptions) -> anyhow::Result<PeersReport> {
         (3000, Duration::from_secs(8), 3)
     };
     let dir = tempfile::tempdir()?;
-    let mut fed = Spawned::start_with(
-        &["luzhou", "yibin", "zigong", "neijiang"],
+    // The origin is a sink that acknowledges the DELIVERED event the gateway
+    // sends it for each ticket: the bench dispatches as Luzhou, whose own
+    // node never made these tickets and would refuse the events.
+    let origin = BTreeMap::from([(ORIGIN.to_owned(), crate::sink::start().await?)]);
+    let mut fed = Spawned::start_beside(
+        &["yibin", "zigong", "neijiang"],
+        &origin,
         dir.path(),
         // No rate limit in the way of the measurement.
         "[limits]\nper_caller_rps = 1000000.0\nper_caller_burst = 1000000.0\n",
-        "",
         true,
+        &[],
     )
     .await?;
     let node_addr = fed.nodes[TARGET];

@@ -74,9 +74,17 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     }
 }
 
-fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+fn start(prefix: &[String], bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
     let out = std::fs::File::create(log)?;
-    Command::new(bin)
+    let mut command = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    command
         .arg("--config")
         .arg(config)
         .stdout(Stdio::from(out.try_clone()?))
@@ -112,25 +120,55 @@ impl Spawned {
         node_extra: &str,
         insecure: bool,
     ) -> anyhow::Result<Self> {
-        Self::launch(cities, dir, gateway_extra, node_extra, insecure, true).await
+        let none = BTreeMap::new();
+        Self::launch(cities, &none, dir, gateway_extra, node_extra, insecure, &[]).await
+    }
+
+    /// As [`Spawned::start_with`], and the gateway delivers to `external`'s
+    /// cities at the addresses given, where no node of this federation runs
+    /// (a benchmark's own acknowledging sink, for instance).
+    /// The gateway runs under `gateway_prefix` when it is not empty (a
+    /// profiler: `valgrind --tool=callgrind`, for instance).
+    pub async fn start_beside(
+        cities: &[&str],
+        external: &BTreeMap<String, SocketAddr>,
+        dir: &Path,
+        gateway_extra: &str,
+        insecure: bool,
+        gateway_prefix: &[String],
+    ) -> anyhow::Result<Self> {
+        Self::launch(
+            cities,
+            external,
+            dir,
+            gateway_extra,
+            "",
+            insecure,
+            gateway_prefix,
+        )
+        .await
     }
 
     /// The gateway alone, its ledger in `dir/gateway`, every member city
-    /// given an address where no node runs (for benchmarks of what the
+    /// given an address where nothing runs (for benchmarks of what the
     /// gateway answers by itself).
     pub async fn gateway_alone(dir: &Path) -> anyhow::Result<Self> {
         let catalogue = hotline_proto::Catalogue::default();
-        let cities: Vec<&str> = catalogue.city_ids().collect();
-        Self::launch(&cities, dir, "", "", false, false).await
+        let mut nowhere = BTreeMap::new();
+        for city in catalogue.city_ids() {
+            nowhere.insert(city.to_owned(), free_addr()?);
+        }
+        Self::launch(&[], &nowhere, dir, "", "", false, &[]).await
     }
 
     async fn launch(
         cities: &[&str],
+        external: &BTreeMap<String, SocketAddr>,
         dir: &Path,
         gateway_extra: &str,
         node_extra: &str,
         insecure: bool,
-        with_nodes: bool,
+        gateway_prefix: &[String],
     ) -> anyhow::Result<Self> {
         let transport = |who: &Identity, pki: &Pki| {
             if insecure {
@@ -148,7 +186,7 @@ impl Spawned {
             nodes.insert(city.to_string(), free_addr()?);
         }
         let mut table = String::from("[nodes]\n");
-        for (city, addr) in &nodes {
+        for (city, addr) in nodes.iter().chain(external) {
             table.push_str(&format!("{city} = \"http://{addr}\"\n"));
         }
         let gw_config = dir.join("gateway.toml");
@@ -160,9 +198,14 @@ impl Spawned {
                 transport(&Identity::Gateway, &pki)
             ),
         )?;
-        let gateway_child = start(&bins.join("gateway"), &gw_config, &dir.join("gateway.log"))?;
+        let gateway_child = start(
+            gateway_prefix,
+            &bins.join("gateway"),
+            &gw_config,
+            &dir.join("gateway.log"),
+        )?;
         let mut node_children = Vec::new();
-        for (city, addr) in nodes.iter().filter(|_| with_nodes) {
+        for (city, addr) in &nodes {
             let config = dir.join(format!("{city}.toml"));
             std::fs::write(
                 &config,
@@ -173,6 +216,7 @@ impl Spawned {
                 ),
             )?;
             node_children.push(start(
+                &[],
                 &bins.join("city-node"),
                 &config,
                 &dir.join(format!("{city}.log")),
@@ -187,28 +231,41 @@ impl Spawned {
             gateway_child,
             node_children,
         };
+        let mut spawned = spawned;
         spawned.wait_ready().await?;
         Ok(spawned)
     }
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        let until = Instant::now() + Duration::from_secs(30);
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        // Minutes, not seconds: a gateway under a profiler starts slowly.
+        let until = Instant::now() + Duration::from_secs(180);
         let mut observatory = ObservatoryClient::new(self.channel(
             self.gateway,
             &Identity::Province,
             &Identity::Gateway,
         )?);
-        while observatory
+        while let Err(status) = observatory
             .get_city_stats(GetCityStatsRequest::default())
             .await
-            .is_err()
         {
+            if let Some(exit) = self.gateway_child.try_wait()? {
+                bail!(
+                    "the gateway exited ({exit}); see {}",
+                    self.dir.join("gateway.log").display()
+                );
+            }
             if Instant::now() > until {
-                bail!("the gateway at {} did not answer", self.gateway);
+                bail!(
+                    "the gateway at {} did not answer (last: {:?} {}); see {}",
+                    self.gateway,
+                    status.code(),
+                    status.message(),
+                    self.dir.join("gateway.log").display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        for (city, addr) in self.nodes.iter().filter(|_| !self.node_children.is_empty()) {
+        for (city, addr) in &self.nodes {
             let mut node = CityHotlineClient::new(self.channel(
                 *addr,
                 &Identity::City(city.clone()),
