@@ -64,6 +64,11 @@ enum Command {
         /// Write the JSON figures here.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// A full run writes its tables into this file, between its
+        /// markers (default: docs/benchmarks.md, when run from the
+        /// repository).
+        #[arg(long, value_name = "FILE")]
+        doc: Option<PathBuf>,
     },
     /// The Observatory's queries with many tickets in the ledger: loads the
     /// ledger through the gateway's own transaction bodies (or reuses one
@@ -154,8 +159,12 @@ fn main() -> ExitCode {
         }
     };
     match args.command {
-        Command::Bench { quick, report } => {
-            let opts = simulator::peers::PeersOptions { quick, report };
+        Command::Bench { quick, report, doc } => {
+            let doc = doc.or_else(|| {
+                let d = PathBuf::from("docs/benchmarks.md");
+                d.exists().then_some(d)
+            });
+            let opts = simulator::peers::PeersOptions { quick, report, doc };
             match runtime.block_on(simulator::peers::run(opts)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {

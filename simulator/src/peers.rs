@@ -50,6 +50,9 @@ pub struct PeersOptions {
     /// Under two minutes: fewer requests, shorter runs.
     pub quick: bool,
     pub report: Option<PathBuf>,
+    /// A full run puts its tables into this markdown file, between the
+    /// markers of [`write_doc`].
+    pub doc: Option<PathBuf>,
 }
 
 /// One run of one path.
@@ -618,5 +621,139 @@ pub async fn run(opts: PeersOptions) -> anyhow::Result<PeersReport> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         println!("report: {}", path.display());
     }
+    if !opts.quick
+        && let Some(doc) = &opts.doc
+    {
+        write_doc(doc, &report)?;
+    }
     Ok(report)
+}
+
+/// Where the full run writes its tables: between these lines of
+/// `docs/benchmarks.md` (appended when they are missing).
+const DOC_BEGIN: &str = "<!-- simulator bench: begin (written by the full run) -->";
+const DOC_END: &str = "<!-- simulator bench: end -->";
+
+/// The machine, as the report names it.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB, Linux {kernel}")
+}
+
+fn thousands(n: f64) -> String {
+    let s = format!("{:.0}", n);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The tables of a full run, as markdown.
+fn doc_block(r: &PeersReport) -> String {
+    let mut s = format!(
+        "{DOC_BEGIN}\n\nLast full run: {}, on {}; median of three.\n\n\
+         | path | tickets/s | p50 | p99 | CPU per ticket |\n| --- | ---: | ---: | ---: | --- |\n",
+        time_label(hotline_proto::time::now_ms().div_euclid(86_400_000)),
+        machine()
+    );
+    for (label, path) in [
+        ("A direct", "direct"),
+        ("B gateway", "gateway"),
+        ("C haproxy", "haproxy"),
+        ("D nginx", "nginx"),
+    ] {
+        match r.median.iter().find(|m| m.path == path) {
+            Some(m) => s.push_str(&format!(
+                "| {label} | {} | {} µs | {} µs | {} |\n",
+                thousands(m.tps),
+                thousands(m.p50_us as f64),
+                thousands(m.p99_us as f64),
+                m.cpu_us_per_ticket
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.1} µs"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            None => s.push_str(&format!("| {label} | missing on this machine | | | |\n")),
+        }
+    }
+    let ratio = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into());
+    s.push_str(&format!(
+        "\nRatios of throughput: B/A {:.2}, B/C {}, B/D {}. Group commit: {} tickets \
+         through the gateway per ledger commit (per fsync; {} writes in {} commits over \
+         the run). Transfer start to ringing in the same run: p50 {} µs, p99 {} µs.\n\n{DOC_END}",
+        r.ratio_b_a,
+        ratio(r.ratio_b_c),
+        ratio(r.ratio_b_d),
+        r.gateway_tickets_per_fsync
+            .map(|v| format!("{v:.1}"))
+            .unwrap_or_else(|| "?".into()),
+        r.gateway_ledger_writes
+            .map(|v| thousands(v as f64))
+            .unwrap_or_else(|| "?".into()),
+        r.gateway_ledger_commits
+            .map(|v| thousands(v as f64))
+            .unwrap_or_else(|| "?".into()),
+        r.transfer_ring_p50_us,
+        r.transfer_ring_p99_us,
+    ));
+    s
+}
+
+/// A day since 1970-01-01 as `2026-11-25`.
+fn time_label(days: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Puts a full run's tables into `doc`, between the markers.
+pub fn write_doc(doc: &Path, r: &PeersReport) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(doc).unwrap_or_default();
+    let block = doc_block(r);
+    let new = match (text.find(DOC_BEGIN), text.find(DOC_END)) {
+        (Some(a), Some(b)) if b > a => {
+            format!("{}{block}{}", &text[..a], &text[b + DOC_END.len()..])
+        }
+        _ => format!("{text}\n{block}\n"),
+    };
+    std::fs::write(doc, new).with_context(|| format!("cannot write {}", doc.display()))?;
+    println!("tables written into {}", doc.display());
+    Ok(())
 }

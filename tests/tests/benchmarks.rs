@@ -84,3 +84,73 @@ fn bench_quick_runs_every_path_it_can_and_reports_the_side_by_side_figures() {
     assert_eq!(runs[0]["path"], "direct");
     assert_eq!(runs[1]["path"], "gateway");
 }
+
+fn run_ok(args: &[&str], report: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(bin_dir().join("simulator"))
+        .args(args)
+        .arg("--report")
+        .arg(report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
+}
+
+#[test]
+fn bench_stats_loads_a_ledger_and_times_every_observatory_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ledger");
+    let data = data.to_str().unwrap();
+    let report = dir.path().join("s.json");
+    let r = run_ok(
+        &[
+            "bench-stats",
+            "--tickets",
+            "3000",
+            "--calls",
+            "5",
+            "--data-dir",
+            data,
+        ],
+        &report,
+    );
+    assert_eq!(r["tickets_in_ledger"], 3000, "{r:#}");
+    let queries = r["queries"].as_object().unwrap();
+    assert!(queries.len() >= 8, "{r:#}");
+    for (name, q) in queries {
+        assert!(q["p50_us"].as_u64().unwrap() > 0, "{name}: {q:#}");
+    }
+    // A second run reuses the ledger it kept.
+    let r = run_ok(
+        &[
+            "bench-stats",
+            "--tickets",
+            "3000",
+            "--calls",
+            "5",
+            "--data-dir",
+            data,
+        ],
+        &report,
+    );
+    assert_eq!(r["load_secs"], 0.0, "{r:#}");
+}
+
+#[test]
+fn bench_instructions_counts_the_gateway_under_callgrind() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("i.json");
+    let r = run_ok(
+        &["bench-instructions", "--tickets", "10", "--repeat", "1"],
+        &report,
+    );
+    let per = r["per_ticket"][0].as_f64().unwrap();
+    // Whatever the build, a dispatched ticket costs the gateway more than a
+    // thousand instructions and less than a billion.
+    assert!(per > 1e3 && per < 1e9, "{r:#}");
+}
