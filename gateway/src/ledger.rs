@@ -408,8 +408,7 @@ fn append(
             event.kind,
             event.encode_to_vec()
         ])?;
-    stats::move_status(c, &row.origin, SENT, Some(row.status), Some(to))?;
-    stats::move_status(c, &row.handler, RECEIVED, Some(row.status), Some(to))?;
+    stats::move_both(c, &row.origin, &row.handler, row.status, to)?;
     let kind = EventKind::try_from(event.kind).unwrap_or(EventKind::Unspecified);
     let count = |city: &str, m: Metric, detail: &str| {
         windows::count(c, now, city, &row.category, m, detail, 1)

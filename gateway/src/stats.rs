@@ -60,6 +60,25 @@ pub fn move_status(
     Ok(())
 }
 
+/// Moves one ticket from status `from` to `to` at once for the city that
+/// sent it and the city that handles it: one statement, four rows.
+pub fn move_both(
+    conn: &Connection,
+    origin: &str,
+    handler: &str,
+    from: TicketStatus,
+    to: TicketStatus,
+) -> Result<(), GatewayError> {
+    conn.prepare_cached(
+        "INSERT INTO city_status (city, direction, status, n) VALUES
+           (?1, 'sent', ?3, -1), (?1, 'sent', ?4, 1),
+           (?2, 'received', ?3, -1), (?2, 'received', ?4, 1)
+         ON CONFLICT (city, direction, status) DO UPDATE SET n = n + excluded.n",
+    )?
+    .execute(params![origin, handler, status_key(from), status_key(to)])?;
+    Ok(())
+}
+
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
