@@ -264,6 +264,26 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (y, m, d)
 }
 
+/// Runs `sql`, an upsert of four rows whose parameters ?1–?8 are the grain
+/// and period of each window of the instant `at_ms` and ?9–?13 are `rest`.
+fn in_four_windows(
+    c: &Connection,
+    sql: &str,
+    at_ms: i64,
+    rest: [&dyn rusqlite::ToSql; 5],
+) -> Result<(), GatewayError> {
+    let w = Window::all_at(at_ms);
+    let grains = w.map(|w| w.grain as i64);
+    let mut all: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(13);
+    for (g, w) in grains.iter().zip(&w) {
+        all.push(g);
+        all.push(&w.period);
+    }
+    all.extend(rest);
+    c.prepare_cached(sql)?.execute(all.as_slice())?;
+    Ok(())
+}
+
 /// Adds `n` to a count in the four windows of the instant `at_ms`.
 pub fn count(
     c: &Connection,
@@ -274,29 +294,15 @@ pub fn count(
     detail: &str,
     n: i64,
 ) -> Result<(), GatewayError> {
-    let [a, h, d, m] = Window::all_at(at_ms);
-    c.prepare_cached(
+    in_four_windows(
+        c,
         "INSERT INTO window_counts (grain, period, city, category, metric, detail, n) VALUES
            (?1, ?2, ?9, ?10, ?11, ?12, ?13), (?3, ?4, ?9, ?10, ?11, ?12, ?13),
            (?5, ?6, ?9, ?10, ?11, ?12, ?13), (?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (grain, period, city, category, metric, detail) DO UPDATE SET n = n + excluded.n",
-    )?
-    .execute(params![
-        a.grain as i64,
-        a.period,
-        h.grain as i64,
-        h.period,
-        d.grain as i64,
-        d.period,
-        m.grain as i64,
-        m.period,
-        city,
-        category,
-        metric as i64,
-        detail,
-        n
-    ])?;
-    Ok(())
+        at_ms,
+        [&city, &category, &(metric as i64), &detail, &n],
+    )
 }
 
 /// Buckets per doubling of a duration.
@@ -320,28 +326,15 @@ pub fn observe(
     what: Duration,
     ms: i64,
 ) -> Result<(), GatewayError> {
-    let [a, h, d, m] = Window::all_at(at_ms);
-    c.prepare_cached(
+    in_four_windows(
+        c,
         "INSERT INTO window_hist (grain, period, city, category, metric, bucket, n) VALUES
-           (?1, ?2, ?9, ?10, ?11, ?12, 1), (?3, ?4, ?9, ?10, ?11, ?12, 1),
-           (?5, ?6, ?9, ?10, ?11, ?12, 1), (?7, ?8, ?9, ?10, ?11, ?12, 1)
-         ON CONFLICT (grain, period, city, category, metric, bucket) DO UPDATE SET n = n + 1",
-    )?
-    .execute(params![
-        a.grain as i64,
-        a.period,
-        h.grain as i64,
-        h.period,
-        d.grain as i64,
-        d.period,
-        m.grain as i64,
-        m.period,
-        city,
-        category,
-        what as i64,
-        bucket_of(ms)
-    ])?;
-    Ok(())
+           (?1, ?2, ?9, ?10, ?11, ?12, ?13), (?3, ?4, ?9, ?10, ?11, ?12, ?13),
+           (?5, ?6, ?9, ?10, ?11, ?12, ?13), (?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (grain, period, city, category, metric, bucket) DO UPDATE SET n = n + excluded.n",
+        at_ms,
+        [&city, &category, &(what as i64), &bucket_of(ms), &1i64],
+    )
 }
 
 /// A histogram: bucket → how many.

@@ -681,7 +681,8 @@ fn doc_block(r: &PeersReport) -> String {
     let mut s = format!(
         "{DOC_BEGIN}\n\nLast full run: {}, on {}; median of three.\n\n\
          | path | tickets/s | p50 | p99 | CPU per ticket |\n| --- | ---: | ---: | ---: | --- |\n",
-        time_label(hotline_proto::time::now_ms().div_euclid(86_400_000)),
+        gateway::windows::Window::at(gateway::windows::Grain::Day, hotline_proto::time::now_ms())
+            .label(),
         machine()
     );
     for (label, path) in [
@@ -726,21 +727,6 @@ fn doc_block(r: &PeersReport) -> String {
         r.transfer_ring_p99_us,
     ));
     s
-}
-
-/// A day since 1970-01-01 as `2026-11-25`.
-fn time_label(days: i64) -> String {
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// Puts a full run's tables into `doc`, between the markers.

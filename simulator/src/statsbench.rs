@@ -139,6 +139,32 @@ async fn load(path: &std::path::Path, want: u64) -> anyhow::Result<(u64, f64)> {
     Ok((made, secs))
 }
 
+/// One of the Observatory's queries, as the bench times it.
+enum Query {
+    Stats(GetCityStatsRequest),
+    Flow(GetFlowMatrixRequest),
+    Top,
+    Overdue,
+}
+
+impl Query {
+    async fn call(&self, mut obs: ObservatoryClient<Channel>) -> anyhow::Result<()> {
+        match self {
+            Query::Stats(r) => drop(obs.get_city_stats(r.clone()).await?),
+            Query::Flow(r) => drop(obs.get_flow_matrix(r.clone()).await?),
+            Query::Top => drop(
+                obs.get_top_categories(GetTopCategoriesRequest::default())
+                    .await?,
+            ),
+            Query::Overdue => drop(
+                obs.list_overdue_tickets(ListOverdueTicketsRequest::default())
+                    .await?,
+            ),
+        }
+        Ok(())
+    }
+}
+
 async fn time_calls<F, Fut>(calls: usize, mut f: F) -> anyhow::Result<Latency>
 where
     F: FnMut() -> Fut,
@@ -184,79 +210,41 @@ pub async fn run(opts: StatsBenchOptions) -> anyhow::Result<StatsBench> {
     let fed = Spawned::gateway_alone(&dir).await?;
     let channel: Channel = fed.channel(fed.gateway, &Identity::Province, &Identity::Gateway)?;
     let obs = ObservatoryClient::new(channel);
+    let stats = |city: &str, window: Window| {
+        Query::Stats(GetCityStatsRequest {
+            city: city.into(),
+            window: window as i32,
+            ..Default::default()
+        })
+    };
+    let flow = |window: Window| {
+        Query::Flow(GetFlowMatrixRequest {
+            window: window as i32,
+            ..Default::default()
+        })
+    };
+    let plan = [
+        (
+            "GetCityStats all cities, since start",
+            stats("", Window::Unspecified),
+        ),
+        ("GetCityStats all cities, month", stats("", Window::Month)),
+        ("GetCityStats all cities, day", stats("", Window::Day)),
+        ("GetCityStats all cities, hour", stats("", Window::Hour)),
+        (
+            "GetCityStats one city, month",
+            stats("yibin", Window::Month),
+        ),
+        ("GetFlowMatrix since start", flow(Window::Unspecified)),
+        ("GetFlowMatrix month", flow(Window::Month)),
+        ("GetTopCategories month", Query::Top),
+        ("ListOverdueTickets", Query::Overdue),
+    ];
     let mut queries = std::collections::BTreeMap::new();
-    for (name, window) in [
-        ("GetCityStats all cities, since start", Window::Unspecified),
-        ("GetCityStats all cities, month", Window::Month),
-        ("GetCityStats all cities, day", Window::Day),
-        ("GetCityStats all cities, hour", Window::Hour),
-    ] {
-        let l = time_calls(opts.calls, || {
-            let mut obs = obs.clone();
-            async move {
-                obs.get_city_stats(GetCityStatsRequest {
-                    window: window as i32,
-                    ..Default::default()
-                })
-                .await?;
-                Ok(())
-            }
-        })
-        .await?;
+    for (name, query) in plan {
+        let l = time_calls(opts.calls, || query.call(obs.clone())).await?;
         queries.insert(name.to_owned(), l);
     }
-    let l = time_calls(opts.calls, || {
-        let mut obs = obs.clone();
-        async move {
-            obs.get_city_stats(GetCityStatsRequest {
-                city: "yibin".into(),
-                window: Window::Month as i32,
-                ..Default::default()
-            })
-            .await?;
-            Ok(())
-        }
-    })
-    .await?;
-    queries.insert("GetCityStats one city, month".into(), l);
-    for (name, window) in [
-        ("GetFlowMatrix since start", Window::Unspecified),
-        ("GetFlowMatrix month", Window::Month),
-    ] {
-        let l = time_calls(opts.calls, || {
-            let mut obs = obs.clone();
-            async move {
-                obs.get_flow_matrix(GetFlowMatrixRequest {
-                    window: window as i32,
-                    ..Default::default()
-                })
-                .await?;
-                Ok(())
-            }
-        })
-        .await?;
-        queries.insert(name.to_owned(), l);
-    }
-    let l = time_calls(opts.calls, || {
-        let mut obs = obs.clone();
-        async move {
-            obs.get_top_categories(GetTopCategoriesRequest::default())
-                .await?;
-            Ok(())
-        }
-    })
-    .await?;
-    queries.insert("GetTopCategories month".into(), l);
-    let l = time_calls(opts.calls, || {
-        let mut obs = obs.clone();
-        async move {
-            obs.list_overdue_tickets(ListOverdueTicketsRequest::default())
-                .await?;
-            Ok(())
-        }
-    })
-    .await?;
-    queries.insert("ListOverdueTickets".into(), l);
     let bench = StatsBench {
         tickets_in_ledger: tickets,
         load_secs,
