@@ -213,7 +213,7 @@ async fn settle(
 }
 
 /// One city's citizens: a request every 1/rate seconds on average.
-async fn citizens_of(
+pub async fn citizens_of(
     mut client: CityHotlineClient<tonic::transport::Channel>,
     mut citizens: Citizens,
     rate: f64,

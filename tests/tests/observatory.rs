@@ -642,3 +642,97 @@ async fn metrics_are_served_in_prometheus_text_with_bounded_labels_and_no_person
     let (code, _) = http_get(f.dashboard, "/api/overview?window=fortnight").await;
     assert_eq!(code, 400);
 }
+
+/// The simulator's citizens, operators and coordinator drive the real
+/// processes for a few seconds; the simulator's own recount (from its
+/// record and the nodes' stores) must equal the gateway's statistics and
+/// flow matrix, before and after the gateway is killed and started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_simulator_run_the_statistics_equal_its_recount_also_after_a_gateway_kill() {
+    use simulator::operators::{self, Actions, Behaviour};
+    use simulator::report::{self, Created};
+    use simulator::workload::{Citizens, Mix};
+    use std::sync::{Arc, Mutex};
+
+    let mut f = Federation::start().await;
+    let catalogue = hotline_proto::Catalogue::default();
+    let nodes: BTreeMap<String, tonic::transport::Channel> = CITIES
+        .iter()
+        .map(|c| {
+            let id = Identity::City(c.to_string());
+            (c.to_string(), f.channel_as(&id, &id))
+        })
+        .collect();
+    let created: Arc<Mutex<Vec<Created>>> = Arc::default();
+    let actions = Arc::new(Actions::default());
+    let (stop_load, load_rx) = tokio::sync::watch::channel(false);
+    let (stop_people, people_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (city, channel)) in nodes.iter().enumerate() {
+        let client = city_hotline_client::CityHotlineClient::new(channel.clone());
+        tasks.spawn(simulator::demo::citizens_of(
+            client.clone(),
+            Citizens::new(city, &catalogue, 5, Mix::default()),
+            10.0,
+            created.clone(),
+            load_rx.clone(),
+        ));
+        tasks.spawn(operators::operators(
+            client,
+            100 + i as u64,
+            Behaviour::default(),
+            actions.clone(),
+            people_rx.clone(),
+        ));
+    }
+    tasks.spawn(operators::coordinator(
+        f.observatory().await,
+        CITIES.iter().map(|c| c.to_string()).collect(),
+        7,
+        actions.clone(),
+        people_rx.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop_load.send(true).unwrap();
+    // The operators work off what is left, then stop.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop_people.send(true).unwrap();
+    while tasks.join_next().await.is_some() {}
+    let created = created.lock().unwrap().clone();
+    assert!(created.len() > 40, "{} tickets", created.len());
+
+    // Everything in flight settles, then the recount must agree.
+    let recount = |gateway: tonic::transport::Channel| {
+        let (created, nodes) = (created.clone(), nodes.clone());
+        async move {
+            eventually(
+                "the recount agrees with the gateway",
+                Duration::from_secs(20),
+                || {
+                    let (created, nodes, gateway) =
+                        (created.clone(), nodes.clone(), gateway.clone());
+                    async move {
+                        let r = report::count(&created, &[], &nodes, gateway).await.ok()?;
+                        (r.gateway_stats_agree && r.tickets.lost == 0 && r.tickets.duplicated == 0)
+                            .then_some(r)
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let before = recount(f.channel_as(&Identity::Province, &Identity::Gateway)).await;
+    assert!(
+        before.tickets.resolved > 0 && before.tickets.rejected > 0,
+        "{before:?}"
+    );
+    let stats_before = stats(&mut f.observatory().await, Window::Unspecified, "").await;
+
+    f.restart_gateway().await;
+    let after = recount(f.channel_as(&Identity::Province, &Identity::Gateway)).await;
+    assert_eq!(after.cities.len(), before.cities.len());
+    assert_eq!(
+        stats(&mut f.observatory().await, Window::Unspecified, "").await,
+        stats_before
+    );
+}
