@@ -470,11 +470,21 @@ fn append(
         }
         _ => {}
     }
-    c.prepare_cached("UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4 WHERE id = ?1")?
-        .execute(params![id, to as i32, event.seq as i64, now])?;
     if due != row.due_ms {
-        move_due(c, id, row, due, now)?;
+        move_due(c, row, due, now)?;
     }
+    c.prepare_cached(
+        "UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4, due_ms = ?5, overdue = ?6
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        to as i32,
+        event.seq as i64,
+        now,
+        row.due_ms,
+        row.overdue
+    ])?;
     row.status = to;
     row.seq = event.seq;
     flow::ticket(
@@ -827,8 +837,9 @@ fn count_overdue(c: &Connection, city: &str, category: &str, n: i64) -> Result<(
 /// Gives a ticket a new deadline (or none, once resolved), and keeps the
 /// overdue counts: a ticket counted overdue stops counting; one whose new
 /// deadline has already passed counts at once (the sweep only looks ahead
-/// of where it has been).
-fn move_due(c: &Connection, id: &str, row: &mut Row, due: Option<i64>, now: i64) -> Result<()> {
+/// of where it has been). The caller writes `row`'s deadline and flag with
+/// the rest of the ticket's row.
+fn move_due(c: &Connection, row: &mut Row, due: Option<i64>, now: i64) -> Result<()> {
     if row.overdue {
         count_overdue(c, &row.handler, &row.category, -1)?;
     }
@@ -836,8 +847,6 @@ fn move_due(c: &Connection, id: &str, row: &mut Row, due: Option<i64>, now: i64)
     if overdue {
         count_overdue(c, &row.handler, &row.category, 1)?;
     }
-    c.prepare_cached("UPDATE tickets SET due_ms = ?2, overdue = ?3 WHERE id = ?1")?
-        .execute(params![id, due, overdue])?;
     row.due_ms = due;
     row.overdue = overdue;
     Ok(())

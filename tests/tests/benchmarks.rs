@@ -107,18 +107,16 @@ fn bench_stats_loads_a_ledger_and_times_every_observatory_query() {
     let data = dir.path().join("ledger");
     let data = data.to_str().unwrap();
     let report = dir.path().join("s.json");
-    let r = run_ok(
-        &[
-            "bench-stats",
-            "--tickets",
-            "3000",
-            "--calls",
-            "5",
-            "--data-dir",
-            data,
-        ],
-        &report,
-    );
+    let args = [
+        "bench-stats",
+        "--tickets",
+        "3000",
+        "--calls",
+        "5",
+        "--data-dir",
+        data,
+    ];
+    let r = run_ok(&args, &report);
     assert_eq!(r["tickets_in_ledger"], 3000, "{r:#}");
     let queries = r["queries"].as_object().unwrap();
     assert!(queries.len() >= 8, "{r:#}");
@@ -126,18 +124,7 @@ fn bench_stats_loads_a_ledger_and_times_every_observatory_query() {
         assert!(q["p50_us"].as_u64().unwrap() > 0, "{name}: {q:#}");
     }
     // A second run reuses the ledger it kept.
-    let r = run_ok(
-        &[
-            "bench-stats",
-            "--tickets",
-            "3000",
-            "--calls",
-            "5",
-            "--data-dir",
-            data,
-        ],
-        &report,
-    );
+    let r = run_ok(&args, &report);
     assert_eq!(r["load_secs"], 0.0, "{r:#}");
 }
 

@@ -692,10 +692,14 @@ async fn after_a_simulator_run_the_statistics_equal_its_recount_also_after_a_gat
         actions.clone(),
         people_rx.clone(),
     ));
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // How long the citizens call, then how long the operators go on working
+    // off what is left: the length of the workload, not a wait for a result
+    // (the recount below waits for what is in flight).
+    const CALLING: Duration = Duration::from_secs(4);
+    const WORKING_OFF: Duration = Duration::from_secs(4);
+    tokio::time::sleep(CALLING).await;
     stop_load.send(true).unwrap();
-    // The operators work off what is left, then stop.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(WORKING_OFF).await;
     stop_people.send(true).unwrap();
     while tasks.join_next().await.is_some() {}
     let created = created.lock().unwrap().clone();
