@@ -25,6 +25,11 @@ pub struct InboundService {
 
 impl InboundService {
     pub fn new(city: String, db: Db, catalogue: Arc<Catalogue>) -> Self {
+        if broken_ack_before_commit() {
+            tracing::warn!(
+                "HOTLINE_BROKEN=ack-before-commit: deliveries are acknowledged before they are committed"
+            );
+        }
         Self {
             city,
             db,
@@ -58,6 +63,15 @@ fn deliver(c: &Connection, mut ticket: Ticket) -> Result<bool> {
         },
     )?;
     Ok(true)
+}
+
+/// `HOTLINE_BROKEN=ack-before-commit` breaks delivery on purpose (the
+/// acknowledgement goes out before the ticket is committed), so that a test
+/// can show the simulator's chaos run catching it. Only debug builds honour
+/// it: a release build cannot be broken this way.
+fn broken_ack_before_commit() -> bool {
+    cfg!(debug_assertions)
+        && std::env::var("HOTLINE_BROKEN").is_ok_and(|v| v == "ack-before-commit")
 }
 
 #[tonic::async_trait]
@@ -97,6 +111,16 @@ impl CityNode for InboundService {
             ticket.origin_city.clone(),
             ticket.category.clone(),
         );
+        if broken_ack_before_commit() {
+            // A deliberately broken build, for the simulator's test that its
+            // invariants catch one: acknowledge now, commit a moment later.
+            let db = self.db.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                let _ = db.write(move |c| deliver(c, ticket)).await;
+            });
+            return Ok(Response::new(DeliverTicketResponse {}));
+        }
         let fresh = self.db.write(move |c| deliver(c, ticket)).await?;
         if fresh {
             tracing::info!(ticket = %id, origin = %origin, category = %category, "ticket received");

@@ -175,6 +175,17 @@ pub fn act(
             "ticket {id} is {city}'s own; route it within the city instead of rejecting it"
         )));
     }
+    if kind == EventKind::Rejected
+        && store::history(c, id)?
+            .iter()
+            .any(|e| e.kind == EventKind::Assigned as i32 && e.city == city)
+    {
+        // Coordination's decision is final: a ticket goes origin → target →
+        // coordination → owner, never round again.
+        return Err(NodeError::FailedPrecondition(format!(
+            "ticket {id} was assigned to {city} by provincial coordination; its owner cannot reject it"
+        )));
+    }
     if !t.part_ids.is_empty() {
         return act_on_parent(c, city, stored, kind, action);
     }

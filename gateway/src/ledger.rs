@@ -747,6 +747,11 @@ fn report(
         });
     }
     let to = state::next(row.status, kind)?;
+    if kind == EventKind::Rejected && assigned_to(c, &id)?.as_deref() == Some(city) {
+        return Err(GatewayError::FailedPrecondition(format!(
+            "ticket {id} was assigned to {city} by provincial coordination; its owner cannot reject it"
+        )));
+    }
     event.status = to as i32;
     event.actor = city.to_owned();
     if event.time.is_none() {
@@ -780,6 +785,16 @@ fn report(
     wake.push(dest);
     committed.push(event);
     Ok((committed, wake))
+}
+
+/// The owner coordination named for `id`, if it named one.
+fn assigned_to(c: &Connection, id: &str) -> Result<Option<String>> {
+    Ok(
+        c.prepare_cached("SELECT assigned_city FROM coordination WHERE ticket_id = ?1")?
+            .query_row([id], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .flatten(),
+    )
 }
 
 fn assign(
