@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 
+use crate::plan::PlannedTransfer;
 use crate::report::Created;
 
 /// How the simulated operators behave with transfers, per mille.
@@ -200,52 +201,129 @@ pub async fn desk(
             _ => TransferMode::Conference,
         };
         let cancel = rng.random_range(0..1000) < behaviour.cancel;
-        let req = StartTransferRequest {
-            operator_id: operator.clone(),
-            target_city: target.clone(),
-            category: category.clone(),
-            mode: mode as i32,
-            context: Some(CallContext {
+        let planned = PlannedTransfer {
+            context: CallContext {
                 caller_ref: format!("{city}-call-{}", rng.random_range(0..1_000_000u32)),
                 summary: format!("来电咨询{category}相关事项，需{target}办理"),
                 caller: Some(Citizen {
                     name: "市民".into(),
                     phone: format!("1390000{:04}", rng.random_range(0..10_000u32)),
                 }),
-            }),
+            },
+            target,
+            category,
+            mode,
+            cancel,
         };
-        // Refused while the node is not yet linked to the gateway: the call
-        // stays with this operator, nothing was started.
-        let Ok(response) = client.start_transfer(req).await else {
-            continue;
-        };
-        let Some(t) = response.into_inner().transfer else {
-            continue;
-        };
-        if let Ok(mut s) = log.started.lock() {
-            s.push(Started {
-                id: t.id.clone(),
-                origin: city.clone(),
-                target,
-                category,
-            });
-        }
-        if cancel {
-            let mut client = client.clone();
-            let operator = operator.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                // Refused when it was answered meanwhile: fine.
-                let _ = client
-                    .cancel_transfer(CancelTransferRequest {
-                        operator_id: operator,
-                        transfer_id: t.id,
-                    })
-                    .await;
-            });
-        }
+        start_one(&client, &operator, &city, planned, &log).await;
     }
     let _ = listener.await;
+}
+
+/// Starts one transfer from `operator`'s console and records it; cancels
+/// it a moment later when planned so. False when the node refused it
+/// (not linked to the gateway, or down): the call stays with the operator
+/// and nothing was started.
+async fn start_one(
+    client: &CityHotlineClient<Channel>,
+    operator: &str,
+    city: &str,
+    planned: PlannedTransfer,
+    log: &CallLog,
+) -> bool {
+    let req = StartTransferRequest {
+        operator_id: operator.to_owned(),
+        target_city: planned.target.clone(),
+        category: planned.category.clone(),
+        mode: planned.mode as i32,
+        context: Some(planned.context),
+    };
+    let Ok(response) = client.clone().start_transfer(req).await else {
+        return false;
+    };
+    let Some(t) = response.into_inner().transfer else {
+        return false;
+    };
+    if let Ok(mut s) = log.started.lock() {
+        s.push(Started {
+            id: t.id.clone(),
+            origin: city.to_owned(),
+            target: planned.target,
+            category: planned.category,
+        });
+    }
+    if planned.cancel {
+        let mut client = client.clone();
+        let operator = operator.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Refused when it was answered meanwhile: fine.
+            let _ = client
+                .cancel_transfer(CancelTransferRequest {
+                    operator_id: operator,
+                    transfer_id: t.id,
+                })
+                .await;
+        });
+    }
+    true
+}
+
+/// The front desk of `city` playing a scenario's planned transfers as they
+/// come from `planned`, until it closes: like [`desk`], and it opens its
+/// console again whenever the node drops it (a node killed and restarted).
+/// Returns how many planned transfers the node refused to start.
+pub async fn planned_desk(
+    client: CityHotlineClient<Channel>,
+    city: String,
+    mut planned: mpsc::UnboundedReceiver<PlannedTransfer>,
+    log: Arc<CallLog>,
+    created: Arc<Mutex<Vec<Created>>>,
+    stop: watch::Receiver<bool>,
+) -> u64 {
+    let operator = format!("desk-{city}");
+    let mut refused = 0;
+    let mut followers = tokio::task::JoinSet::new();
+    'session: loop {
+        let mut c = client.clone();
+        let inbound = loop {
+            match session(&mut c, &operator, Vec::new(), false).await {
+                Ok((keep, inbound)) => break (keep, inbound),
+                Err(_) => {
+                    // Down: calls that arrive meanwhile cannot be transferred.
+                    while let Ok(_missed) = planned.try_recv() {
+                        refused += 1;
+                    }
+                    if planned.is_closed() && planned.is_empty() {
+                        break 'session;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let (_keep, inbound) = inbound;
+        followers.spawn(follow(
+            client.clone(),
+            operator.clone(),
+            inbound,
+            created.clone(),
+            stop.clone(),
+        ));
+        loop {
+            tokio::select! {
+                next = planned.recv() => {
+                    let Some(next) = next else { break 'session };
+                    if !start_one(&client, &operator, &city, next, &log).await {
+                        refused += 1;
+                    }
+                }
+                // The console's stream ended: the node went away.
+                _ = followers.join_next() => continue 'session,
+            }
+        }
+    }
+    while followers.join_next().await.is_some() {}
+    refused
 }
 
 /// The desk's console: what happens to its transfers. On `stop` it waits

@@ -195,7 +195,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
 }
 
 /// Counts until nothing is missing and the gateway agrees, or `until`.
-async fn settle(
+pub(crate) async fn settle(
     created: &[Created],
     transfers: &[Started],
     nodes: &BTreeMap<String, tonic::transport::Channel>,

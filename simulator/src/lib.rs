@@ -16,6 +16,10 @@
 //! - [`peers`]: `simulator bench`, the gateway beside a direct call,
 //!   haproxy and nginx.
 //! - [`pki`]: the run's development CA; every link is mutual TLS.
+//! - [`scenario`], [`plan`]: `simulator run`'s scenarios (TOML) and the
+//!   workload drawn from one and a seed.
+//! - [`run`]: `simulator run`, a scenario against spawned processes or a
+//!   running federation, with faults ([`faultproxy`]) and [`invariants`].
 //! - [`bench`]: `simulator bench-transfers`, ring latency and how many live
 //!   transfers one gateway holds.
 
@@ -23,12 +27,18 @@ pub mod bench;
 pub mod calls;
 pub mod cluster;
 pub mod demo;
+pub mod faultproxy;
+pub mod invariants;
 pub mod flood;
+pub mod html;
 pub mod instructions;
 pub mod operators;
 pub mod peers;
 pub mod pki;
+pub mod plan;
 pub mod report;
+pub mod run;
+pub mod scenario;
 pub mod sink;
 pub mod spawn;
 pub mod statsbench;

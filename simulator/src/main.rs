@@ -51,6 +51,45 @@ enum Command {
         #[arg(long, default_value_t = 1.0, value_name = "N")]
         transfer_rate: f64,
     },
+    /// Plays a scenario (simulator/scenarios/, or a TOML file) against the
+    /// real `gateway` and `city-node` binaries started here (--spawn), or
+    /// a federation already running (--targets FILE); faults as the
+    /// scenario says (with --spawn); invariants checked live and at the
+    /// end. Exits non-zero when one is violated.
+    Run {
+        /// A built-in scenario (south-sichuan, province, flood-season,
+        /// chaos) or a scenario file.
+        #[arg(long, value_name = "NAME|FILE")]
+        scenario: String,
+        /// Start the gateway and a node per city as child processes.
+        #[arg(long, conflicts_with = "targets", required_unless_present = "targets")]
+        spawn: bool,
+        /// A running federation: a TOML file with `gateway`, `certs` and a
+        /// `[nodes]` table (see simulator/scenarios/README.md).
+        #[arg(long, value_name = "FILE")]
+        targets: Option<PathBuf>,
+        /// The seed of the workload: the same seed, the same requests.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Simulated seconds per real second (the scenario's by default).
+        #[arg(long, value_name = "X")]
+        speed: Option<f64>,
+        /// Simulated minutes of load (the scenario's by default).
+        #[arg(long, value_name = "N")]
+        minutes: Option<f64>,
+        /// Write the JSON report here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Write the HTML report here.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// With --spawn: keep the stores and logs here.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Seconds to wait at the end for what is in flight.
+        #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+        drain: f64,
+    },
     /// The gateway's cost per ticket, side by side in one run: the target
     /// node called directly (A), through the gateway (B), through haproxy
     /// (C) and through nginx grpc_pass (D), each three times, interleaved;
@@ -159,6 +198,48 @@ fn main() -> ExitCode {
         }
     };
     match args.command {
+        Command::Run {
+            scenario,
+            spawn: _,
+            targets,
+            seed,
+            speed,
+            minutes,
+            report,
+            html,
+            data_dir,
+            drain,
+        } => {
+            let how = match targets {
+                Some(t) => simulator::run::How::Targets(t),
+                None => simulator::run::How::Spawn { data_dir },
+            };
+            let opts = simulator::run::RunOptions {
+                scenario,
+                how,
+                seed,
+                speed,
+                minutes,
+                report,
+                html,
+                drain: Duration::from_secs_f64(drain.max(0.0)),
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            match runtime.block_on(simulator::run::run(opts)) {
+                Ok(r) if r.invariant_violations.is_empty() => ExitCode::SUCCESS,
+                Ok(r) => {
+                    eprintln!(
+                        "error: {} invariant violations",
+                        r.invariant_violations.len()
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bench { quick, report, doc } => {
             let doc = doc.or_else(|| {
                 let d = PathBuf::from("docs/benchmarks.md");

@@ -198,3 +198,205 @@ pub async fn coordinator(
         }
     }
 }
+
+/// How a scenario's operators and citizens behave, in real time.
+#[derive(Debug, Clone, Copy)]
+pub struct Handling {
+    /// Operators per city, each with one ticket in hand at a time.
+    pub operators: usize,
+    /// From delivery to acceptance (busy), and from acceptance to
+    /// resolution (the department's work: the operator is free meanwhile).
+    pub accept: crate::scenario::Minutes,
+    pub resolve: crate::scenario::Minutes,
+    pub reject: f64,
+    pub unsatisfied: f64,
+    pub basically_satisfied: f64,
+    /// Simulated seconds per real second.
+    pub speed: f64,
+}
+
+impl Handling {
+    /// A log-normal draw of `m`, in real time.
+    fn draw(&self, rng: &mut StdRng, m: crate::scenario::Minutes) -> Duration {
+        // Box–Muller; 1.2816 is the standard normal's 90th percentile.
+        let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+        let u2: f64 = rng.random_range(0.0..1.0);
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        let sigma = (m.p90 / m.median).ln() / 1.2816;
+        let minutes = m.median * (sigma * z).exp();
+        Duration::from_secs_f64((minutes * 60.0 / self.speed).min(3600.0))
+    }
+}
+
+/// Retries `call` while it fails for a passing reason (the node restarting,
+/// a link down) for up to a minute; counts the outcome.
+async fn persist<T, F, Fut>(mut call: F, on_ok: &AtomicU64, refused: &AtomicU64)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Ok(_) => {
+                on_ok.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(e)
+                if hotline_proto::grpc::is_transient(e.code())
+                    && tokio::time::Instant::now() < until =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(_) => {
+                refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// One city's operators at the pace of a scenario, until `stop`: each
+/// delivered ticket waits for a free operator, who takes the accept time
+/// to accept (or reject) it; it is resolved after the resolve time. As the
+/// origin the city follows up on what was resolved: closes it, or reopens
+/// it once when the citizen is unsatisfied.
+pub async fn handlers(
+    client: CityHotlineClient<Channel>,
+    seed: u64,
+    h: Handling,
+    actions: Arc<Actions>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    let in_hand: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let free = Arc::new(tokio::sync::Semaphore::new(h.operators.max(1)));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut work = tokio::task::JoinSet::new();
+    let mut lister = client.clone();
+    while !*stop.borrow() {
+        let mut queue = Vec::new();
+        for role in [TicketRole::Received, TicketRole::Local] {
+            for status in [TicketStatus::Delivered, TicketStatus::Reopened] {
+                queue.extend(page(&mut lister, role, status).await.into_iter().map(|t| (role, t)));
+            }
+        }
+        for (role, t) in queue {
+            let fresh = in_hand.lock().map(|mut s| s.insert(t.id.clone())).unwrap_or(false);
+            if !fresh {
+                continue;
+            }
+            let reopened = t.status == TicketStatus::Reopened as i32;
+            let reject = !reopened
+                && role == TicketRole::Received
+                && rng.random_range(0.0..1.0) < h.reject;
+            let accept_after = h.draw(&mut rng, h.accept);
+            let resolve_after = h.draw(&mut rng, h.resolve);
+            let (client, free, in_hand, a) =
+                (client.clone(), free.clone(), in_hand.clone(), actions.clone());
+            work.spawn(async move {
+                let Ok(_operator) = free.acquire().await else {
+                    return;
+                };
+                tokio::time::sleep(accept_after).await;
+                let id = t.id.clone();
+                if reject {
+                    persist(
+                        || {
+                            let (mut c, id) = (client.clone(), id.clone());
+                            async move {
+                                c.reject_ticket(RejectTicketRequest {
+                                    ticket_id: id,
+                                    reason: "经核实不属于本市管辖".into(),
+                                })
+                                .await
+                            }
+                        },
+                        &a.rejected,
+                        &a.refused,
+                    )
+                    .await;
+                } else {
+                    if !reopened {
+                        persist(
+                            || {
+                            let (mut c, id) = (client.clone(), id.clone());
+                            async move {
+                                c.accept_ticket(AcceptTicketRequest {
+                                    ticket_id: id,
+                                    note: "已受理".into(),
+                                })
+                                .await
+                            }
+                        },
+                            &a.accepted,
+                            &a.refused,
+                        )
+                        .await;
+                    }
+                    drop(_operator);
+                    tokio::time::sleep(resolve_after).await;
+                    persist(
+                        || {
+                            let (mut c, id) = (client.clone(), id.clone());
+                            async move {
+                                c.resolve_ticket(ResolveTicketRequest {
+                                    ticket_id: id,
+                                    note: "已办结并答复".into(),
+                                })
+                                .await
+                            }
+                        },
+                        &a.resolved,
+                        &a.refused,
+                    )
+                    .await;
+                }
+                if let Ok(mut s) = in_hand.lock() {
+                    s.remove(&id);
+                }
+            });
+        }
+        // As the origin: the follow-up call (回访).
+        for role in [TicketRole::Sent, TicketRole::Local] {
+            for t in page(&mut lister, role, TicketStatus::Resolved).await {
+                if !t.parent_id.is_empty() {
+                    continue; // closed with its parent
+                }
+                let unhappy = rng.random_range(0.0..1.0) < h.unsatisfied;
+                if unhappy && t.reopen_count == 0 {
+                    let r = lister
+                        .reopen_ticket(ReopenTicketRequest {
+                            ticket_id: t.id,
+                            reason: "市民对答复不满意".into(),
+                        })
+                        .await;
+                    count(r, &actions.reopened, &actions.refused);
+                    continue;
+                }
+                let satisfaction = if unhappy {
+                    Satisfaction::Unsatisfied
+                } else if rng.random_range(0.0..1.0) < h.basically_satisfied {
+                    Satisfaction::BasicallySatisfied
+                } else {
+                    Satisfaction::Satisfied
+                };
+                let r = lister
+                    .close_ticket(CloseTicketRequest {
+                        ticket_id: t.id,
+                        satisfaction: satisfaction as i32,
+                        note: String::new(),
+                    })
+                    .await;
+                count(r, &actions.closed, &actions.refused);
+            }
+        }
+        while work.try_join_next().is_some() {}
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    work.abort_all();
+}

@@ -17,7 +17,39 @@ use hotline_proto::pb::ListTicketsRequest;
 use hotline_proto::pb::city_hotline_client::CityHotlineClient;
 use hotline_proto::pb::observatory_client::ObservatoryClient;
 
+use crate::faultproxy::{FaultProxy, Mode};
 use crate::pki::Pki;
+
+/// Which process a fault acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Gateway,
+    Node(String),
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Self {
+        if s == "gateway" {
+            Self::Gateway
+        } else {
+            Self::Node(s.to_owned())
+        }
+    }
+}
+
+/// The fault proxies on one city's links: node → gateway (`up`) and
+/// gateway → node (`down`).
+pub struct Links {
+    pub up: FaultProxy,
+    pub down: FaultProxy,
+}
+
+impl Links {
+    pub fn set(&self, mode: Mode) {
+        self.up.set(mode);
+        self.down.set(mode);
+    }
+}
 
 pub struct Spawned {
     pub pki: Pki,
@@ -30,6 +62,12 @@ pub struct Spawned {
     pub dir: PathBuf,
     gateway_child: Child,
     node_children: Vec<Child>,
+    gateway_prefix: Vec<String>,
+    gateway_config: PathBuf,
+    /// Each node's configuration file, in the order of `nodes`.
+    node_configs: Vec<PathBuf>,
+    /// Fault proxies on each city's links, when started with them.
+    pub links: BTreeMap<String, Links>,
 }
 
 /// The directory of the running executable, where cargo puts the other
@@ -75,7 +113,11 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
 }
 
 fn start(prefix: &[String], bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
-    let out = std::fs::File::create(log)?;
+    // Appended to: a restarted process's log follows its earlier life's.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let mut command = match prefix.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
@@ -121,7 +163,17 @@ impl Spawned {
         insecure: bool,
     ) -> anyhow::Result<Self> {
         let none = BTreeMap::new();
-        Self::launch(cities, &none, dir, gateway_extra, node_extra, insecure, &[]).await
+        Self::launch(
+            cities,
+            &none,
+            dir,
+            gateway_extra,
+            node_extra,
+            insecure,
+            &[],
+            Options::default(),
+        )
+        .await
     }
 
     /// As [`Spawned::start_with`], and the gateway delivers to `external`'s
@@ -145,6 +197,7 @@ impl Spawned {
             "",
             insecure,
             gateway_prefix,
+            Options::default(),
         )
         .await
     }
@@ -158,9 +211,37 @@ impl Spawned {
         for city in catalogue.city_ids() {
             nowhere.insert(city.to_owned(), free_addr()?);
         }
-        Self::launch(&[], &nowhere, dir, "", "", false, &[]).await
+        Self::launch(&[], &nowhere, dir, "", "", false, &[], Options::default()).await
     }
 
+    /// The whole federation of `catalogue` under `dir`, over mutual TLS,
+    /// with a fault proxy on each city's links to the gateway when `links`
+    /// (for partitions and latency), and `node_extra` top-level lines in
+    /// every node's file.
+    pub async fn federation(
+        catalogue: &hotline_proto::Catalogue,
+        dir: &Path,
+        node_extra: &str,
+        links: bool,
+    ) -> anyhow::Result<Self> {
+        let cities: Vec<&str> = catalogue.city_ids().collect();
+        Self::launch(
+            &cities,
+            &BTreeMap::new(),
+            dir,
+            "",
+            node_extra,
+            false,
+            &[],
+            Options {
+                catalogue: Some(catalogue.clone()),
+                links,
+            },
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn launch(
         cities: &[&str],
         external: &BTreeMap<String, SocketAddr>,
@@ -169,6 +250,7 @@ impl Spawned {
         node_extra: &str,
         insecure: bool,
         gateway_prefix: &[String],
+        options: Options,
     ) -> anyhow::Result<Self> {
         let transport = |who: &Identity, pki: &Pki| {
             if insecure {
@@ -179,21 +261,37 @@ impl Spawned {
         };
         let top = if insecure { "insecure = true\n" } else { "" };
         let bins = bin_dir()?;
-        let pki = Pki::init(&dir.join("certs"), &hotline_proto::Catalogue::default())?;
+        let catalogue = options.catalogue.unwrap_or_default();
+        // Member cities and categories, when not the defaults.
+        let members = if catalogue == hotline_proto::Catalogue::default() {
+            String::new()
+        } else {
+            toml::to_string(&catalogue).context("write the catalogue")?
+        };
+        let pki = Pki::init(&dir.join("certs"), &catalogue)?;
         let gateway = free_addr()?;
         let mut nodes = BTreeMap::new();
         for city in cities {
             nodes.insert(city.to_string(), free_addr()?);
         }
+        let mut links = BTreeMap::new();
+        if options.links {
+            for (city, addr) in &nodes {
+                let up = FaultProxy::start(std::net::TcpListener::bind(free_addr()?)?, gateway)?;
+                let down = FaultProxy::start(std::net::TcpListener::bind(free_addr()?)?, *addr)?;
+                links.insert(city.clone(), Links { up, down });
+            }
+        }
         let mut table = String::from("[nodes]\n");
         for (city, addr) in nodes.iter().chain(external) {
+            let addr = links.get(city).map(|l: &Links| l.down.addr).unwrap_or(*addr);
             table.push_str(&format!("{city} = \"http://{addr}\"\n"));
         }
         let gw_config = dir.join("gateway.toml");
         std::fs::write(
             &gw_config,
             format!(
-                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{top}{table}\n{}\n{gateway_extra}",
+                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{top}{table}\n{}\n{gateway_extra}\n{members}",
                 dir.join("gateway").display(),
                 transport(&Identity::Gateway, &pki)
             ),
@@ -205,16 +303,19 @@ impl Spawned {
             &dir.join("gateway.log"),
         )?;
         let mut node_children = Vec::new();
+        let mut node_configs = Vec::new();
         for (city, addr) in &nodes {
             let config = dir.join(format!("{city}.toml"));
+            let up = links.get(city).map(|l| l.up.addr).unwrap_or(gateway);
             std::fs::write(
                 &config,
                 format!(
-                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway}\"\n{top}{node_extra}\n{}",
+                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{up}\"\n{top}{node_extra}\n{}\n{members}",
                     dir.join(city).display(),
                     transport(&Identity::City(city.clone()), &pki)
                 ),
             )?;
+            node_configs.push(config.clone());
             node_children.push(start(
                 &[],
                 &bins.join("city-node"),
@@ -230,10 +331,85 @@ impl Spawned {
             nodes,
             gateway_child,
             node_children,
+            gateway_prefix: gateway_prefix.to_vec(),
+            gateway_config: gw_config,
+            node_configs,
+            links,
         };
         let mut spawned = spawned;
         spawned.wait_ready().await?;
         Ok(spawned)
+    }
+
+    fn child(&mut self, target: &Target) -> anyhow::Result<&mut Child> {
+        match target {
+            Target::Gateway => Ok(&mut self.gateway_child),
+            Target::Node(city) => {
+                let i = self
+                    .nodes
+                    .keys()
+                    .position(|c| c == city)
+                    .with_context(|| format!("no node of {city} in this federation"))?;
+                self.node_children
+                    .get_mut(i)
+                    .with_context(|| format!("no process for {city}"))
+            }
+        }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self, target: &Target) -> anyhow::Result<()> {
+        let child = self.child(target)?;
+        let _ = child.kill();
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts a killed process again, on its address and data.
+    pub fn restart(&mut self, target: &Target) -> anyhow::Result<()> {
+        let bins = bin_dir()?;
+        let (prefix, bin, config, log) = match target {
+            Target::Gateway => (
+                self.gateway_prefix.clone(),
+                bins.join("gateway"),
+                self.gateway_config.clone(),
+                self.dir.join("gateway.log"),
+            ),
+            Target::Node(city) => {
+                let i = self
+                    .nodes
+                    .keys()
+                    .position(|c| c == city)
+                    .with_context(|| format!("no node of {city} in this federation"))?;
+                (
+                    Vec::new(),
+                    bins.join("city-node"),
+                    self.node_configs[i].clone(),
+                    self.dir.join(format!("{city}.log")),
+                )
+            }
+        };
+        let fresh = start(&prefix, &bin, &config, &log)?;
+        *self.child(target)? = fresh;
+        Ok(())
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`...) to the process.
+    pub fn signal(&mut self, target: &Target, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child(target)?.id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("could not send SIG{signal} to {target:?}");
+        }
+        Ok(())
+    }
+
+    /// Waits until every process answers again (after a restart).
+    pub async fn ready(&mut self) -> anyhow::Result<()> {
+        self.wait_ready().await
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -334,6 +510,15 @@ impl Spawned {
     pub fn gateway_rss(&self) -> Option<u64> {
         rss(self.gateway_child.id())
     }
+}
+
+/// What a federation is started with beyond the defaults.
+#[derive(Default)]
+struct Options {
+    /// Member cities and categories (the default catalogue when absent).
+    catalogue: Option<hotline_proto::Catalogue>,
+    /// A fault proxy on each city's links.
+    links: bool,
 }
 
 impl Drop for Spawned {

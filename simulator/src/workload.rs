@@ -40,8 +40,8 @@ pub struct Citizens {
     made: u64,
 }
 
-const SURNAMES: &[&str] = &["王", "李", "张", "刘", "陈", "杨", "赵", "黄", "周", "吴"];
-const GIVEN: &[&str] = &[
+pub(crate) const SURNAMES: &[&str] = &["王", "李", "张", "刘", "陈", "杨", "赵", "黄", "周", "吴"];
+pub(crate) const GIVEN: &[&str] = &[
     "伟", "芳", "娜", "敏", "静", "强", "磊", "洋", "勇", "艳", "杰", "军",
 ];
 const CHANNELS: &[Channel] = &[
@@ -55,7 +55,7 @@ const CHANNELS: &[Channel] = &[
     Channel::Web,
     Channel::App,
 ];
-const KINDS: &[TicketKind] = &[
+pub(crate) const KINDS: &[TicketKind] = &[
     TicketKind::Consultation,
     TicketKind::Help,
     TicketKind::Complaint,
@@ -63,7 +63,7 @@ const KINDS: &[TicketKind] = &[
     TicketKind::Suggestion,
 ];
 
-fn subject(category: &str) -> &'static str {
+pub(crate) fn subject(category: &str) -> &'static str {
     match category {
         "social-security" => "异地社保关系转移接续",
         "housing-fund" => "公积金异地贷款与转移",
