@@ -169,7 +169,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     // named by the coordinator may hold its ticket a moment before the
     // gateway has recorded the acknowledgement.
     let drain_end = Instant::now() + opts.drain;
-    settle(&snapshot, &transfers, &nodes, &gateway, drain_end).await?;
+    let none = report::Baseline::default();
+    settle(&snapshot, &transfers, &nodes, &gateway, drain_end, &none).await?;
     let _ = stop_people.send(true);
     while people.join_next().await.is_some() {}
     let mut report = settle(
@@ -178,6 +179,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         &nodes,
         &gateway,
         Instant::now() + Duration::from_secs(10),
+        &none,
     )
     .await?;
     report.duration_secs = started.elapsed().as_secs_f64();
@@ -201,9 +203,10 @@ pub(crate) async fn settle(
     nodes: &BTreeMap<String, tonic::transport::Channel>,
     gateway: &tonic::transport::Channel,
     until: Instant,
+    baseline: &report::Baseline,
 ) -> anyhow::Result<Report> {
     loop {
-        let r = report::count(created, transfers, nodes, gateway.clone()).await?;
+        let r = report::count_since(created, transfers, nodes, gateway.clone(), baseline).await?;
         let settled = r.tickets.lost == 0 && r.gateway_stats_agree && r.transfers.live == 0;
         if settled || Instant::now() >= until {
             return Ok(r);

@@ -174,11 +174,17 @@ mod tests {
         )
         .unwrap();
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        assert_eq!(round_trip(&mut s, b"hello").await.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(
+            round_trip(&mut s, b"hello").await.as_deref(),
+            Some(&b"hello"[..])
+        );
 
         proxy.set(Mode::Delay(Duration::from_millis(100)));
         let started = std::time::Instant::now();
-        assert_eq!(round_trip(&mut s, b"slow").await.as_deref(), Some(&b"slow"[..]));
+        assert_eq!(
+            round_trip(&mut s, b"slow").await.as_deref(),
+            Some(&b"slow"[..])
+        );
         // Held each way: at least twice the delay.
         assert!(started.elapsed() >= Duration::from_millis(200));
 
@@ -193,6 +199,9 @@ mod tests {
         let closed = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
         assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
         let mut again = TcpStream::connect(proxy.addr).await.unwrap();
-        assert_eq!(round_trip(&mut again, b"back").await.as_deref(), Some(&b"back"[..]));
+        assert_eq!(
+            round_trip(&mut again, b"back").await.as_deref(),
+            Some(&b"back"[..])
+        );
     }
 }

@@ -128,7 +128,12 @@ fn flow_matrix(h: &mut String, r: &RunReport) {
     let cells: BTreeMap<(&str, &str), (u64, u64)> = r
         .flow
         .iter()
-        .map(|c| ((c.origin.as_str(), c.target.as_str()), (c.tickets, c.transfers)))
+        .map(|c| {
+            (
+                (c.origin.as_str(), c.target.as_str()),
+                (c.tickets, c.transfers),
+            )
+        })
         .collect();
     let max = cells.values().map(|(t, x)| t + x).max().unwrap_or(1).max(1);
     h.push_str("<h2>Flow between cities</h2><p>Rows send, columns receive: tickets / transfers.</p><table><tr><th>from \\ to</th>");

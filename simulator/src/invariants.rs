@@ -52,8 +52,7 @@ impl std::fmt::Display for Violation {
 }
 
 fn name<E: std::fmt::Debug>(e: Result<E, prost::UnknownEnumValue>) -> String {
-    e.map(|k| format!("{k:?}"))
-        .unwrap_or_else(|_| "?".into())
+    e.map(|k| format!("{k:?}")).unwrap_or_else(|_| "?".into())
 }
 
 /// One event, as a line a person reads.
@@ -79,7 +78,10 @@ pub fn event_line(e: &TicketEvent) -> String {
     line
 }
 
-async fn list(client: &mut CityHotlineClient<Channel>, role: TicketRole) -> anyhow::Result<Vec<Ticket>> {
+async fn list(
+    client: &mut CityHotlineClient<Channel>,
+    role: TicketRole,
+) -> anyhow::Result<Vec<Ticket>> {
     let mut out = Vec::new();
     let mut token = String::new();
     loop {

@@ -279,22 +279,33 @@ pub async fn handlers(
         let mut queue = Vec::new();
         for role in [TicketRole::Received, TicketRole::Local] {
             for status in [TicketStatus::Delivered, TicketStatus::Reopened] {
-                queue.extend(page(&mut lister, role, status).await.into_iter().map(|t| (role, t)));
+                queue.extend(
+                    page(&mut lister, role, status)
+                        .await
+                        .into_iter()
+                        .map(|t| (role, t)),
+                );
             }
         }
         for (role, t) in queue {
-            let fresh = in_hand.lock().map(|mut s| s.insert(t.id.clone())).unwrap_or(false);
+            let fresh = in_hand
+                .lock()
+                .map(|mut s| s.insert(t.id.clone()))
+                .unwrap_or(false);
             if !fresh {
                 continue;
             }
             let reopened = t.status == TicketStatus::Reopened as i32;
-            let reject = !reopened
-                && role == TicketRole::Received
-                && rng.random_range(0.0..1.0) < h.reject;
+            let reject =
+                !reopened && role == TicketRole::Received && rng.random_range(0.0..1.0) < h.reject;
             let accept_after = h.draw(&mut rng, h.accept);
             let resolve_after = h.draw(&mut rng, h.resolve);
-            let (client, free, in_hand, a) =
-                (client.clone(), free.clone(), in_hand.clone(), actions.clone());
+            let (client, free, in_hand, a) = (
+                client.clone(),
+                free.clone(),
+                in_hand.clone(),
+                actions.clone(),
+            );
             work.spawn(async move {
                 let Ok(_operator) = free.acquire().await else {
                     return;
@@ -321,15 +332,15 @@ pub async fn handlers(
                     if !reopened {
                         persist(
                             || {
-                            let (mut c, id) = (client.clone(), id.clone());
-                            async move {
-                                c.accept_ticket(AcceptTicketRequest {
-                                    ticket_id: id,
-                                    note: "已受理".into(),
-                                })
-                                .await
-                            }
-                        },
+                                let (mut c, id) = (client.clone(), id.clone());
+                                async move {
+                                    c.accept_ticket(AcceptTicketRequest {
+                                        ticket_id: id,
+                                        note: "已受理".into(),
+                                    })
+                                    .await
+                                }
+                            },
                             &a.accepted,
                             &a.refused,
                         )

@@ -80,7 +80,13 @@ fn weighted<'a>(rng: &mut StdRng, items: &'a [(String, f64)]) -> &'a str {
 
 /// Arrival times (simulated ms) of a Poisson process of `per_hour` at the
 /// busiest hour, shaped by `curve`, over `minutes` from `start_hour`.
-fn arrivals(rng: &mut StdRng, per_hour: f64, curve: &[f64], start_hour: u32, minutes: f64) -> Vec<u64> {
+fn arrivals(
+    rng: &mut StdRng,
+    per_hour: f64,
+    curve: &[f64],
+    start_hour: u32,
+    minutes: f64,
+) -> Vec<u64> {
     let peak = curve.iter().copied().fold(0.0, f64::max);
     let mut out = Vec::new();
     if per_hour <= 0.0 || peak <= 0.0 {
@@ -184,7 +190,9 @@ impl Plan {
                     ),
                     location: format!("{city}市辖区"),
                     kind: KINDS[rng.random_range(0..KINDS.len())] as i32,
-                    channel: scenario::channel_of(&channel).map(|c| c as i32).unwrap_or(1),
+                    channel: scenario::channel_of(&channel)
+                        .map(|c| c as i32)
+                        .unwrap_or(1),
                     priority: if urgent {
                         Priority::Urgent
                     } else {
@@ -235,7 +243,8 @@ impl Plan {
             for (n, at_ms) in times.into_iter().enumerate() {
                 let target = others[rng.random_range(0..others.len())].clone();
                 let category = weighted(&mut rng, &categories).to_owned();
-                let mode = scenario::mode_of(weighted(&mut rng, &modes)).unwrap_or(TransferMode::Blind);
+                let mode =
+                    scenario::mode_of(weighted(&mut rng, &modes)).unwrap_or(TransferMode::Blind);
                 let cancel = rng.random_range(0.0..1.0) < x.cancel;
                 let context = CallContext {
                     caller_ref: format!("{city}-call-{n}"),

@@ -223,6 +223,64 @@ async fn list_all(
     }
 }
 
+/// The gateway's statistics before a run, for a federation that has a
+/// history: the run's recount is compared with what its figures grew by.
+#[derive(Debug, Default, Clone)]
+pub struct Baseline {
+    stats: HashMap<String, CityStats>,
+    flow: FlowRecount,
+}
+
+impl Baseline {
+    pub async fn take(gateway: Channel) -> anyhow::Result<Self> {
+        let mut observatory = ObservatoryClient::new(gateway);
+        let stats = observatory
+            .get_city_stats(GetCityStatsRequest::default())
+            .await?
+            .into_inner()
+            .cities
+            .into_iter()
+            .map(|s| (s.city.clone(), s))
+            .collect();
+        let flow = observatory
+            .get_flow_matrix(GetFlowMatrixRequest::default())
+            .await?
+            .into_inner()
+            .cells
+            .into_iter()
+            .map(|c| {
+                (
+                    (c.origin_city, c.target_city, c.category),
+                    (c.tickets, c.transfers),
+                )
+            })
+            .collect();
+        Ok(Self { stats, flow })
+    }
+
+    /// `s` less what it was before the run.
+    fn since(&self, mut s: CityStats) -> CityStats {
+        if let Some(b) = self.stats.get(&s.city) {
+            for (now, before) in [
+                (&mut s.sent, b.sent),
+                (&mut s.received, b.received),
+                (&mut s.transfers_out, b.transfers_out),
+                (&mut s.transfers_in, b.transfers_in),
+                (&mut s.accepted, b.accepted),
+                (&mut s.rejected, b.rejected),
+                (&mut s.resolved, b.resolved),
+                (&mut s.reopened, b.reopened),
+                (&mut s.satisfied, b.satisfied),
+                (&mut s.basically_satisfied, b.basically_satisfied),
+                (&mut s.unsatisfied, b.unsatisfied),
+            ] {
+                *now = now.saturating_sub(before);
+            }
+        }
+        s
+    }
+}
+
 /// Counts everything from the stores of the nodes at `nodes` and the
 /// gateway's ledger at `gateway`.
 pub async fn count(
@@ -230,6 +288,18 @@ pub async fn count(
     started: &[Started],
     nodes: &BTreeMap<String, Channel>,
     gateway: Channel,
+) -> anyhow::Result<Report> {
+    count_since(created, started, nodes, gateway, &Baseline::default()).await
+}
+
+/// As [`count`], comparing the recount with what the gateway's figures
+/// grew by since `baseline`.
+pub async fn count_since(
+    created: &[Created],
+    started: &[Started],
+    nodes: &BTreeMap<String, Channel>,
+    gateway: Channel,
+    baseline: &Baseline,
 ) -> anyhow::Result<Report> {
     let mut received: HashMap<String, HashMap<String, Ticket>> = HashMap::new();
     let mut everything: HashMap<String, Ticket> = HashMap::new();
@@ -401,7 +471,10 @@ pub async fn count(
         .get_city_stats(GetCityStatsRequest::default())
         .await?
         .into_inner()
-        .cities;
+        .cities
+        .into_iter()
+        .map(|s| baseline.since(s))
+        .collect::<Vec<_>>();
     r.gateway_stats_agree = true;
     let matrix = observatory
         .get_flow_matrix(GetFlowMatrixRequest::default())
@@ -410,11 +483,11 @@ pub async fn count(
         .cells;
     let gateway_flow: FlowRecount = matrix
         .into_iter()
-        .map(|c| {
-            (
-                (c.origin_city, c.target_city, c.category),
-                (c.tickets, c.transfers),
-            )
+        .filter_map(|c| {
+            let key = (c.origin_city, c.target_city, c.category);
+            let (t0, x0) = baseline.flow.get(&key).copied().unwrap_or_default();
+            let grown = (c.tickets.saturating_sub(t0), c.transfers.saturating_sub(x0));
+            (grown != (0, 0)).then_some((key, grown))
         })
         .collect();
     // Tickets exactly; transfers between what surely reached the gateway
@@ -557,7 +630,11 @@ async fn count_transfers(
             let answered = matches!(state, TransferState::Answered | TransferState::Conferenced);
             if !answered && now > deadline.saturating_add(STUCK_GRACE_MS) {
                 r.transfers.stuck += 1;
-                let side = if at_origin.is_some() { &s.origin } else { &s.target };
+                let side = if at_origin.is_some() {
+                    &s.origin
+                } else {
+                    &s.target
+                };
                 r.suspects.stuck.push((
                     s.id.clone(),
                     format!(

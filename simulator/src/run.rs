@@ -276,6 +276,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         .collect();
     let gateway = pki.province_channel(gateway_addr)?;
     let spawned = spawned.map(|s| Arc::new(tokio::sync::Mutex::new(s)));
+    // A federation with a history: this run is compared with what the
+    // gateway's figures grow by.
+    let baseline = report::Baseline::take(gateway.clone())
+        .await
+        .context("the gateway's statistics before the run")?;
 
     let created: Arc<Mutex<Vec<Created>>> = Arc::default();
     let call_log = Arc::new(CallLog::default());
@@ -397,9 +402,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let mut timeline = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut next_sample = 0.0;
-    let load_done = async {
-        while load.join_next().await.is_some() {}
-    };
+    let load_done = async { while load.join_next().await.is_some() {} };
     tokio::pin!(load_done);
     let mut interrupted = false;
     loop {
@@ -449,7 +452,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         snapshot.len(),
         transfers.len()
     );
-    crate::demo::settle(&snapshot, &transfers, &nodes, &gateway, Instant::now().into_std() + opts.drain).await?;
+    crate::demo::settle(
+        &snapshot,
+        &transfers,
+        &nodes,
+        &gateway,
+        Instant::now().into_std() + opts.drain,
+        &baseline,
+    )
+    .await?;
     let _ = stop_people.send(true);
     while people.join_next().await.is_some() {}
     let mut not_started = 0;
@@ -465,6 +476,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         &nodes,
         &gateway,
         std::time::Instant::now() + Duration::from_secs(15),
+        &baseline,
     )
     .await?;
     let mut found = violations.lock().map(|v| v.clone()).unwrap_or_default();
@@ -570,7 +582,11 @@ async fn arrivals(
     while creating.join_next().await.is_some() {}
 }
 
-async fn create(mut client: CityHotlineClient<Channel>, draft: hotline_proto::pb::Ticket, tally: Arc<Tally>) {
+async fn create(
+    mut client: CityHotlineClient<Channel>,
+    draft: hotline_proto::pb::Ticket,
+    tally: Arc<Tally>,
+) {
     let req = CreateTicketRequest {
         ticket: Some(draft),
     };
@@ -694,7 +710,10 @@ async fn live_checks(
         };
         if let Ok(mut v) = violations.lock() {
             for f in found {
-                if !v.iter().any(|x| x.invariant == f.invariant && x.subject == f.subject) {
+                if !v
+                    .iter()
+                    .any(|x| x.invariant == f.invariant && x.subject == f.subject)
+                {
                     eprint!("{f}");
                     v.push(f);
                 }
@@ -719,7 +738,12 @@ fn sample(
     }
 }
 
-fn status_line(s: &Sample, start_hour: u32, faults: &Mutex<Vec<FaultRecord>>, planned: usize) -> String {
+fn status_line(
+    s: &Sample,
+    start_hour: u32,
+    faults: &Mutex<Vec<FaultRecord>>,
+    planned: usize,
+) -> String {
     let minute = start_hour as f64 * 60.0 + s.simulated_minutes;
     let day = (minute / 1440.0) as u64 + 1;
     let hm = minute % 1440.0;

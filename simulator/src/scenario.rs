@@ -269,6 +269,13 @@ fn share(field: &str, v: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn weight(field: &str, v: f64) -> anyhow::Result<()> {
+    if v.is_nan() || v < 0.0 || v.is_infinite() {
+        bail!("{field}: {v} must not be negative");
+    }
+    Ok(())
+}
+
 fn positive(field: &str, v: f64) -> anyhow::Result<()> {
     if !(v > 0.0 && v.is_finite()) {
         bail!("{field}: {v} must be a positive number");
@@ -357,7 +364,7 @@ impl Scenario {
         }
         let t = &self.tickets;
         positive("tickets.per_hour", t.per_hour)?;
-        if t.hourly_curve.len() != 24 || t.hourly_curve.iter().any(|f| !(*f >= 0.0)) {
+        if t.hourly_curve.len() != 24 || t.hourly_curve.iter().any(|f| f.is_nan() || *f < 0.0) {
             bail!("tickets.hourly_curve: needs 24 factors, none negative");
         }
         if t.hourly_curve.iter().all(|f| *f == 0.0) {
@@ -367,17 +374,13 @@ impl Scenario {
             if catalogue.city(city).is_none() {
                 bail!("tickets.city_weight.{city}: not a city of this scenario");
             }
-            if !(*w >= 0.0) {
-                bail!("tickets.city_weight.{city}: {w} must not be negative");
-            }
+            weight(&format!("tickets.city_weight.{city}"), *w)?;
         }
         for (cat, w) in &t.category_weight {
             if catalogue.category(cat).is_none() {
                 bail!("tickets.category_weight.{cat}: not one of the 14 categories");
             }
-            if !(*w >= 0.0) {
-                bail!("tickets.category_weight.{cat}: {w} must not be negative");
-            }
+            weight(&format!("tickets.category_weight.{cat}"), *w)?;
         }
         share("tickets.local_share", t.local_share)?;
         share("tickets.multi_city_share", t.multi_city_share)?;
@@ -391,9 +394,7 @@ impl Scenario {
                     "channels.weights.{ch}: not a channel (phone, people-daily-board, wenzheng-sichuan, mala-community, mayor-mailbox, web, app)"
                 );
             }
-            if !(*w >= 0.0) {
-                bail!("channels.weights.{ch}: {w} must not be negative");
-            }
+            weight(&format!("channels.weights.{ch}"), *w)?;
         }
         if self.channels.weights.values().sum::<f64>() <= 0.0 {
             bail!("channels.weights: at least one channel needs a positive weight");
@@ -407,9 +408,7 @@ impl Scenario {
             if mode_of(m).is_none() {
                 bail!("transfers.modes.{m}: not a mode (blind, warm, conference)");
             }
-            if !(*w >= 0.0) {
-                bail!("transfers.modes.{m}: {w} must not be negative");
-            }
+            weight(&format!("transfers.modes.{m}"), *w)?;
         }
         if x.per_dispatched > 0.0 && x.modes.values().sum::<f64>() <= 0.0 {
             bail!("transfers.modes: at least one mode needs a positive weight");
@@ -427,14 +426,20 @@ impl Scenario {
         if o.per_city == 0 {
             bail!("operators.per_city: needs at least one");
         }
-        for (f, m) in [("operators.accept", o.accept), ("operators.resolve", o.resolve)] {
+        for (f, m) in [
+            ("operators.accept", o.accept),
+            ("operators.resolve", o.resolve),
+        ] {
             positive(&format!("{f}.median"), m.median)?;
             if !(m.p90 >= m.median && m.p90.is_finite()) {
                 bail!("{f}.p90: must be at least the median");
             }
         }
         share("operators.reject_share", o.reject_share)?;
-        share("citizens.unsatisfied_share", self.citizens.unsatisfied_share)?;
+        share(
+            "citizens.unsatisfied_share",
+            self.citizens.unsatisfied_share,
+        )?;
         share(
             "citizens.basically_satisfied_share",
             self.citizens.basically_satisfied_share,
@@ -453,7 +458,9 @@ impl Scenario {
             }
             if f.target == "gateway" && matches!(f.kind, FaultKind::Partition | FaultKind::Latency)
             {
-                bail!("{field}.target: partitions and latency are per city (its links to the gateway)");
+                bail!(
+                    "{field}.target: partitions and latency are per city (its links to the gateway)"
+                );
             }
             if f.kind == FaultKind::Latency && f.latency_ms == 0 {
                 bail!("{field}.latency_ms: a latency fault needs a positive latency");

@@ -284,7 +284,10 @@ impl Spawned {
         }
         let mut table = String::from("[nodes]\n");
         for (city, addr) in nodes.iter().chain(external) {
-            let addr = links.get(city).map(|l: &Links| l.down.addr).unwrap_or(*addr);
+            let addr = links
+                .get(city)
+                .map(|l: &Links| l.down.addr)
+                .unwrap_or(*addr);
             table.push_str(&format!("{city} = \"http://{addr}\"\n"));
         }
         let gw_config = dir.join("gateway.toml");
