@@ -272,11 +272,13 @@ async fn start_one(
 /// The front desk of `city` playing a scenario's planned transfers as they
 /// come from `planned`, until it closes: like [`desk`], and it opens its
 /// console again whenever the node drops it (a node killed and restarted).
-/// Returns how many planned transfers the node refused to start.
+/// Returns how many planned transfers the node refused to start. Counts
+/// each planned transfer off `pending` once it is started or refused.
 pub async fn planned_desk(
     client: CityHotlineClient<Channel>,
     city: String,
     mut planned: mpsc::UnboundedReceiver<PlannedTransfer>,
+    pending: Arc<std::sync::atomic::AtomicU64>,
     log: Arc<CallLog>,
     created: Arc<Mutex<Vec<Created>>>,
     stop: watch::Receiver<bool>,
@@ -293,6 +295,7 @@ pub async fn planned_desk(
                     // Down: calls that arrive meanwhile cannot be transferred.
                     while let Ok(_missed) = planned.try_recv() {
                         refused += 1;
+                        pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     if planned.is_closed() && planned.is_empty() {
                         break 'session;
@@ -316,6 +319,7 @@ pub async fn planned_desk(
                     if !start_one(&client, &operator, &city, next, &log).await {
                         refused += 1;
                     }
+                    pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 // The console's stream ended: the node went away.
                 _ = followers.join_next() => continue 'session,

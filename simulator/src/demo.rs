@@ -205,11 +205,42 @@ pub(crate) async fn settle(
     until: Instant,
     baseline: &report::Baseline,
 ) -> anyhow::Result<Report> {
+    settle_until(created, transfers, nodes, gateway, until, baseline, true).await
+}
+
+/// As [`settle`]; without `agreement` it does not wait for the gateway's
+/// statistics to agree (they cannot while the simulated people still act).
+pub(crate) async fn settle_until(
+    created: &[Created],
+    transfers: &[Started],
+    nodes: &BTreeMap<String, tonic::transport::Channel>,
+    gateway: &tonic::transport::Channel,
+    until: Instant,
+    baseline: &report::Baseline,
+    agreement: bool,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut said = started;
     loop {
         let r = report::count_since(created, transfers, nodes, gateway.clone(), baseline).await?;
-        let settled = r.tickets.lost == 0 && r.gateway_stats_agree && r.transfers.live == 0;
+        let settled =
+            r.tickets.lost == 0 && (r.gateway_stats_agree || !agreement) && r.transfers.live == 0;
         if settled || Instant::now() >= until {
             return Ok(r);
+        }
+        if said.elapsed() >= Duration::from_secs(5) {
+            said = Instant::now();
+            println!(
+                "settling ({:.0}s): {} tickets not yet where they belong, {} transfers live, gateway statistics {}",
+                started.elapsed().as_secs_f64(),
+                r.tickets.lost,
+                r.transfers.live,
+                if r.gateway_stats_agree {
+                    "agree"
+                } else {
+                    "catching up"
+                }
+            );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -155,14 +155,36 @@ pub async fn operators(
     }
 }
 
+/// Which tickets the simulated people may act on: a run against a
+/// federation that has other work leaves that work alone.
+pub type Mine = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// Every ticket (a federation of the simulator's own).
+pub fn all() -> Mine {
+    Arc::new(|_, _| true)
+}
+
 /// The provincial coordinator: names an owner for each rejected ticket, a
 /// city other than the origin and, where it can, other than the one that
 /// rejected it.
 pub async fn coordinator(
+    client: ObservatoryClient<Channel>,
+    cities: Vec<String>,
+    seed: u64,
+    actions: Arc<Actions>,
+    stop: watch::Receiver<bool>,
+) {
+    coordinator_of(client, cities, seed, actions, all(), stop).await
+}
+
+/// As [`coordinator`], for the tickets `mine` accepts (by id; the request
+/// id is not in the coordination queue, so it is given empty).
+pub async fn coordinator_of(
     mut client: ObservatoryClient<Channel>,
     cities: Vec<String>,
     seed: u64,
     actions: Arc<Actions>,
+    mine: Mine,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -172,7 +194,7 @@ pub async fn coordinator(
             .await
             .map(|r| r.into_inner().items)
             .unwrap_or_default();
-        for item in items {
+        for item in items.into_iter().filter(|i| mine(&i.ticket_id, "")) {
             let mut candidates: Vec<&String> = cities
                 .iter()
                 .filter(|c| **c != item.origin_city && **c != item.rejected_by)
@@ -266,6 +288,7 @@ pub async fn handlers(
     seed: u64,
     h: Handling,
     actions: Arc<Actions>,
+    mine: Mine,
     mut stop: watch::Receiver<bool>,
 ) {
     use std::collections::HashSet;
@@ -287,7 +310,10 @@ pub async fn handlers(
                 );
             }
         }
-        for (role, t) in queue {
+        for (role, t) in queue
+            .into_iter()
+            .filter(|(_, t)| mine(&t.id, &t.request_id))
+        {
             let fresh = in_hand
                 .lock()
                 .map(|mut s| s.insert(t.id.clone()))
@@ -372,8 +398,8 @@ pub async fn handlers(
         // As the origin: the follow-up call (回访).
         for role in [TicketRole::Sent, TicketRole::Local] {
             for t in page(&mut lister, role, TicketStatus::Resolved).await {
-                if !t.parent_id.is_empty() {
-                    continue; // closed with its parent
+                if !t.parent_id.is_empty() || !mine(&t.id, &t.request_id) {
+                    continue; // closed with its parent, or not this run's
                 }
                 let unhappy = rng.random_range(0.0..1.0) < h.unsatisfied;
                 if unhappy && t.reopen_count == 0 {

@@ -229,10 +229,22 @@ async fn list_all(
 pub struct Baseline {
     stats: HashMap<String, CityStats>,
     flow: FlowRecount,
+    /// The tickets each city had received before the run.
+    held: HashMap<String, std::collections::HashSet<String>>,
 }
 
 impl Baseline {
-    pub async fn take(gateway: Channel) -> anyhow::Result<Self> {
+    pub async fn take(gateway: Channel, nodes: &BTreeMap<String, Channel>) -> anyhow::Result<Self> {
+        let mut held = HashMap::new();
+        for (city, channel) in nodes {
+            let mut client = CityHotlineClient::new(channel.clone());
+            let ids = list_all(&mut client, TicketRole::Received)
+                .await?
+                .into_iter()
+                .map(|t| t.id)
+                .collect();
+            held.insert(city.clone(), ids);
+        }
         let mut observatory = ObservatoryClient::new(gateway);
         let stats = observatory
             .get_city_stats(GetCityStatsRequest::default())
@@ -255,7 +267,7 @@ impl Baseline {
                 )
             })
             .collect();
-        Ok(Self { stats, flow })
+        Ok(Self { stats, flow, held })
     }
 
     /// `s` less what it was before the run.
@@ -306,9 +318,13 @@ pub async fn count_since(
     for (city, channel) in nodes {
         let mut client = CityHotlineClient::new(channel.clone());
         let got = list_all(&mut client, TicketRole::Received).await?;
+        let before = baseline.held.get(city);
         received.insert(
             city.clone(),
-            got.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            got.into_iter()
+                .filter(|t| !before.is_some_and(|b| b.contains(&t.id)))
+                .map(|t| (t.id.clone(), t))
+                .collect(),
         );
         for t in list_all(&mut client, TicketRole::Unspecified).await? {
             if t.origin_city == *city {

@@ -278,7 +278,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let spawned = spawned.map(|s| Arc::new(tokio::sync::Mutex::new(s)));
     // A federation with a history: this run is compared with what the
     // gateway's figures grow by.
-    let baseline = report::Baseline::take(gateway.clone())
+    let baseline = report::Baseline::take(gateway.clone(), &nodes)
         .await
         .context("the gateway's statistics before the run")?;
 
@@ -288,6 +288,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let acknowledged = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let violations: Arc<Mutex<Vec<Violation>>> = Arc::default();
+    // Transfers handed to a desk and not yet started or refused.
+    let at_desks = Arc::new(AtomicU64::new(0));
     let (stop_load, load_rx) = watch::channel(false);
     let (stop_people, people_rx) = watch::channel(false);
     let mut load = JoinSet::new();
@@ -310,6 +312,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         speed: scenario.speed,
     };
     let category_ids: Vec<String> = catalogue.category_ids().map(str::to_owned).collect();
+    // This run's tickets: its requests (tagged) and the tickets its failed
+    // transfers became; the coordination queue gives ids only.
+    let mine: operators::Mine = {
+        let (prefix, calls, created) = (format!("{tag}-"), call_log.clone(), created.clone());
+        Arc::new(move |id: &str, request: &str| {
+            if request.starts_with(&prefix) {
+                return true;
+            }
+            if let Some(transfer) = request.strip_prefix("transfer:") {
+                return calls
+                    .started
+                    .lock()
+                    .is_ok_and(|s| s.iter().any(|x| x.id == transfer));
+            }
+            let parent = id.split('.').next().unwrap_or(id);
+            request.is_empty()
+                && created
+                    .lock()
+                    .is_ok_and(|c| c.iter().any(|x| x.id == parent))
+        })
+    };
     let t0 = Instant::now();
     let mut plan = plan;
     for (i, (city, channel)) in nodes.iter().enumerate() {
@@ -319,6 +342,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             opts.seed.wrapping_add(100 + i as u64),
             handling,
             actions.clone(),
+            mine.clone(),
             people_rx.clone(),
         ));
         for k in 0..behaviour.operators {
@@ -341,6 +365,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             client.clone(),
             city.clone(),
             desk_rx,
+            at_desks.clone(),
             call_log.clone(),
             created.clone(),
             people_rx.clone(),
@@ -353,6 +378,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
                 t0,
                 speed: scenario.speed,
                 tag: tag.clone(),
+                at_desks: at_desks.clone(),
             },
             Tally {
                 created: created.clone(),
@@ -362,11 +388,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             load_rx.clone(),
         ));
     }
-    people.spawn(operators::coordinator(
+    people.spawn(operators::coordinator_of(
         ObservatoryClient::new(gateway.clone()),
         cities.clone(),
         opts.seed.wrapping_add(7),
         actions.clone(),
+        mine,
         people_rx.clone(),
     ));
 
@@ -444,6 +471,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         }
         fed.ready().await?;
     }
+    // The desks start what was handed to them before the count.
+    let until = Instant::now() + Duration::from_secs(30);
+    while at_desks.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let snapshot: Vec<Created> = created.lock().map(|c| c.clone()).unwrap_or_default();
     let transfers = call_log.snapshot();
     println!(
@@ -452,13 +484,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         snapshot.len(),
         transfers.len()
     );
-    crate::demo::settle(
+    // What was acknowledged arrives while the people go on working; then
+    // they stop, and the gateway's figures must agree with the recount.
+    crate::demo::settle_until(
         &snapshot,
         &transfers,
         &nodes,
         &gateway,
         Instant::now().into_std() + opts.drain,
         &baseline,
+        false,
     )
     .await?;
     let _ = stop_people.send(true);
@@ -475,7 +510,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         &transfers,
         &nodes,
         &gateway,
-        std::time::Instant::now() + Duration::from_secs(15),
+        std::time::Instant::now() + opts.drain.max(Duration::from_secs(15)),
         &baseline,
     )
     .await?;
@@ -541,6 +576,8 @@ struct Pace {
     speed: f64,
     /// Prefixed to the plan's request ids.
     tag: String,
+    /// Counts the transfers handed to the desk.
+    at_desks: Arc<AtomicU64>,
 }
 
 struct Tally {
@@ -574,7 +611,10 @@ async fn arrivals(
                 creating.spawn(create(client.clone(), *draft, tally.clone()));
             }
             Arrival::Transfer(x) => {
-                let _ = desk.send(*x);
+                pace.at_desks.fetch_add(1, Ordering::Relaxed);
+                if desk.send(*x).is_err() {
+                    pace.at_desks.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
         while creating.try_join_next().is_some() {}
