@@ -155,8 +155,11 @@ pub async fn holdings(
         let mut client = CityHotlineClient::new(channel.clone());
         received.insert(city.clone(), list(&mut client, TicketRole::Received).await?);
         if end {
-            for t in list(&mut client, TicketRole::Sent).await? {
-                origin_copies.insert(t.id.clone(), t);
+            // Every copy this city holds as the origin, parts included.
+            for t in list(&mut client, TicketRole::Unspecified).await? {
+                if t.origin_city == *city {
+                    origin_copies.insert(t.id.clone(), t);
+                }
             }
         }
     }

@@ -552,16 +552,54 @@ async fn bad_input_gets_the_matching_status_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ticket_coordination_sends_back_to_a_city_that_rejected_it_is_held_and_counted_once() {
+async fn coordination_decides_once_and_a_city_it_sends_a_ticket_back_to_holds_it_counted_once() {
     let f = Federation::start().await;
     let mut luzhou = f.hotline("luzhou").await;
     let mut yibin = f.hotline("yibin").await;
     let mut zigong = f.hotline("zigong").await;
     let mut obs = f.observatory().await;
-    let t = create(&mut luzhou, draft(&["yibin"], "real-estate")).await;
 
-    // Yibin rejects; coordination names Zigong, which rejects too; then
-    // coordination decides it is Yibin's after all.
+    // A ticket goes origin → target → coordination → owner, and no
+    // further (一件转办): the owner coordination names cannot reject it.
+    let first = create(&mut luzhou, draft(&["yibin"], "real-estate")).await;
+    wait_status(&mut yibin, &first.id, TicketStatus::Delivered).await;
+    yibin
+        .reject_ticket(RejectTicketRequest {
+            ticket_id: first.id.clone(),
+            reason: "房产在自贡".into(),
+        })
+        .await
+        .unwrap();
+    wait_status(&mut luzhou, &first.id, TicketStatus::InCoordination).await;
+    obs.assign_owner(AssignOwnerRequest {
+        ticket_id: first.id.clone(),
+        owner_city: "zigong".into(),
+        note: String::new(),
+    })
+    .await
+    .unwrap();
+    wait_status(&mut zigong, &first.id, TicketStatus::Delivered).await;
+    let err = zigong
+        .reject_ticket(RejectTicketRequest {
+            ticket_id: first.id.clone(),
+            reason: "登记机关在宜宾".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("coordination"), "{}", err.message());
+    zigong
+        .accept_ticket(AcceptTicketRequest {
+            ticket_id: first.id.clone(),
+            note: String::new(),
+        })
+        .await
+        .unwrap();
+    wait_status(&mut luzhou, &first.id, TicketStatus::Accepted).await;
+
+    // Coordination may decide a rejected ticket is the rejecting city's
+    // after all: it holds it again, with the whole history, once.
+    let t = create(&mut luzhou, draft(&["yibin"], "real-estate")).await;
     wait_status(&mut yibin, &t.id, TicketStatus::Delivered).await;
     yibin
         .reject_ticket(RejectTicketRequest {
@@ -573,31 +611,20 @@ async fn a_ticket_coordination_sends_back_to_a_city_that_rejected_it_is_held_and
     wait_status(&mut luzhou, &t.id, TicketStatus::InCoordination).await;
     obs.assign_owner(AssignOwnerRequest {
         ticket_id: t.id.clone(),
-        owner_city: "zigong".into(),
-        note: String::new(),
-    })
-    .await
-    .unwrap();
-    wait_status(&mut zigong, &t.id, TicketStatus::Delivered).await;
-    zigong
-        .reject_ticket(RejectTicketRequest {
-            ticket_id: t.id.clone(),
-            reason: "登记机关在宜宾".into(),
-        })
-        .await
-        .unwrap();
-    wait_status(&mut luzhou, &t.id, TicketStatus::InCoordination).await;
-    obs.assign_owner(AssignOwnerRequest {
-        ticket_id: t.id.clone(),
         owner_city: "yibin".into(),
         note: String::new(),
     })
     .await
     .unwrap();
-
-    // Yibin holds it again, with the whole history, and can handle it.
     let again = wait_status(&mut yibin, &t.id, TicketStatus::Delivered).await;
-    assert_eq!(again.history.len(), 9, "{:?}", again.history);
+    let seqs: Vec<u64> = again.history.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(
+        again
+            .history
+            .iter()
+            .any(|e| e.kind == EventKind::Rejected as i32)
+    );
     yibin
         .accept_ticket(AcceptTicketRequest {
             ticket_id: t.id.clone(),
@@ -606,7 +633,7 @@ async fn a_ticket_coordination_sends_back_to_a_city_that_rejected_it_is_held_and
         .await
         .unwrap();
     wait_status(&mut luzhou, &t.id, TicketStatus::Accepted).await;
-    assert_eq!(list_all(&mut yibin, TicketRole::Received).await.len(), 1);
+    assert_eq!(list_all(&mut yibin, TicketRole::Received).await.len(), 2);
 
     let stats = obs
         .get_city_stats(GetCityStatsRequest::default())
@@ -617,11 +644,11 @@ async fn a_ticket_coordination_sends_back_to_a_city_that_rejected_it_is_held_and
     let of = |city: &str| stats.iter().find(|s| s.city == city).unwrap();
     assert_eq!(
         of("yibin").received,
-        1,
+        2,
         "counted twice at the city it came back to"
     );
     assert_eq!(of("zigong").received, 1);
     assert_eq!(of("yibin").received_by_status["ACCEPTED"], 1);
-    assert_eq!(of("zigong").received_by_status.values().sum::<u64>(), 0);
-    assert_eq!(of("luzhou").sent, 1);
+    assert_eq!(of("zigong").received_by_status["ACCEPTED"], 1);
+    assert_eq!(of("luzhou").sent, 2);
 }
