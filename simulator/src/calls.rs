@@ -56,6 +56,8 @@ impl Default for CallBehaviour {
 #[derive(Debug, Clone)]
 pub struct Started {
     pub id: String,
+    /// When it must be terminal by (Unix ms), as the origin set it.
+    pub deadline_ms: i64,
     pub origin: String,
     pub target: String,
     pub category: String,
@@ -247,6 +249,11 @@ async fn start_one(
     if let Ok(mut s) = log.started.lock() {
         s.push(Started {
             id: t.id.clone(),
+            deadline_ms: t
+                .deadline
+                .as_ref()
+                .map(hotline_proto::time::to_unix_ms)
+                .unwrap_or(i64::MAX),
             origin: city.to_owned(),
             target: planned.target,
             category: planned.category,

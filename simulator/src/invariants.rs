@@ -317,6 +317,62 @@ pub async fn at_end(
     Ok(out)
 }
 
+/// Transfers past their deadline (and the grace a node's sweep takes) that
+/// are still neither terminal nor answered, at the origin or, when the
+/// origin's node lost it, at the target. `ended` remembers the transfers
+/// already seen terminal, so that each is asked about until then only.
+pub async fn transfers_past_deadline(
+    nodes: &BTreeMap<String, Channel>,
+    started: &[crate::calls::Started],
+    ended: &mut std::collections::HashSet<String>,
+) -> anyhow::Result<Vec<Violation>> {
+    let now = hotline_proto::time::now_ms();
+    let mut out = Vec::new();
+    for s in started {
+        if ended.contains(&s.id)
+            || now <= s.deadline_ms.saturating_add(crate::report::STUCK_GRACE_MS)
+        {
+            continue;
+        }
+        let view = match crate::report::transfer_at(nodes, &s.origin, &s.id).await? {
+            Some(t) => Some((t, &s.origin)),
+            None => crate::report::transfer_at(nodes, &s.target, &s.id)
+                .await?
+                .map(|t| (t, &s.target)),
+        };
+        let Some((t, city)) = view else {
+            // Known to neither: nothing is waiting on it.
+            ended.insert(s.id.clone());
+            continue;
+        };
+        let state = TransferState::try_from(t.state).unwrap_or_default();
+        if hotline_proto::transfer::is_terminal(state)
+            || matches!(state, TransferState::Answered | TransferState::Conferenced)
+        {
+            ended.insert(s.id.clone());
+            continue;
+        }
+        out.push(Violation {
+            invariant: "transfer-terminal".into(),
+            subject: s.id.clone(),
+            detail: format!(
+                "still {state:?} at {city}, {} ms past its deadline",
+                now - s.deadline_ms
+            ),
+            history: vec![format!(
+                "{} → {} in {}, {:?} mode",
+                s.origin,
+                s.target,
+                s.category,
+                TransferMode::try_from(t.mode).unwrap_or_default()
+            )],
+            found: "live".into(),
+        });
+        ended.insert(s.id.clone());
+    }
+    Ok(out)
+}
+
 /// `id`'s history as `city` holds it (empty when it holds none).
 async fn history(nodes: &BTreeMap<String, Channel>, city: &str, id: &str) -> Vec<String> {
     let Some(channel) = nodes.get(city) else {

@@ -585,7 +585,7 @@ pub async fn count_since(
 
 /// How long past its deadline a transfer may take to be seen ended (the
 /// nodes' own sweep allows three seconds past the gateway's).
-const STUCK_GRACE_MS: i64 = 5_000;
+pub const STUCK_GRACE_MS: i64 = 5_000;
 
 /// Counts the transfers the desks started from what the nodes hold: the
 /// origin's view decides (the target's when the origin's node died with
@@ -705,7 +705,7 @@ async fn count_transfers(
 }
 
 /// A transfer as `city`'s node holds it, or `None` when it knows none.
-async fn transfer_at(
+pub async fn transfer_at(
     nodes: &BTreeMap<String, Channel>,
     city: &str,
     id: &str,

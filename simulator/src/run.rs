@@ -420,6 +420,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         nodes.clone(),
         gateway.clone(),
         created.clone(),
+        call_log.clone(),
         violations.clone(),
         people_rx.clone(),
     ));
@@ -517,7 +518,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let mut found = violations.lock().map(|v| v.clone()).unwrap_or_default();
     found.extend(invariants::at_end(&figures_report, &nodes, &gateway, &snapshot).await?);
     let mut seen = BTreeSet::new();
-    found.retain(|v| seen.insert((v.invariant.clone(), v.subject.clone(), v.detail.clone())));
+    // One violation per ticket or transfer and invariant, live or at the
+    // end (statistics: one per figure that disagrees).
+    found.retain(|v| {
+        let detail = if v.invariant == "statistics" {
+            v.detail.clone()
+        } else {
+            String::new()
+        };
+        seen.insert((v.invariant.clone(), v.subject.clone(), detail))
+    });
     timeline.push(sample(
         t0.elapsed().as_secs_f64(),
         scenario.speed,
@@ -735,9 +745,11 @@ async fn live_checks(
     nodes: BTreeMap<String, Channel>,
     gateway: Channel,
     created: Arc<Mutex<Vec<Created>>>,
+    calls: Arc<CallLog>,
     violations: Arc<Mutex<Vec<Violation>>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut ended = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3)) => {}
@@ -745,9 +757,14 @@ async fn live_checks(
         }
         let snapshot: Vec<Created> = created.lock().map(|c| c.clone()).unwrap_or_default();
         let check = invariants::holdings(&nodes, &gateway, &snapshot, false);
-        let Ok(Ok(found)) = tokio::time::timeout(Duration::from_secs(10), check).await else {
+        let Ok(Ok(mut found)) = tokio::time::timeout(Duration::from_secs(10), check).await else {
             continue;
         };
+        let transfers = calls.snapshot();
+        let check = invariants::transfers_past_deadline(&nodes, &transfers, &mut ended);
+        if let Ok(Ok(stuck)) = tokio::time::timeout(Duration::from_secs(10), check).await {
+            found.extend(stuck);
+        }
         if let Ok(mut v) = violations.lock() {
             for f in found {
                 if !v
