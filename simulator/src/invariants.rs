@@ -18,12 +18,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use hotline_proto::pb::city_hotline_client::CityHotlineClient;
-use hotline_proto::pb::observatory_client::ObservatoryClient;
 use hotline_proto::pb::*;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::report::{Created, Report};
+use crate::report::{Created, Report, list_tickets};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Violation {
@@ -78,55 +77,6 @@ pub fn event_line(e: &TicketEvent) -> String {
     line
 }
 
-async fn list(
-    client: &mut CityHotlineClient<Channel>,
-    role: TicketRole,
-) -> anyhow::Result<Vec<Ticket>> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_tickets(ListTicketsRequest {
-                role: role as i32,
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        out.extend(page.tickets);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        token = page.next_page_token;
-    }
-}
-
-async fn owners(gateway: &Channel) -> anyhow::Result<HashMap<String, String>> {
-    let mut observatory = ObservatoryClient::new(gateway.clone());
-    let mut assigned = HashMap::new();
-    let mut token = String::new();
-    loop {
-        let page = observatory
-            .list_coordination_items(ListCoordinationItemsRequest {
-                page_size: 1000,
-                page_token: token,
-                include_assigned: true,
-            })
-            .await?
-            .into_inner();
-        for item in page.items {
-            if !item.assigned_city.is_empty() {
-                assigned.insert(item.ticket_id, item.assigned_city);
-            }
-        }
-        if page.next_page_token.is_empty() {
-            return Ok(assigned);
-        }
-        token = page.next_page_token;
-    }
-}
-
 fn in_order(t: &Ticket) -> Option<String> {
     let seqs: Vec<u64> = t.history.iter().map(|e| e.seq).collect();
     let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
@@ -153,10 +103,13 @@ pub async fn holdings(
     let mut origin_copies: HashMap<String, Ticket> = HashMap::new();
     for (city, channel) in nodes {
         let mut client = CityHotlineClient::new(channel.clone());
-        received.insert(city.clone(), list(&mut client, TicketRole::Received).await?);
+        received.insert(
+            city.clone(),
+            list_tickets(&mut client, TicketRole::Received, true).await?,
+        );
         if end {
             // Every copy this city holds as the origin, parts included.
-            for t in list(&mut client, TicketRole::Unspecified).await? {
+            for t in list_tickets(&mut client, TicketRole::Unspecified, true).await? {
                 if t.origin_city == *city {
                     origin_copies.insert(t.id.clone(), t);
                 }
@@ -165,7 +118,7 @@ pub async fn holdings(
     }
     // Read after the holdings: an owner's copy seen above was assigned
     // before it was delivered, so its assignment is in this list.
-    let assigned = owners(gateway).await?;
+    let assigned = crate::report::owners(gateway).await?;
     let mut target_of: HashMap<String, String> = HashMap::new();
     for c in created {
         for (id, target) in c.units() {

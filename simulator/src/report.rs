@@ -202,6 +202,15 @@ async fn list_all(
     client: &mut CityHotlineClient<Channel>,
     role: TicketRole,
 ) -> anyhow::Result<Vec<Ticket>> {
+    list_tickets(client, role, role != TicketRole::Received).await
+}
+
+/// Every ticket `client`'s node holds in `role`, page by page.
+pub async fn list_tickets(
+    client: &mut CityHotlineClient<Channel>,
+    role: TicketRole,
+    with_history: bool,
+) -> anyhow::Result<Vec<Ticket>> {
     let mut out = Vec::new();
     let mut token = String::new();
     loop {
@@ -210,7 +219,7 @@ async fn list_all(
                 role: role as i32,
                 page_size: 1000,
                 page_token: token,
-                omit_history: role == TicketRole::Received,
+                omit_history: !with_history,
                 ..Default::default()
             })
             .await?
@@ -218,6 +227,32 @@ async fn list_all(
         out.extend(page.tickets);
         if page.next_page_token.is_empty() {
             return Ok(out);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// The owner coordination named for each ticket it assigned.
+pub async fn owners(gateway: &Channel) -> anyhow::Result<HashMap<String, String>> {
+    let mut observatory = ObservatoryClient::new(gateway.clone());
+    let mut assigned = HashMap::new();
+    let mut token = String::new();
+    loop {
+        let page = observatory
+            .list_coordination_items(ListCoordinationItemsRequest {
+                page_size: 1000,
+                page_token: token,
+                include_assigned: true,
+            })
+            .await?
+            .into_inner();
+        for item in page.items {
+            if !item.assigned_city.is_empty() {
+                assigned.insert(item.ticket_id, item.assigned_city);
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(assigned);
         }
         token = page.next_page_token;
     }
@@ -332,28 +367,8 @@ pub async fn count_since(
             }
         }
     }
+    let assigned = owners(&gateway).await?;
     let mut observatory = ObservatoryClient::new(gateway);
-    let mut assigned: HashMap<String, String> = HashMap::new();
-    let mut token = String::new();
-    loop {
-        let page = observatory
-            .list_coordination_items(ListCoordinationItemsRequest {
-                page_size: 1000,
-                page_token: token,
-                include_assigned: true,
-            })
-            .await?
-            .into_inner();
-        for item in page.items {
-            if !item.assigned_city.is_empty() {
-                assigned.insert(item.ticket_id, item.assigned_city);
-            }
-        }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
 
     let mut r = Report::default();
     let mut flow = FlowRecount::new();

@@ -344,15 +344,18 @@ impl Spawned {
         Ok(spawned)
     }
 
+    fn node_index(&self, city: &str) -> anyhow::Result<usize> {
+        self.nodes
+            .keys()
+            .position(|c| c == city)
+            .with_context(|| format!("no node of {city} in this federation"))
+    }
+
     fn child(&mut self, target: &Target) -> anyhow::Result<&mut Child> {
         match target {
             Target::Gateway => Ok(&mut self.gateway_child),
             Target::Node(city) => {
-                let i = self
-                    .nodes
-                    .keys()
-                    .position(|c| c == city)
-                    .with_context(|| format!("no node of {city} in this federation"))?;
+                let i = self.node_index(city)?;
                 self.node_children
                     .get_mut(i)
                     .with_context(|| format!("no process for {city}"))
@@ -379,11 +382,7 @@ impl Spawned {
                 self.dir.join("gateway.log"),
             ),
             Target::Node(city) => {
-                let i = self
-                    .nodes
-                    .keys()
-                    .position(|c| c == city)
-                    .with_context(|| format!("no node of {city} in this federation"))?;
+                let i = self.node_index(city)?;
                 (
                     Vec::new(),
                     bins.join("city-node"),
