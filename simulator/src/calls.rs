@@ -293,6 +293,8 @@ pub async fn planned_desk(
     let operator = format!("desk-{city}");
     let mut refused = 0;
     let mut followers = tokio::task::JoinSet::new();
+    // Up to 16 starts at once: a desk keeps up with a scenario's peak.
+    let mut starting = tokio::task::JoinSet::new();
     'session: loop {
         let mut c = client.clone();
         let inbound = loop {
@@ -323,14 +325,27 @@ pub async fn planned_desk(
             tokio::select! {
                 next = planned.recv() => {
                     let Some(next) = next else { break 'session };
-                    if !start_one(&client, &operator, &city, next, &log).await {
-                        refused += 1;
+                    while starting.len() >= 16 {
+                        if let Some(Ok(false)) = starting.join_next().await {
+                            refused += 1;
+                        }
                     }
-                    pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    let (client, operator, city, log, pending) =
+                        (client.clone(), operator.clone(), city.clone(), log.clone(), pending.clone());
+                    starting.spawn(async move {
+                        let started = start_one(&client, &operator, &city, next, &log).await;
+                        pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        started
+                    });
                 }
                 // The console's stream ended: the node went away.
                 _ = followers.join_next() => continue 'session,
             }
+        }
+    }
+    while let Some(started) = starting.join_next().await {
+        if let Ok(false) = started {
+            refused += 1;
         }
     }
     while followers.join_next().await.is_some() {}

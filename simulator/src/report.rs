@@ -613,7 +613,8 @@ async fn count_transfers(
 ) -> anyhow::Result<std::collections::HashSet<String>> {
     let now = hotline_proto::time::now_ms();
     let mut unconfirmed = std::collections::HashSet::new();
-    for s in started {
+    let seen = views(nodes, started).await?;
+    for (s, (at_origin, at_target)) in started.iter().zip(seen) {
         r.transfers.started += 1;
         if let Some(f) = r.cities.get_mut(&s.origin) {
             f.transfers_out += 1;
@@ -621,8 +622,6 @@ async fn count_transfers(
         if let Some(f) = r.cities.get_mut(&s.target) {
             f.transfers_in += 1;
         }
-        let at_origin = transfer_at(nodes, &s.origin, &s.id).await?;
-        let at_target = transfer_at(nodes, &s.target, &s.id).await?;
         // The gateway relayed it if the target heard of it, or if the
         // gateway itself ended it (the target unreachable, a city's link
         // lost: reasons only the gateway gives).
@@ -717,6 +716,32 @@ async fn count_transfers(
         }
     }
     Ok(unconfirmed)
+}
+
+/// Each transfer as its origin and its target hold it, asked 64 at a time.
+async fn views(
+    nodes: &BTreeMap<String, Channel>,
+    started: &[Started],
+) -> anyhow::Result<Vec<(Option<Transfer>, Option<Transfer>)>> {
+    let mut out = Vec::with_capacity(started.len());
+    for chunk in started.chunks(64) {
+        let mut asking = tokio::task::JoinSet::new();
+        for (i, s) in chunk.iter().enumerate() {
+            let (nodes, s) = (nodes.clone(), s.clone());
+            asking.spawn(async move {
+                let origin = transfer_at(&nodes, &s.origin, &s.id).await;
+                let target = transfer_at(&nodes, &s.target, &s.id).await;
+                (i, origin, target)
+            });
+        }
+        let mut got = vec![(None, None); chunk.len()];
+        while let Some(answer) = asking.join_next().await {
+            let (i, origin, target) = answer?;
+            got[i] = (origin?, target?);
+        }
+        out.extend(got);
+    }
+    Ok(out)
 }
 
 /// A transfer as `city`'s node holds it, or `None` when it knows none.

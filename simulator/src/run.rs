@@ -314,7 +314,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let category_ids: Vec<String> = catalogue.category_ids().map(str::to_owned).collect();
     // This run's tickets: its requests (tagged) and the tickets its failed
     // transfers became; the coordination queue gives ids only.
-    let mine: operators::Mine = {
+    // A spawned federation holds nothing else: every ticket is the run's.
+    let mine: operators::Mine = if spawned.is_some() {
+        operators::all()
+    } else {
         let (prefix, calls, created) = (format!("{tag}-"), call_log.clone(), created.clone());
         Arc::new(move |id: &str, request: &str| {
             if request.starts_with(&prefix) {
@@ -504,8 +507,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         not_started += n.unwrap_or(0);
     }
     let _ = checker.await;
-    // Conversions of failed transfers made tickets until the desks stopped.
+    // Conversions of failed transfers made tickets until the desks stopped,
+    // and a desk behind its plan started transfers until then.
     let snapshot: Vec<Created> = created.lock().map(|c| c.clone()).unwrap_or_default();
+    let transfers = call_log.snapshot();
     let figures_report = crate::demo::settle(
         &snapshot,
         &transfers,
@@ -750,11 +755,15 @@ async fn live_checks(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut ended = std::collections::HashSet::new();
+    // Every 3 s, or less often when a round takes long (a long run holds
+    // many tickets): the checks take at most a fifth of the time.
+    let mut pause = Duration::from_secs(3);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
         }
+        let round = Instant::now();
         let snapshot: Vec<Created> = created.lock().map(|c| c.clone()).unwrap_or_default();
         let check = invariants::holdings(&nodes, &gateway, &snapshot, false);
         let Ok(Ok(mut found)) = tokio::time::timeout(Duration::from_secs(10), check).await else {
@@ -765,6 +774,7 @@ async fn live_checks(
         if let Ok(Ok(stuck)) = tokio::time::timeout(Duration::from_secs(10), check).await {
             found.extend(stuck);
         }
+        pause = (round.elapsed() * 4).max(Duration::from_secs(3));
         if let Ok(mut v) = violations.lock() {
             for f in found {
                 if !v
