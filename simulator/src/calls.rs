@@ -156,6 +156,34 @@ pub async fn console_operator(
     }
 }
 
+/// `city`'s operators at consoles, taking calls transferred to it, until
+/// `stop`: each takes a few categories, and the first takes them all.
+pub fn consoles(
+    people: &mut tokio::task::JoinSet<()>,
+    client: &CityHotlineClient<Channel>,
+    city: &str,
+    categories: &[String],
+    seed: u64,
+    behaviour: CallBehaviour,
+    stop: &watch::Receiver<bool>,
+) {
+    for k in 0..behaviour.operators {
+        let takes = if k == 0 {
+            Vec::new()
+        } else {
+            categories.iter().skip(k).step_by(2).cloned().collect()
+        };
+        people.spawn(console_operator(
+            client.clone(),
+            format!("{city}-op-{k}"),
+            takes,
+            seed.wrapping_add(k as u64),
+            behaviour,
+            stop.clone(),
+        ));
+    }
+}
+
 /// The front desk of `city`, until `stop`: transfers calls about other
 /// cities' matters at `behaviour.rate` per second, hands over answered warm
 /// and three-way calls, converts failed transfers to tickets.

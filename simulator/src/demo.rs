@@ -92,23 +92,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             actions.clone(),
             people_rx.clone(),
         ));
-        // Operators at consoles take calls transferred to this city; each
-        // takes a few categories, and one takes them all.
-        for k in 0..call_behaviour.operators {
-            let takes = if k == 0 {
-                Vec::new()
-            } else {
-                category_ids.iter().skip(k).step_by(2).cloned().collect()
-            };
-            people.spawn(calls::console_operator(
-                CityHotlineClient::new(channel.clone()),
-                format!("{city}-op-{k}"),
-                takes,
-                opts.seed.wrapping_add(1000 + 10 * i as u64 + k as u64),
-                call_behaviour,
-                people_rx.clone(),
-            ));
-        }
+        calls::consoles(
+            &mut people,
+            &CityHotlineClient::new(channel.clone()),
+            city,
+            &category_ids,
+            opts.seed.wrapping_add(1000 + 10 * i as u64),
+            call_behaviour,
+            &people_rx,
+        );
         if opts.transfer_rate > 0.0 {
             load.spawn(calls::desk(
                 CityHotlineClient::new(channel.clone()),

@@ -348,21 +348,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             mine.clone(),
             people_rx.clone(),
         ));
-        for k in 0..behaviour.operators {
-            let takes = if k == 0 {
-                Vec::new()
-            } else {
-                category_ids.iter().skip(k).step_by(2).cloned().collect()
-            };
-            people.spawn(calls::console_operator(
-                client.clone(),
-                format!("{city}-op-{k}"),
-                takes,
-                opts.seed.wrapping_add(1000 + 100 * i as u64 + k as u64),
-                behaviour,
-                people_rx.clone(),
-            ));
-        }
+        calls::consoles(
+            &mut people,
+            &client,
+            city,
+            &category_ids,
+            opts.seed.wrapping_add(1000 + 100 * i as u64),
+            behaviour,
+            &people_rx,
+        );
         let (desk_tx, desk_rx) = mpsc::unbounded_channel();
         desks.spawn(calls::planned_desk(
             client.clone(),
