@@ -162,7 +162,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     // gateway has recorded the acknowledgement.
     let drain_end = Instant::now() + opts.drain;
     let none = report::Baseline::default();
-    settle(&snapshot, &transfers, &nodes, &gateway, drain_end, &none).await?;
+    settle(
+        &snapshot, &transfers, &nodes, &gateway, drain_end, &none, true,
+    )
+    .await?;
     let _ = stop_people.send(true);
     while people.join_next().await.is_some() {}
     let mut report = settle(
@@ -172,6 +175,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         &gateway,
         Instant::now() + Duration::from_secs(10),
         &none,
+        true,
     )
     .await?;
     report.duration_secs = started.elapsed().as_secs_f64();
@@ -188,21 +192,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Counts until nothing is missing and the gateway agrees, or `until`.
+/// Counts until nothing is missing, no transfer is live and, with
+/// `agreement`, the gateway's statistics agree with the recount (they
+/// cannot while the simulated people still act); or until `until`.
 pub(crate) async fn settle(
-    created: &[Created],
-    transfers: &[Started],
-    nodes: &BTreeMap<String, tonic::transport::Channel>,
-    gateway: &tonic::transport::Channel,
-    until: Instant,
-    baseline: &report::Baseline,
-) -> anyhow::Result<Report> {
-    settle_until(created, transfers, nodes, gateway, until, baseline, true).await
-}
-
-/// As [`settle`]; without `agreement` it does not wait for the gateway's
-/// statistics to agree (they cannot while the simulated people still act).
-pub(crate) async fn settle_until(
     created: &[Created],
     transfers: &[Started],
     nodes: &BTreeMap<String, tonic::transport::Channel>,

@@ -182,6 +182,17 @@ enum Command {
     },
 }
 
+/// The exit code of a command that either finishes or fails with an error.
+fn finished<T>(result: anyhow::Result<T>) -> ExitCode {
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -246,13 +257,7 @@ fn main() -> ExitCode {
                 d.exists().then_some(d)
             });
             let opts = simulator::peers::PeersOptions { quick, report, doc };
-            match runtime.block_on(simulator::peers::run(opts)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            finished(runtime.block_on(simulator::peers::run(opts)))
         }
         Command::BenchInstructions {
             tickets,
@@ -264,18 +269,12 @@ fn main() -> ExitCode {
                 eprintln!("error: --tickets and --repeat must be positive");
                 return ExitCode::from(2);
             }
-            match runtime.block_on(simulator::instructions::run(
+            finished(runtime.block_on(simulator::instructions::run(
                 tickets,
                 repeat,
                 report.as_deref(),
                 keep.as_deref(),
-            )) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            )))
         }
         Command::BenchStats {
             tickets,
@@ -293,13 +292,7 @@ fn main() -> ExitCode {
                 report,
                 calls,
             };
-            match runtime.block_on(simulator::statsbench::run(opts)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            finished(runtime.block_on(simulator::statsbench::run(opts)))
         }
         Command::BenchFlood {
             samples,
@@ -318,13 +311,7 @@ fn main() -> ExitCode {
                 factor,
                 report,
             };
-            match runtime.block_on(simulator::flood::run(opts)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            finished(runtime.block_on(simulator::flood::run(opts)))
         }
         Command::BenchTransfers {
             samples,
@@ -340,13 +327,7 @@ fn main() -> ExitCode {
                 hold,
                 report,
             };
-            match runtime.block_on(simulator::bench::run(opts)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            finished(runtime.block_on(simulator::bench::run(opts)))
         }
         Command::Demo {
             duration,

@@ -484,7 +484,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     );
     // What was acknowledged arrives while the people go on working; then
     // they stop, and the gateway's figures must agree with the recount.
-    crate::demo::settle_until(
+    crate::demo::settle(
         &snapshot,
         &transfers,
         &nodes,
@@ -512,6 +512,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         &gateway,
         std::time::Instant::now() + opts.drain.max(Duration::from_secs(15)),
         &baseline,
+        true,
     )
     .await?;
     let mut found = violations.lock().map(|v| v.clone()).unwrap_or_default();

@@ -2,8 +2,9 @@
 //! chromedriver: the page loads from the gateway's own port, shows the four
 //! cities, and its numbers move when tickets flow.
 //!
-//! Needs Debian's `chromium` and `chromium-driver` (`scripts/test` installs
-//! them); the test fails, saying so, when they are missing.
+//! Needs Debian's `chromium` and `chromium-driver`: when they are missing
+//! the test installs them with `scripts/install-browser` (as root or
+//! through sudo), and fails, saying so, when it cannot.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,16 +19,27 @@ fn find_binary(env: &str, candidates: &[&str]) -> std::path::PathBuf {
     if let Ok(p) = std::env::var(env) {
         return p.into();
     }
-    for c in candidates {
-        let p = std::path::Path::new(c);
-        if p.exists() {
-            return p.to_owned();
-        }
+    let present = || {
+        candidates
+            .iter()
+            .map(std::path::Path::new)
+            .find(|p| p.exists())
+            .map(std::path::Path::to_owned)
+    };
+    if let Some(p) = present() {
+        return p;
     }
-    panic!(
-        "none of {candidates:?} exists (set {env} to override): install Debian's chromium and \
-         chromium-driver, as scripts/test does"
-    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scripts/install-browser");
+    let installed = Command::new("bash").arg(&script).status();
+    present().unwrap_or_else(|| {
+        panic!(
+            "none of {candidates:?} exists (set {env} to override), and {} did not install \
+             Debian's chromium and chromium-driver ({installed:?})",
+            script.display()
+        )
+    })
 }
 
 struct Driver(Child);
