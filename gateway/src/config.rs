@@ -41,9 +41,13 @@ pub struct GatewayConfig {
     /// Limits per caller and per connection.
     #[serde(default)]
     pub limits: crate::limits::Limits,
-    /// How long a city has to resolve a ticket.
+    /// How long each stage of a ticket may take, in working days on the
+    /// calendar.
     #[serde(default)]
-    pub deadlines: crate::ledger::Deadlines,
+    pub deadlines: crate::supervision::DeadlineConfig,
+    /// The merging of duplicate reports and the escalation rules.
+    #[serde(default)]
+    pub supervision: crate::supervision::RuleConfig,
     /// Where the dashboard and Prometheus `/metrics` are served over HTTP
     /// (none when absent).
     #[serde(default)]
@@ -84,9 +88,13 @@ impl GatewayConfig {
         let mut config = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.tls = config.tls.map(|t| t.relative_to(base));
+        for f in &mut config.deadlines.calendars {
+            *f = base.join(&*f);
+        }
         config.apply_env(env)?;
         config.catalogue()?;
         config.limits.check().map_err(anyhow::Error::msg)?;
+        config.policy()?;
         Ok(config)
     }
 
@@ -134,6 +142,39 @@ impl GatewayConfig {
         }
         Ok(catalogue)
     }
+
+    /// The deadlines, calendar and rules, checked against the catalogue.
+    pub fn policy(&self) -> anyhow::Result<crate::supervision::Policy> {
+        let catalogue = self.catalogue()?;
+        self.supervision.check()?;
+        for category in self.deadlines.categories.keys() {
+            if catalogue.category(category).is_none() {
+                bail!("deadlines.categories.{category}: unknown category");
+            }
+        }
+        for kind in self.deadlines.resolve_working_days.keys() {
+            if !["consultation", "help", "complaint", "report", "suggestion"].contains(&kind.as_str()) {
+                bail!(
+                    "deadlines.resolve_working_days.{kind}: not a kind of ticket (consultation, help, complaint, report, suggestion)"
+                );
+            }
+        }
+        let mut rules = self.supervision.clone();
+        rules.emergency_categories.retain(|c| {
+            let known = catalogue.category(c).is_some();
+            if !known {
+                tracing::warn!(category = %c, "supervision.emergency_categories: not a category of the catalogue; ignored");
+            }
+            known
+        });
+        let calendar = crate::calendar::Calendar::load(&self.deadlines.calendars)?;
+        Ok(crate::supervision::Policy::new(
+            self.deadlines.clone(),
+            rules,
+            calendar,
+            &self.departments,
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -145,7 +186,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.example.toml");
         let c = GatewayConfig::load(&path, &HashMap::new()).unwrap();
         assert_eq!(c.nodes.len(), 4);
-        assert_eq!(c.catalogue().unwrap().categories.len(), 14);
+        assert_eq!(c.catalogue().unwrap().categories.len(), 17);
     }
 
     #[test]

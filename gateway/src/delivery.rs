@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use hotline_durable::outbox::{Item, Outcome, Sender};
 use hotline_proto::pb::city_node_client::CityNodeClient;
-use hotline_proto::pb::{DeliverEventRequest, DeliverTicketRequest, EventKind};
+use hotline_proto::pb::{DeliverEventRequest, DeliverLinkRequest, DeliverTicketRequest, EventKind};
 use prost::Message;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::ledger::{self, DELIVER_EVENT, DELIVER_TICKET};
+use crate::ledger::{self, DELIVER_EVENT, DELIVER_LINK, DELIVER_TICKET};
 
 /// How long one delivery may take before it counts as failed and is retried.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,7 +22,7 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sends outbox items to the city nodes.
 pub struct NodeSender {
     clients: HashMap<String, CityNodeClient<Channel>>,
-    deadlines: ledger::Deadlines,
+    policy: crate::supervision::Policy,
     bell: crate::flow::Bell,
 }
 
@@ -43,7 +43,7 @@ impl NodeSender {
         }
         Ok(Self {
             clients,
-            deadlines: ledger.deadlines(),
+            policy: ledger.policy().clone(),
             bell: ledger.bell().clone(),
         })
     }
@@ -75,14 +75,14 @@ impl Sender for NodeSender {
                 let Some(delivered) = delivered else {
                     return Outcome::Refused("delivery without its DELIVERED event".into());
                 };
-                let deadlines = self.deadlines;
+                let p = self.policy.clone();
                 match client.deliver_ticket(hotline_telemetry::traced(req)).await {
                     Ok(_) => {
                         // Rung a moment before the commit: watchers also look
                         // again on their own a little later.
                         self.bell.ring();
                         Outcome::Delivered(Some(Box::new(move |c| {
-                            match ledger::mark_delivered(c, &delivered, deadlines) {
+                            match ledger::mark_delivered(c, &delivered, &p) {
                                 Ok(wake) => Ok(wake),
                                 Err(crate::GatewayError::Db(e)) => Err(e),
                                 Err(e) => {
@@ -101,6 +101,15 @@ impl Sender for NodeSender {
                     return Outcome::Refused("payload does not decode".into());
                 };
                 match client.deliver_event(hotline_telemetry::traced(req)).await {
+                    Ok(_) => Outcome::Delivered(None),
+                    Err(status) => outcome_of(&status),
+                }
+            }
+            DELIVER_LINK => {
+                let Ok(req) = DeliverLinkRequest::decode(item.payload.as_slice()) else {
+                    return Outcome::Refused("payload does not decode".into());
+                };
+                match client.deliver_link(hotline_telemetry::traced(req)).await {
                     Ok(_) => Outcome::Delivered(None),
                     Err(status) => outcome_of(&status),
                 }

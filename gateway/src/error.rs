@@ -11,6 +11,8 @@ pub enum GatewayError {
     #[error("ticket {0} is not in the ledger")]
     UnknownTicket(String),
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
     AlreadyExists(String),
@@ -35,7 +37,9 @@ impl From<GatewayError> for Status {
     fn from(e: GatewayError) -> Self {
         match e {
             GatewayError::Contract(c) => c.into(),
-            GatewayError::UnknownTicket(_) => Status::not_found(e.to_string()),
+            GatewayError::UnknownTicket(_) | GatewayError::NotFound(_) => {
+                Status::not_found(e.to_string())
+            }
             GatewayError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             GatewayError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             GatewayError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use hotline_durable::{Db, Outbox, outbox};
 use hotline_proto::pb::{
-    CoordinationItem, DeliverEventRequest, DeliverTicketRequest, EventKind, Satisfaction, Ticket,
-    TicketEvent, TicketStatus,
+    CoordinationItem, DeliverEventRequest, DeliverLinkRequest, DeliverTicketRequest,
+    EscalationRule, EventKind, LinkedReport, Satisfaction, Ticket, TicketEvent, TicketStatus,
 };
 use hotline_proto::state::{self, Actor};
 use hotline_proto::{Catalogue, ContractError, time};
@@ -21,12 +21,15 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::GatewayError;
 use crate::flow::{self, Bell, TicketSide};
+use crate::matter;
 use crate::stats::{self, RECEIVED, SENT};
+use crate::supervision::{self, ACCEPT, ASSIGN, Policy, RESOLVE};
 use crate::windows::{self, Duration, Metric};
 
 /// Outbox kinds.
 pub const DELIVER_TICKET: &str = "deliver-ticket";
 pub const DELIVER_EVENT: &str = "deliver-event";
+pub const DELIVER_LINK: &str = "deliver-link";
 
 const SCHEMA: &str = "
 CREATE TABLE tickets (
@@ -103,51 +106,13 @@ DROP TABLE transfer_answers;
 DROP TABLE transfer_outcomes;
 ";
 
-/// How long a city has to resolve a ticket, from the citizen's request.
-#[derive(Debug, Clone, Copy, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Deadlines {
-    #[serde(default = "default_resolve_hours")]
-    pub resolve_hours: u32,
-    #[serde(default = "default_urgent_resolve_hours")]
-    pub urgent_resolve_hours: u32,
-}
-
-fn default_resolve_hours() -> u32 {
-    15 * 24
-}
-
-fn default_urgent_resolve_hours() -> u32 {
-    72
-}
-
-impl Default for Deadlines {
-    fn default() -> Self {
-        Self {
-            resolve_hours: default_resolve_hours(),
-            urgent_resolve_hours: default_urgent_resolve_hours(),
-        }
-    }
-}
-
-impl Deadlines {
-    fn resolve_ms(&self, urgent: bool) -> i64 {
-        let h = if urgent {
-            self.urgent_resolve_hours
-        } else {
-            self.resolve_hours
-        };
-        i64::from(h) * 3_600_000
-    }
-}
-
 /// The gateway's durable state.
 #[derive(Clone)]
 pub struct Ledger {
     db: Db,
     outbox: Outbox,
     catalogue: Arc<Catalogue>,
-    deadlines: Deadlines,
+    policy: Policy,
     bell: Bell,
 }
 
@@ -157,12 +122,18 @@ struct Row {
     handler: String,
     category: String,
     urgent: bool,
+    kind: i32,
     status: TicketStatus,
     seq: u64,
     created_ms: i64,
+    /// The deadline of the stage the ticket is in, and which stage.
     due_ms: Option<i64>,
+    stage: Option<String>,
     /// Counted in `overdue_open` now.
     overdue: bool,
+    /// When it must be resolved by, and when it is long unresolved.
+    resolve_due_ms: Option<i64>,
+    late_ms: Option<i64>,
 }
 
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
@@ -171,7 +142,7 @@ impl Ledger {
     pub fn open(
         path: &std::path::Path,
         catalogue: Arc<Catalogue>,
-        deadlines: Deadlines,
+        policy: Policy,
     ) -> Result<Self> {
         let db = Db::open(
             path,
@@ -187,19 +158,20 @@ impl Ledger {
                 flow::SCHEMA,
                 DROP_CUMULATIVE,
                 outbox::SCHEMA_TRACE,
+                supervision::SCHEMA,
             ],
         )?;
         Ok(Self {
             db,
             outbox: Outbox::new(),
             catalogue,
-            deadlines,
+            policy,
             bell: Bell::default(),
         })
     }
 
-    pub fn deadlines(&self) -> Deadlines {
-        self.deadlines
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// Rung after each commit that adds to the flow log.
@@ -222,14 +194,12 @@ impl Ledger {
     /// Commits a dispatched ticket (already validated) and queues it for its
     /// target. A retry of the same ticket returns the same DISPATCHED event.
     pub async fn dispatch(&self, ticket: Ticket) -> Result<TicketEvent> {
-        let target = ticket.target_cities.first().cloned().unwrap_or_default();
-        let deadlines = self.deadlines;
-        let (event, fresh) = self
-            .db
-            .write(move |c| dispatch(c, ticket, deadlines))
-            .await?;
-        if fresh {
-            self.outbox.wake(&target);
+        let p = self.policy.clone();
+        let (event, wake) = self.db.write(move |c| dispatch(c, ticket, &p)).await?;
+        if !wake.is_empty() {
+            for dest in wake {
+                self.outbox.wake(&dest);
+            }
             self.bell.ring();
         }
         Ok(event)
@@ -237,10 +207,10 @@ impl Ledger {
 
     /// Commits an event a city reports and queues it for the other side.
     pub async fn report(&self, city: String, event: TicketEvent) -> Result<Vec<TicketEvent>> {
-        let deadlines = self.deadlines;
+        let p = self.policy.clone();
         let (events, wake) = self
             .db
-            .write(move |c| report(c, &city, event, deadlines))
+            .write(move |c| report(c, &city, event, &p))
             .await?;
         for dest in wake {
             self.outbox.wake(&dest);
@@ -256,10 +226,10 @@ impl Ledger {
         owner: String,
         note: String,
     ) -> Result<TicketEvent> {
-        let deadlines = self.deadlines;
+        let p = self.policy.clone();
         let (event, wake) = self
             .db
-            .write(move |c| assign(c, &ticket_id, &owner, &note, deadlines))
+            .write(move |c| assign(c, &ticket_id, &owner, &note, &p))
             .await?;
         for dest in wake {
             self.outbox.wake(&dest);
@@ -313,7 +283,8 @@ fn status_of(id: &str, raw: i64) -> Result<TicketStatus> {
 fn load(c: &Connection, id: &str) -> Result<Option<Row>> {
     let raw = c
         .prepare_cached(
-            "SELECT origin, handler, category, urgent, status, seq, created_ms, due_ms, overdue
+            "SELECT origin, handler, category, urgent, status, seq, created_ms, due_ms, overdue,
+                    kind, stage, resolve_due_ms, late_ms
              FROM tickets WHERE id = ?1",
         )?
         .query_row([id], |r| {
@@ -331,21 +302,35 @@ fn load(c: &Connection, id: &str) -> Result<Option<Row>> {
                     r.get::<_, Option<i64>>(7)?,
                     r.get::<_, bool>(8)?,
                 ),
+                (
+                    r.get::<_, i32>(9)?,
+                    r.get::<_, Option<String>>(10)?,
+                    r.get::<_, Option<i64>>(11)?,
+                    r.get::<_, Option<i64>>(12)?,
+                ),
             ))
         })
         .optional()?;
     raw.map(
-        |((origin, handler, category, urgent), (status, seq, created_ms, due_ms, overdue))| {
+        |(
+            (origin, handler, category, urgent),
+            (status, seq, created_ms, due_ms, overdue),
+            (kind, stage, resolve_due_ms, late_ms),
+        )| {
             Ok(Row {
                 origin,
                 handler,
                 category,
                 urgent,
+                kind,
                 status: status_of(id, status)?,
                 seq: u64::try_from(seq).unwrap_or(0),
                 created_ms,
                 due_ms,
+                stage,
                 overdue,
+                resolve_due_ms,
+                late_ms,
             })
         },
     )
@@ -366,6 +351,13 @@ fn stored_event(c: &Connection, id: &str, seq: u64) -> Result<Option<TicketEvent
     body.map(|b| decode(id, &b)).transpose()
 }
 
+/// The reports merged into a ticket, in the order they came.
+fn links(c: &Connection, id: &str) -> Result<Vec<LinkedReport>> {
+    let mut stmt = c.prepare_cached("SELECT report FROM links WHERE ticket_id = ?1 ORDER BY pos")?;
+    let rows = stmt.query_map([id], |r| r.get::<_, Vec<u8>>(0))?;
+    rows.map(|b| decode(id, &b?)).collect()
+}
+
 /// The ticket as the ledger knows it now, with its history.
 fn snapshot(c: &Connection, id: &str) -> Result<Option<Ticket>> {
     let raw: Option<(Vec<u8>, String, i64, i64)> = c
@@ -380,6 +372,7 @@ fn snapshot(c: &Connection, id: &str) -> Result<Option<Ticket>> {
     t.status = status_of(id, status)? as i32;
     t.seq = u64::try_from(seq).unwrap_or(0);
     t.history = history(c, id)?;
+    t.linked_reports = links(c, id)?;
     for e in &t.history {
         match EventKind::try_from(e.kind) {
             Ok(EventKind::Reopened) => t.reopen_count += 1,
@@ -392,13 +385,7 @@ fn snapshot(c: &Connection, id: &str) -> Result<Option<Ticket>> {
 
 /// Appends an event and moves the ticket, its deadline, the statistics and
 /// the flow log with it.
-fn append(
-    c: &Connection,
-    row: &mut Row,
-    id: &str,
-    event: &TicketEvent,
-    deadlines: Deadlines,
-) -> Result<()> {
+fn append(c: &Connection, row: &mut Row, id: &str, event: &TicketEvent, p: &Policy) -> Result<()> {
     let to = status_of(id, i64::from(event.status))?;
     let now = time::now_ms();
     c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
@@ -413,11 +400,26 @@ fn append(
     let count = |city: &str, m: Metric, detail: &str| {
         windows::count(c, now, city, &row.category, m, detail, 1)
     };
-    let mut due = row.due_ms;
+    // The deadline of each stage: accept (from the request, or from the
+    // hand-over by coordination), resolve, and coordination's own.
+    let mut due = (row.due_ms, row.stage.clone());
+    let mut resolve_due = row.resolve_due_ms;
     match kind {
         EventKind::Dispatched => {
             count(&row.origin, Metric::Sent, &row.handler)?;
-            due = Some(row.created_ms + deadlines.resolve_ms(row.urgent));
+            if row.urgent && now - row.created_ms > p.urgent_dispatch_ms() {
+                count(&row.origin, Metric::DispatchedLate, &row.handler)?;
+            }
+            let r = p.resolve_due(row.created_ms, row.urgent, row.kind, &row.category);
+            resolve_due = Some(r);
+            let a = p.accept_due(row.created_ms, row.urgent, &row.category, r);
+            due = (Some(a), Some(ACCEPT.to_owned()));
+        }
+        EventKind::Assigned => {
+            let r = p.resolve_due(now, row.urgent, row.kind, &row.category);
+            resolve_due = Some(r);
+            let a = p.accept_due(now, row.urgent, &row.category, r);
+            due = (Some(a), Some(ACCEPT.to_owned()));
         }
         EventKind::Accepted => {
             count(&row.handler, Metric::Accepted, "")?;
@@ -430,11 +432,15 @@ fn append(
                 Duration::ToAccept,
                 waited,
             )?;
+            due = (resolve_due, Some(RESOLVE.to_owned()));
         }
-        EventKind::Rejected => count(&row.handler, Metric::Rejected, "")?,
+        EventKind::Rejected => {
+            count(&row.handler, Metric::Rejected, "")?;
+            due = (Some(p.assign_due(now)), Some(ASSIGN.to_owned()));
+        }
         EventKind::Resolved => {
             count(&row.handler, Metric::Resolved, "")?;
-            let late = row.due_ms.is_some_and(|d| now > d);
+            let late = row.resolve_due_ms.is_some_and(|d| now > d);
             let verdict = if late {
                 Metric::ResolvedOverdue
             } else {
@@ -450,7 +456,7 @@ fn append(
                 Duration::ToResolve,
                 took,
             )?;
-            due = None;
+            due = (None, None);
         }
         EventKind::Closed => {
             let verdict = match Satisfaction::try_from(event.satisfaction) {
@@ -462,19 +468,33 @@ fn append(
             if let Some(m) = verdict {
                 count(&row.handler, m, "")?;
             }
-            due = None;
+            due = (None, None);
         }
         EventKind::Reopened => {
             count(&row.handler, Metric::Reopened, "")?;
-            due = Some(now + deadlines.resolve_ms(row.urgent));
+            let r = p.resolve_due(now, row.urgent, row.kind, &row.category);
+            resolve_due = Some(r);
+            due = (Some(r), Some(RESOLVE.to_owned()));
         }
         _ => {}
     }
-    if due != row.due_ms {
-        move_due(c, row, due, now)?;
+    if due != (row.due_ms, row.stage.clone()) {
+        move_due(c, row, due.0, due.1, now)?;
+    }
+    row.resolve_due_ms = resolve_due;
+    // Long unresolved (久拖不决): open in the city's hands, past the
+    // resolution deadline by the margin.
+    let in_hand = matches!(row.stage.as_deref(), Some(ACCEPT | RESOLVE));
+    let late = resolve_due.filter(|_| in_hand).map(|r| p.late(r));
+    if late != row.late_ms {
+        row.late_ms = late;
+        if late.is_some_and(|l| l <= now) {
+            escalate_long_unresolved(c, p, id, row, now)?;
+        }
     }
     c.prepare_cached(
-        "UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4, due_ms = ?5, overdue = ?6
+        "UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4, due_ms = ?5, overdue = ?6,
+           stage = ?7, resolve_due_ms = ?8, late_ms = ?9
          WHERE id = ?1",
     )?
     .execute(params![
@@ -483,7 +503,10 @@ fn append(
         event.seq as i64,
         now,
         row.due_ms,
-        row.overdue
+        row.overdue,
+        row.stage,
+        row.resolve_due_ms,
+        row.late_ms
     ])?;
     row.status = to;
     row.seq = event.seq;
@@ -499,6 +522,38 @@ fn append(
         event,
     )?;
     Ok(())
+}
+
+fn escalate_long_unresolved(c: &Connection, p: &Policy, id: &str, row: &Row, now: i64) -> Result<()> {
+    let due = row.resolve_due_ms.unwrap_or(now);
+    let days = (now - due).max(0) / 86_400_000;
+    let subject = subject_of(c, id)?;
+    supervision::escalate(
+        c,
+        p,
+        &supervision::Subject {
+            rule: EscalationRule::LongUnresolved,
+            key: id,
+            reason: format!(
+                "open {days} days past its resolution deadline (the rule: {} working days past it)",
+                p.rules().long_unresolved_working_days
+            ),
+            category: &row.category,
+            handler: &row.handler,
+            subject: &subject,
+        },
+        &[id.to_owned()],
+        now,
+    )?;
+    Ok(())
+}
+
+/// A ticket's subject, from its stored body.
+fn subject_of(c: &Connection, id: &str) -> Result<String> {
+    let body: Vec<u8> = c
+        .prepare_cached("SELECT body FROM tickets WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    Ok(decode::<Ticket>(id, &body)?.subject)
 }
 
 fn enqueue_event(c: &Connection, dest: &str, row: &Row, event: &TicketEvent) -> Result<()> {
@@ -540,11 +595,11 @@ fn enqueue_delivery(c: &Connection, id: &str, row: &Row) -> Result<()> {
     Ok(())
 }
 
-fn dispatch(
-    c: &Connection,
-    mut ticket: Ticket,
-    deadlines: Deadlines,
-) -> Result<(TicketEvent, bool)> {
+/// Commits a dispatched ticket: merged into an open ticket about the same
+/// matter (合并派单), or queued for its target; then the escalation rules it
+/// sets off. Returns the event to answer with and the destinations to wake
+/// (none for a retry).
+fn dispatch(c: &Connection, mut ticket: Ticket, p: &Policy) -> Result<(TicketEvent, Vec<String>)> {
     let id = ticket.id.clone();
     let created = ticket
         .history
@@ -555,6 +610,7 @@ fn dispatch(
     ticket.status = TicketStatus::Unspecified as i32;
     ticket.seq = 0;
     ticket.handling_city.clear();
+    ticket.linked_reports.clear();
     let body = ticket.encode_to_vec();
 
     let existing: Option<Vec<u8>> = c
@@ -569,7 +625,7 @@ fn dispatch(
         }
         let event = stored_event(c, &id, 2)?
             .ok_or_else(|| GatewayError::Corrupt(id.clone(), "no DISPATCHED event".into()))?;
-        return Ok((event, false));
+        return Ok((event, Vec::new()));
     }
 
     let target = ticket.target_cities.first().cloned().unwrap_or_default();
@@ -580,9 +636,43 @@ fn dispatch(
         .as_ref()
         .map(time::to_unix_ms)
         .unwrap_or(now);
+
+    // Is it about a matter already reported?
+    let fingerprint = matter::fingerprint(&ticket.subject, &ticket.description, &ticket.location);
+    let phone = ticket.citizen.as_ref().map(|c| c.phone.as_str()).unwrap_or("");
+    let citizen = supervision::citizen_key(c, phone, &id)?;
+    let rules = p.rules().clone();
+    let found = if ticket.parent_id.is_empty() {
+        supervision::find_match(
+            c,
+            p,
+            &target,
+            &ticket.category,
+            &fingerprint,
+            created_ms - supervision::horizon_ms(p),
+        )?
+    } else {
+        // A part of parallel handling is one city's share of a ticket, not
+        // a report of its own.
+        None
+    };
+    let merge_since = created_ms - i64::from(rules.merge_window_hours) * 3_600_000;
+    let mut merge_into = None;
+    if let Some(m) = &found
+        && rules.merge_window_hours > 0
+    {
+        let into = m.merged_into.clone().unwrap_or_else(|| m.ticket_id.clone());
+        if let Some(r) = load(c, &into)?
+            && !state::is_terminal(r.status)
+            && r.created_ms >= merge_since
+        {
+            merge_into = Some((into, r));
+        }
+    }
+
     c.prepare_cached(
-        "INSERT INTO tickets (id, origin, handler, parent_id, category, urgent, status, seq, body, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10)",
+        "INSERT INTO tickets (id, origin, handler, parent_id, category, urgent, status, seq, body, created_ms, updated_ms, kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         id,
@@ -594,7 +684,8 @@ fn dispatch(
         TicketStatus::Pending as i32,
         body,
         created_ms,
-        now
+        now,
+        ticket.kind
     ])?;
     let mut created = created.unwrap_or_else(|| {
         state::event(
@@ -618,26 +709,220 @@ fn dispatch(
         handler: target.clone(),
         category: ticket.category.clone(),
         urgent,
+        kind: ticket.kind,
         status: TicketStatus::Pending,
         seq: 1,
         created_ms,
         due_ms: None,
+        stage: None,
         overdue: false,
+        resolve_due_ms: None,
+        late_ms: None,
     };
-    stats::move_status(c, &row.origin, SENT, None, Some(TicketStatus::Pending))?;
-    stats::move_status(c, &row.handler, RECEIVED, None, Some(TicketStatus::Pending))?;
+    let root = found
+        .as_ref()
+        .map(|m| m.root.clone())
+        .unwrap_or_else(|| id.clone());
+    let (answer, mut wake, handler) = match merge_into {
+        Some((into, primary)) => {
+            let (event, wake) = merge(c, &ticket, &mut row, &into, &primary, now)?;
+            (event, wake, primary.handler)
+        }
+        None => {
+            stats::move_status(c, &row.origin, SENT, None, Some(TicketStatus::Pending))?;
+            stats::move_status(c, &row.handler, RECEIVED, None, Some(TicketStatus::Pending))?;
+            let mut dispatched = state::event(
+                &id,
+                2,
+                EventKind::Dispatched,
+                "gateway",
+                TicketStatus::Dispatched,
+            );
+            dispatched.city = target.clone();
+            append(c, &mut row, &id, &dispatched, p)?;
+            enqueue_delivery(c, &id, &row)?;
+            (dispatched, vec![target.clone()], target.clone())
+        }
+    };
+    let merged_into = answer.linked_ticket_id.clone();
+    supervision::record(
+        c,
+        &supervision::Report {
+            ticket_id: &id,
+            target: &target,
+            category: &ticket.category,
+            created_ms,
+            fingerprint: &fingerprint,
+            root: &root,
+            merged_into: (!merged_into.is_empty()).then_some(merged_into.as_str()),
+            citizen: &citizen,
+        },
+        &handler,
+        &ticket.subject,
+        &ticket.location,
+    )?;
+    apply_report_rules(c, p, &ticket, &root, &citizen, &handler, created_ms, now)?;
+    wake.dedup();
+    Ok((answer, wake))
+}
 
-    let mut dispatched = state::event(
-        &id,
-        2,
-        EventKind::Dispatched,
-        "gateway",
-        TicketStatus::Dispatched,
-    );
-    dispatched.city = target;
-    append(c, &mut row, &id, &dispatched, deadlines)?;
-    enqueue_delivery(c, &id, &row)?;
-    Ok((dispatched, true))
+/// Links a report to the open ticket about the same matter instead of
+/// dispatching it (合并派单): the report ends MERGED at seq 2; the ticket's
+/// origin and handler are sent the linked report.
+fn merge(
+    c: &Connection,
+    ticket: &Ticket,
+    row: &mut Row,
+    into: &str,
+    primary: &Row,
+    now: i64,
+) -> Result<(TicketEvent, Vec<String>)> {
+    let id = &ticket.id;
+    let mut merged = state::event(id, 2, EventKind::Merged, "gateway", TicketStatus::Merged);
+    merged.linked_ticket_id = into.to_owned();
+    c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            id,
+            2,
+            EventKind::Merged as i32,
+            merged.encode_to_vec()
+        ])?;
+    c.prepare_cached("UPDATE tickets SET status = ?2, seq = 2, updated_ms = ?3 WHERE id = ?1")?
+        .execute(params![id, TicketStatus::Merged as i32, now])?;
+    stats::move_status(c, &row.origin, SENT, None, Some(TicketStatus::Merged))?;
+    windows::count(
+        c,
+        now,
+        &row.origin,
+        &row.category,
+        Metric::Merged,
+        &primary.handler,
+        1,
+    )?;
+    windows::count(
+        c,
+        now,
+        &primary.handler,
+        &primary.category,
+        Metric::Linked,
+        &row.origin,
+        1,
+    )?;
+    row.status = TicketStatus::Merged;
+    row.seq = 2;
+    flow::ticket(
+        c,
+        now,
+        TicketSide {
+            origin: &row.origin,
+            handler: &primary.handler,
+            category: &row.category,
+            urgent: row.urgent,
+        },
+        &merged,
+    )?;
+    let report = LinkedReport {
+        ticket_id: id.clone(),
+        origin_city: ticket.origin_city.clone(),
+        channel: ticket.channel,
+        subject: ticket.subject.clone(),
+        description: ticket.description.clone(),
+        create_time: ticket.create_time,
+    };
+    c.prepare_cached(
+        "INSERT INTO links (ticket_id, pos, report)
+         VALUES (?1, (SELECT count(*) FROM links WHERE ticket_id = ?1), ?2)",
+    )?
+    .execute(params![into, report.encode_to_vec()])?;
+    let payload = DeliverLinkRequest {
+        ticket_id: into.to_owned(),
+        report: Some(report),
+    }
+    .encode_to_vec();
+    let mut wake = vec![primary.origin.clone()];
+    outbox::enqueue(c, &primary.origin, into, DELIVER_LINK, &payload, primary.urgent)?;
+    if primary.handler != primary.origin {
+        outbox::enqueue(c, &primary.handler, into, DELIVER_LINK, &payload, primary.urgent)?;
+        wake.push(primary.handler.clone());
+    }
+    tracing::info!(ticket = %id, into = %into, "report merged into an open ticket about the same matter");
+    Ok((merged, wake))
+}
+
+/// The rules a new report can set off: many citizens on one matter (多人一诉),
+/// one citizen on many (一人多诉), an emergency category.
+#[allow(clippy::too_many_arguments)]
+fn apply_report_rules(
+    c: &Connection,
+    p: &Policy,
+    ticket: &Ticket,
+    root: &str,
+    citizen: &str,
+    handler: &str,
+    created_ms: i64,
+    now: i64,
+) -> Result<()> {
+    let rules = p.rules();
+    let hours = i64::from(rules.cluster_window_hours);
+    let (citizens, tickets) = supervision::citizens_of(c, root, created_ms - hours * 3_600_000)?;
+    if citizens >= u64::from(rules.cluster_citizens) {
+        supervision::escalate(
+            c,
+            p,
+            &supervision::Subject {
+                rule: EscalationRule::ManyReportsOneMatter,
+                key: root,
+                reason: format!(
+                    "{citizens} citizens reported one matter within {hours} h (the rule: {})",
+                    rules.cluster_citizens
+                ),
+                category: &ticket.category,
+                handler,
+                subject: &ticket.subject,
+            },
+            &tickets,
+            now,
+        )?;
+    }
+    let days = i64::from(rules.repeat_window_days);
+    let reports = supervision::reports_of(c, citizen, created_ms - days * 86_400_000)?;
+    if reports.len() as u64 >= u64::from(rules.repeat_reports) {
+        supervision::escalate(
+            c,
+            p,
+            &supervision::Subject {
+                rule: EscalationRule::OneCitizenManyRequests,
+                key: citizen,
+                reason: format!(
+                    "one citizen made {} reports within {days} days (the rule: {})",
+                    reports.len(),
+                    rules.repeat_reports
+                ),
+                category: &ticket.category,
+                handler,
+                subject: &ticket.subject,
+            },
+            &reports,
+            now,
+        )?;
+    }
+    if p.is_emergency(&ticket.category) {
+        supervision::escalate(
+            c,
+            p,
+            &supervision::Subject {
+                rule: EscalationRule::Emergency,
+                key: root,
+                reason: format!("an emergency category ({}): taken up at once", ticket.category),
+                category: &ticket.category,
+                handler,
+                subject: &ticket.subject,
+            },
+            std::slice::from_ref(&ticket.id),
+            now,
+        )?;
+    }
+    Ok(())
 }
 
 /// Records that the handler committed the ticket (its DELIVERED event), once.
@@ -645,7 +930,7 @@ fn dispatch(
 pub fn mark_delivered(
     c: &Connection,
     delivered: &TicketEvent,
-    deadlines: Deadlines,
+    p: &Policy,
 ) -> Result<Vec<String>> {
     let id = &delivered.ticket_id;
     let Some(mut row) = load(c, id)? else {
@@ -663,7 +948,7 @@ pub fn mark_delivered(
             row.seq
         )));
     }
-    append(c, &mut row, id, delivered, deadlines)?;
+    append(c, &mut row, id, delivered, p)?;
     let first_time = c
         .prepare_cached("INSERT OR IGNORE INTO deliveries (ticket_id, city) VALUES (?1, ?2)")?
         .execute(params![id, row.handler])?
@@ -687,7 +972,7 @@ fn report(
     c: &Connection,
     city: &str,
     mut event: TicketEvent,
-    deadlines: Deadlines,
+    p: &Policy,
 ) -> Result<(Vec<TicketEvent>, Vec<String>)> {
     let id = event.ticket_id.clone();
     let Some(mut row) = load(c, &id)? else {
@@ -734,7 +1019,7 @@ fn report(
             TicketStatus::Delivered,
         );
         delivered.city = row.handler.clone();
-        wake.extend(mark_delivered(c, &delivered, deadlines)?);
+        wake.extend(mark_delivered(c, &delivered, p)?);
         row.status = TicketStatus::Delivered;
         row.seq += 1;
         committed.push(delivered);
@@ -757,7 +1042,10 @@ fn report(
     if event.time.is_none() {
         event.time = Some(time::now());
     }
-    append(c, &mut row, &id, &event, deadlines)?;
+    append(c, &mut row, &id, &event, p)?;
+    if matches!(kind, EventKind::Closed | EventKind::Reopened) {
+        still_unsatisfied(c, p, &id, &row, &event)?;
+    }
     if kind == EventKind::Rejected {
         c.prepare_cached(
             "INSERT INTO coordination (ticket_id, origin, category, rejected_by, reason, reject_ms)
@@ -787,6 +1075,43 @@ fn report(
     Ok((committed, wake))
 }
 
+/// Re-handled (重办) the configured number of times and the citizen still
+/// unsatisfied: reopened once more, or closed unsatisfied.
+fn still_unsatisfied(c: &Connection, p: &Policy, id: &str, row: &Row, event: &TicketEvent) -> Result<()> {
+    let reopened: i64 = c
+        .prepare_cached("SELECT count(*) FROM events WHERE ticket_id = ?1 AND kind = ?2")?
+        .query_row(params![id, EventKind::Reopened as i32], |r| r.get(0))?;
+    let k = i64::from(p.rules().rehandled_times);
+    let rehandled = if event.kind == EventKind::Reopened as i32 {
+        reopened - 1
+    } else if event.satisfaction == Satisfaction::Unsatisfied as i32 {
+        reopened
+    } else {
+        return Ok(());
+    };
+    if rehandled < k {
+        return Ok(());
+    }
+    let subject = subject_of(c, id)?;
+    supervision::escalate(
+        c,
+        p,
+        &supervision::Subject {
+            rule: EscalationRule::StillUnsatisfied,
+            key: id,
+            reason: format!(
+                "re-handled {rehandled} times and the citizen is still unsatisfied (the rule: {k})"
+            ),
+            category: &row.category,
+            handler: &row.handler,
+            subject: &subject,
+        },
+        &[id.to_owned()],
+        time::now_ms(),
+    )?;
+    Ok(())
+}
+
 /// The owner coordination named for `id`, if it named one.
 fn assigned_to(c: &Connection, id: &str) -> Result<Option<String>> {
     Ok(
@@ -802,7 +1127,7 @@ fn assign(
     id: &str,
     owner: &str,
     note: &str,
-    deadlines: Deadlines,
+    p: &Policy,
 ) -> Result<(TicketEvent, Vec<String>)> {
     let Some(mut row) = load(c, id)? else {
         return Err(GatewayError::UnknownTicket(id.to_owned()));
@@ -818,18 +1143,15 @@ fn assign(
     let mut event = state::event(id, row.seq + 1, EventKind::Assigned, "province", to);
     event.city = owner.to_owned();
     event.note = note.to_owned();
-    // The old handler lets go of it; the owner takes it in the new status,
-    // and past its deadline if it was.
+    // The old handler lets go of it; the owner takes it, with deadlines of
+    // its own from now.
     stats::move_status(c, &row.handler, RECEIVED, Some(row.status), None)?;
     stats::move_status(c, owner, RECEIVED, None, Some(row.status))?;
-    if row.overdue {
-        count_overdue(c, &row.handler, &row.category, -1)?;
-        count_overdue(c, owner, &row.category, 1)?;
-    }
+    move_due(c, &mut row, None, None, time::now_ms())?;
     c.prepare_cached("UPDATE tickets SET handler = ?2 WHERE id = ?1")?
         .execute(params![id, owner])?;
     row.handler = owner.to_owned();
-    append(c, &mut row, id, &event, deadlines)?;
+    append(c, &mut row, id, &event, p)?;
     c.prepare_cached(
         "UPDATE coordination SET assigned_city = ?2, assign_ms = ?3 WHERE ticket_id = ?1",
     )?
@@ -849,20 +1171,39 @@ fn count_overdue(c: &Connection, city: &str, category: &str, n: i64) -> Result<(
     Ok(())
 }
 
-/// Gives a ticket a new deadline (or none, once resolved), and keeps the
-/// overdue counts: a ticket counted overdue stops counting; one whose new
-/// deadline has already passed counts at once (the sweep only looks ahead
-/// of where it has been). The caller writes `row`'s deadline and flag with
-/// the rest of the ticket's row.
-fn move_due(c: &Connection, row: &mut Row, due: Option<i64>, now: i64) -> Result<()> {
+/// Whose overdue count a ticket past its deadline is in: the handler's, or
+/// the province's while coordination owes it an owner.
+fn overdue_city<'a>(stage: Option<&str>, handler: &'a str) -> &'a str {
+    if stage == Some(ASSIGN) {
+        "province"
+    } else {
+        handler
+    }
+}
+
+/// Gives a ticket a new deadline and stage (or none, once resolved), and
+/// keeps the overdue counts: a ticket counted overdue stops counting; one
+/// whose new deadline has already passed counts at once (the sweep only
+/// looks ahead of where it has been). The caller writes `row`'s deadline
+/// and flag with the rest of the ticket's row.
+fn move_due(
+    c: &Connection,
+    row: &mut Row,
+    due: Option<i64>,
+    stage: Option<String>,
+    now: i64,
+) -> Result<()> {
     if row.overdue {
-        count_overdue(c, &row.handler, &row.category, -1)?;
+        let city = overdue_city(row.stage.as_deref(), &row.handler);
+        count_overdue(c, city, &row.category, -1)?;
     }
     let overdue = due.is_some_and(|d| d <= now);
     if overdue {
-        count_overdue(c, &row.handler, &row.category, 1)?;
+        let city = overdue_city(stage.as_deref(), &row.handler);
+        count_overdue(c, city, &row.category, 1)?;
     }
     row.due_ms = due;
+    row.stage = stage;
     row.overdue = overdue;
     Ok(())
 }
@@ -871,31 +1212,61 @@ fn move_due(c: &Connection, row: &mut Row, due: Option<i64>, now: i64) -> Result
 /// to `now_ms`; returns how many. Reads only that stretch of the deadline
 /// index.
 pub fn sweep_overdue(c: &Connection, now_ms: i64) -> Result<usize> {
-    let since: i64 = c
-        .prepare_cached("SELECT at_ms FROM sweeps WHERE name = 'overdue'")?
-        .query_row([], |r| r.get(0))
-        .optional()?
-        .unwrap_or(i64::MIN);
-    let due: Vec<(String, String, String)> = c
+    let since = swept(c, "overdue")?;
+    let due: Vec<(String, String, String, Option<String>)> = c
         .prepare_cached(
-            "SELECT id, handler, category FROM tickets
+            "SELECT id, handler, category, stage FROM tickets
              WHERE due_ms IS NOT NULL AND due_ms > ?1 AND due_ms <= ?2 AND overdue = 0",
         )?
         .query_map(params![since, now_ms], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
-    for (id, handler, category) in &due {
-        count_overdue(c, handler, category, 1)?;
+    for (id, handler, category, stage) in &due {
+        count_overdue(c, overdue_city(stage.as_deref(), handler), category, 1)?;
         c.prepare_cached("UPDATE tickets SET overdue = 1 WHERE id = ?1")?
             .execute([id])?;
     }
+    sweep_to(c, "overdue", now_ms)?;
+    Ok(due.len())
+}
+
+fn swept(c: &Connection, name: &str) -> Result<i64> {
+    Ok(c
+        .prepare_cached("SELECT at_ms FROM sweeps WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?
+        .unwrap_or(i64::MIN))
+}
+
+fn sweep_to(c: &Connection, name: &str, now_ms: i64) -> Result<()> {
     c.prepare_cached(
-        "INSERT INTO sweeps (name, at_ms) VALUES ('overdue', ?1)
+        "INSERT INTO sweeps (name, at_ms) VALUES (?1, ?2)
          ON CONFLICT (name) DO UPDATE SET at_ms = excluded.at_ms",
     )?
-    .execute([now_ms])?;
-    Ok(due.len())
+    .execute(params![name, now_ms])?;
+    Ok(())
+}
+
+/// Escalates the open tickets that became long unresolved (久拖不决) since
+/// the last sweep, and forgets the reports older than the rules' longest
+/// window. Returns how many it escalated.
+pub fn sweep_supervision(c: &Connection, p: &Policy, now_ms: i64) -> Result<usize> {
+    let since = swept(c, "late")?;
+    let late: Vec<String> = c
+        .prepare_cached(
+            "SELECT id FROM tickets WHERE late_ms IS NOT NULL AND late_ms > ?1 AND late_ms <= ?2",
+        )?
+        .query_map(params![since, now_ms], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in &late {
+        if let Some(row) = load(c, id)? {
+            escalate_long_unresolved(c, p, id, &row, now_ms)?;
+        }
+    }
+    sweep_to(c, "late", now_ms)?;
+    supervision::prune(c, now_ms - supervision::horizon_ms(p))?;
+    Ok(late.len())
 }
 
 /// How many rejected tickets wait for an owner.
@@ -915,8 +1286,11 @@ pub fn coordination(
     include_assigned: bool,
 ) -> Result<(Vec<CoordinationItem>, Option<i64>)> {
     let mut stmt = c.prepare_cached(
-        "SELECT pos, ticket_id, origin, category, rejected_by, reason, reject_ms, assigned_city, assign_ms
-         FROM coordination WHERE pos > ?1 AND (?2 OR assigned_city IS NULL)
+        "SELECT pos, ticket_id, coordination.origin, coordination.category, rejected_by, reason,
+                reject_ms, assigned_city, assign_ms,
+                CASE WHEN t.stage = 'assign' THEN t.due_ms END
+         FROM coordination LEFT JOIN tickets t ON t.id = coordination.ticket_id
+         WHERE pos > ?1 AND (?2 OR assigned_city IS NULL)
          ORDER BY pos LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![after, include_assigned, (limit + 1) as i64], |r| {
@@ -931,6 +1305,7 @@ pub fn coordination(
                 reject_time: Some(time::from_unix_ms(r.get(6)?)),
                 assigned_city: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
                 assign_time: r.get::<_, Option<i64>>(8)?.map(time::from_unix_ms),
+                assign_due_time: r.get::<_, Option<i64>>(9)?.map(time::from_unix_ms),
             },
         ))
     })?;
@@ -960,11 +1335,14 @@ pub enum Fate {
 /// the served path (dispatch, delivery, the target's and the origin's
 /// events), all of `tickets` in the caller's one transaction; the outbox
 /// they fill is emptied as if every city had acknowledged at once.
-pub fn bulk_load(c: &Connection, tickets: Vec<(Ticket, Fate)>, deadlines: Deadlines) -> Result<()> {
+pub fn bulk_load(c: &Connection, tickets: Vec<(Ticket, Fate)>, p: &Policy) -> Result<()> {
     for (ticket, fate) in tickets {
         let origin = ticket.origin_city.clone();
         let target = ticket.target_cities.first().cloned().unwrap_or_default();
-        let (dispatched, _) = dispatch(c, ticket, deadlines)?;
+        let (dispatched, _) = dispatch(c, ticket, p)?;
+        if dispatched.kind == EventKind::Merged as i32 {
+            continue;
+        }
         let id = dispatched.ticket_id.clone();
         let mut delivered = state::event(
             &id,
@@ -974,31 +1352,31 @@ pub fn bulk_load(c: &Connection, tickets: Vec<(Ticket, Fate)>, deadlines: Deadli
             TicketStatus::Delivered,
         );
         delivered.city = target.clone();
-        mark_delivered(c, &delivered, deadlines)?;
+        mark_delivered(c, &delivered, p)?;
         let by = |seq, kind, status| state::event(&id, seq, kind, "", status);
         match fate {
             Fate::Open => {}
             Fate::Rejected => {
                 let mut e = by(4, EventKind::Rejected, TicketStatus::InCoordination);
                 e.reason = "非本市事项".into();
-                report(c, &target, e, deadlines)?;
+                report(c, &target, e, p)?;
             }
             Fate::Closed => {
                 report(
                     c,
                     &target,
                     by(4, EventKind::Accepted, TicketStatus::Accepted),
-                    deadlines,
+                    p,
                 )?;
                 report(
                     c,
                     &target,
                     by(5, EventKind::Resolved, TicketStatus::Resolved),
-                    deadlines,
+                    p,
                 )?;
                 let mut e = by(6, EventKind::Closed, TicketStatus::Closed);
                 e.satisfaction = Satisfaction::Satisfied as i32;
-                report(c, &origin, e, deadlines)?;
+                report(c, &origin, e, p)?;
             }
         }
     }

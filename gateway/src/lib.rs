@@ -22,6 +22,7 @@
 //! - [`federation`]: the `Federation` service.
 //! - [`server`]: starts everything on a bound listener and stops gracefully.
 
+pub mod calendar;
 pub mod config;
 pub mod delivery;
 pub mod error;
@@ -30,11 +31,13 @@ pub mod flow;
 pub mod http;
 pub mod ledger;
 pub mod limits;
+pub mod matter;
 pub mod observatory;
 pub mod recorder;
 pub mod roles;
 pub mod server;
 pub mod stats;
+pub mod supervision;
 pub mod switchboard;
 pub mod windows;
 

@@ -14,6 +14,12 @@ use hotline_proto::pb::{
     ListOverdueTicketsRequest, ListOverdueTicketsResponse, OverdueTicket, WatchFlowRequest,
     flow_event::Change,
 };
+use hotline_proto::pb::{
+    CityTopMatters, DigestLine, EscalationActionKind, EscalationRule, GetSupervisionDigestRequest,
+    GetSupervisionDigestResponse, GetTopMattersRequest, GetTopMattersResponse,
+    ListEscalationsRequest, ListEscalationsResponse, RecordEscalationActionRequest,
+    RecordEscalationActionResponse,
+};
 use hotline_proto::{error::invalid_argument, privacy, time, validate};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
@@ -25,6 +31,7 @@ use crate::flow;
 use crate::ledger::Ledger;
 use crate::roles::{Departments, Viewer};
 use crate::stats;
+use crate::supervision;
 use crate::windows::{Grain, Window};
 
 pub struct ObservatoryService {
@@ -205,6 +212,7 @@ impl Observatory for ObservatoryService {
                 status: o.status,
                 due_time: Some(time::from_unix_ms(o.due_ms)),
                 urgent: o.urgent,
+                stage: o.stage,
             })
             .collect();
         Ok(Response::new(ListOverdueTicketsResponse { tickets, total }))
@@ -329,6 +337,205 @@ impl Observatory for ObservatoryService {
             .assign(req.ticket_id, req.owner_city, req.note)
             .await?;
         Ok(Response::new(AssignOwnerResponse { event: Some(event) }))
+    }
+
+    async fn list_escalations(
+        &self,
+        request: Request<ListEscalationsRequest>,
+    ) -> Result<Response<ListEscalationsResponse>, Status> {
+        let viewer = Viewer::of(&request, &self.departments)?;
+        let req = request.into_inner();
+        let limit = page_size("page_size", req.page_size)?;
+        let rule = match EscalationRule::try_from(req.rule) {
+            Ok(EscalationRule::Unspecified) => None,
+            Ok(r) => Some(r),
+            Err(_) => return Err(invalid_argument("rule", "unknown value")),
+        };
+        if !req.ticket_id.is_empty() {
+            validate::ticket_id("ticket_id", &req.ticket_id).map_err(Status::from)?;
+        }
+        let before = if req.page_token.is_empty() {
+            i64::MAX
+        } else {
+            supervision::parse_escalation_id(&req.page_token)
+                .ok_or_else(|| invalid_argument("page_token", "is not a token this service gave"))?
+        };
+        let filter = supervision::Filter {
+            rule,
+            include_closed: req.include_closed,
+            ticket_id: (!req.ticket_id.is_empty()).then_some(req.ticket_id),
+        };
+        let (escalations, next) = self
+            .ledger
+            .db()
+            .read(move |c| {
+                supervision::list(c, &filter, before, limit, &|e| {
+                    viewer.sees_flow(&e.handling_city, &e.handling_city, &e.category)
+                })
+            })
+            .await
+            .map_err(|e: GatewayError| Status::from(e))?;
+        Ok(Response::new(ListEscalationsResponse {
+            escalations,
+            next_page_token: next.map(supervision::escalation_id).unwrap_or_default(),
+        }))
+    }
+
+    async fn record_escalation_action(
+        &self,
+        request: Request<RecordEscalationActionRequest>,
+    ) -> Result<Response<RecordEscalationActionResponse>, Status> {
+        let viewer = Viewer::of(&request, &self.departments)?;
+        if viewer != Viewer::Province {
+            return Err(Status::permission_denied(
+                "only the provincial centre acts on the supervision ledger",
+            ));
+        }
+        let req = request.into_inner();
+        let n = supervision::parse_escalation_id(&req.escalation_id).ok_or_else(|| {
+            invalid_argument("escalation_id", "is not an escalation id (\"esc-N\")")
+        })?;
+        let kind = match EscalationActionKind::try_from(req.kind) {
+            Ok(EscalationActionKind::Unspecified) | Err(_) => {
+                return Err(invalid_argument(
+                    "kind",
+                    "must be REMINDER_LETTER, COORDINATION_MEETING, FORWARDED or CLOSED",
+                ));
+            }
+            Ok(k) => k,
+        };
+        validate::text("note", &req.note, validate::MAX_NOTE, false).map_err(Status::from)?;
+        if kind == EscalationActionKind::Forwarded {
+            if req.department.is_empty() {
+                return Err(invalid_argument(
+                    "department",
+                    "is required to forward: name the provincial department",
+                ));
+            }
+            if !hotline_proto::catalogue::is_valid_id(&req.department) {
+                return Err(invalid_argument(
+                    "department",
+                    "must be lowercase letters, digits and inner hyphens, at most 32 characters",
+                ));
+            }
+        } else if !req.department.is_empty() {
+            return Err(invalid_argument("department", "is only for FORWARDED"));
+        }
+        let escalation = self
+            .ledger
+            .db()
+            .write(move |c| {
+                supervision::act(c, n, kind, &req.note, &req.department, time::now_ms())
+            })
+            .await
+            .map_err(|e: GatewayError| Status::from(e))?;
+        tracing::info!(escalation = %escalation.id, action = kind.as_str_name(), "supervision action recorded");
+        Ok(Response::new(RecordEscalationActionResponse {
+            escalation: Some(escalation),
+        }))
+    }
+
+    async fn get_supervision_digest(
+        &self,
+        request: Request<GetSupervisionDigestRequest>,
+    ) -> Result<Response<GetSupervisionDigestResponse>, Status> {
+        let viewer = Viewer::of(&request, &self.departments)?;
+        let req = request.into_inner();
+        let w = self.window("day", Grain::Day as i32, &req.day)?;
+        let from = crate::calendar::start_ms(w.period);
+        let to = crate::calendar::start_ms(w.period + 1);
+        let categories = viewer.categories();
+        let cities = viewer.cities(
+            "",
+            self.ledger.catalogue().city_ids().map(str::to_owned).collect(),
+        )?;
+        let (lines, merged) = self
+            .ledger
+            .db()
+            .read(move |c| {
+                let keep = |category: &str| {
+                    categories
+                        .as_ref()
+                        .is_none_or(|a| a.iter().any(|x| x == category))
+                };
+                let lines = supervision::digest(c, from, to, &keep)?;
+                let merged: u64 = stats::read(c, w, &cities, categories.as_deref())?
+                    .iter()
+                    .map(|s| s.merged)
+                    .sum();
+                Ok::<_, GatewayError>((lines, merged))
+            })
+            .await
+            .map_err(Status::from)?;
+        let mut out = GetSupervisionDigestResponse {
+            day: w.label(),
+            merged,
+            ..Default::default()
+        };
+        for ((rule, department), l) in lines {
+            out.opened += l.opened;
+            out.actions += l.actions;
+            out.closed += l.closed;
+            out.open_now += l.open_now;
+            out.lines.push(DigestLine {
+                rule,
+                department,
+                opened: l.opened,
+                actions: l.actions,
+                closed: l.closed,
+                open_now: l.open_now,
+            });
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn get_top_matters(
+        &self,
+        request: Request<GetTopMattersRequest>,
+    ) -> Result<Response<GetTopMattersResponse>, Status> {
+        let viewer = Viewer::of(&request, &self.departments)?;
+        let req = request.into_inner();
+        let catalogue = self.ledger.catalogue();
+        if !req.city.is_empty() {
+            validate::city("city", &req.city, catalogue).map_err(Status::from)?;
+        }
+        let limit = match req.limit {
+            0 => 10,
+            n if n < 0 => return Err(invalid_argument("limit", "must not be negative")),
+            n => (n as usize).min(10),
+        };
+        let w = self.window("month", Grain::Month as i32, &req.month)?;
+        let cities = viewer.cities(&req.city, catalogue.city_ids().map(str::to_owned).collect())?;
+        let province = !matches!(viewer, Viewer::City(_)) && req.city.is_empty();
+        let categories = viewer.categories();
+        let (cities, province) = self
+            .ledger
+            .db()
+            .read(move |c| {
+                let keep = |category: &str| {
+                    categories
+                        .as_ref()
+                        .is_none_or(|a| a.iter().any(|x| x == category))
+                };
+                let mut out = Vec::new();
+                for city in cities {
+                    let matters = supervision::top_matters(c, w.period, &city, limit, &keep)?;
+                    out.push(CityTopMatters { city, matters });
+                }
+                let all = if province {
+                    supervision::top_matters(c, w.period, "", limit, &keep)?
+                } else {
+                    Vec::new()
+                };
+                Ok::<_, GatewayError>((out, all))
+            })
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(GetTopMattersResponse {
+            month: w.label(),
+            cities,
+            province,
+        }))
     }
 
     async fn get_ledger_ticket(

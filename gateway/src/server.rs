@@ -63,10 +63,16 @@ pub async fn serve_with_http(
     let catalogue = Arc::new(config.catalogue()?);
     let (server_tls, client_tls) =
         hotline_tls::transport(config.tls.as_ref(), config.insecure, listener.local_addr()?)?;
+    let policy = config.policy()?;
+    let this_year = hotline_proto::time::now_ms();
+    let year = crate::windows::month_of(this_year).div_euclid(12) as i32;
+    if !policy.calendar().knows(year) {
+        tracing::warn!(year, "no holiday calendar for this year: deadlines count only weekends as days off; add one in [deadlines] calendars");
+    }
     let ledger = Ledger::open(
         &config.data_dir.join("gateway.db"),
         catalogue.clone(),
-        config.deadlines,
+        policy,
     )?;
     let failed = ledger.db().write(recorder::fail_unfinished).await?;
     if failed > 0 {
@@ -215,13 +221,20 @@ async fn sweep_overdue(ledger: Ledger, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => continue,
         }
         let now = hotline_proto::time::now_ms();
+        let p = ledger.policy().clone();
         let swept = ledger
             .db()
-            .write(move |c| crate::ledger::sweep_overdue(c, now))
+            .write(move |c| {
+                let overdue = crate::ledger::sweep_overdue(c, now)?;
+                let late = crate::ledger::sweep_supervision(c, &p, now)?;
+                Ok((overdue, late))
+            })
             .await;
         match swept {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(tickets = n, "past their deadline"),
+            Ok((0, 0)) => {}
+            Ok((n, late)) => {
+                tracing::info!(tickets = n, long_unresolved = late, "past their deadline")
+            }
             Err(e) => {
                 let e: crate::GatewayError = e;
                 tracing::warn!(error = %e, "cannot sweep for overdue tickets");

@@ -134,6 +134,10 @@ pub fn read(
             transfers_out: cell.get(Metric::TransfersOut),
             transfers_in: cell.get(Metric::TransfersIn),
             transfers_answered: cell.get(Metric::TransfersAnswered),
+            merged: cell.get(Metric::Merged),
+            linked: cell.get(Metric::Linked),
+            escalated: cell.get(Metric::Escalated),
+            dispatched_late: cell.get(Metric::DispatchedLate),
             accept_ms_p50: quantile(&cell.durations, Duration::ToAccept, 0.5),
             accept_ms_p90: quantile(&cell.durations, Duration::ToAccept, 0.9),
             resolve_ms_p50: quantile(&cell.durations, Duration::ToResolve, 0.5),
@@ -153,6 +157,10 @@ pub fn read(
         s.transfers_out += f.transfers_out;
         s.transfers_in += f.transfers_in;
         s.transfers_answered += f.transfers_answered;
+        s.merged += f.merged;
+        s.linked += f.linked;
+        s.escalated += f.escalated;
+        s.dispatched_late += f.dispatched_late;
         t.answer_ms_sum += cell.get(Metric::AnswerMsSum);
         for (state, n) in cell.details(Metric::TransferOutcome) {
             *s.transfers_in_by_outcome.entry(state.clone()).or_default() += n;
@@ -329,6 +337,7 @@ pub struct Overdue {
     pub status: i32,
     pub due_ms: i64,
     pub urgent: bool,
+    pub stage: String,
 }
 
 /// Open tickets past their deadline, the most overdue first: the first
@@ -344,7 +353,7 @@ pub fn overdue(
     keep_count: &dyn Fn(&str, &str) -> bool,
 ) -> Result<(Vec<Overdue>, u64), GatewayError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, origin, handler, category, status, due_ms, urgent FROM tickets
+        "SELECT id, origin, handler, category, status, due_ms, urgent, stage FROM tickets
          WHERE due_ms IS NOT NULL AND overdue = 1
            AND due_ms <= ?1
          ORDER BY due_ms",
@@ -363,6 +372,7 @@ pub fn overdue(
             status: r.get(4)?,
             due_ms: r.get(5)?,
             urgent: r.get(6)?,
+            stage: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
         };
         if keep(&o) {
             out.push(o);

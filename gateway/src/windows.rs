@@ -68,10 +68,21 @@ pub enum Metric {
     AnswerMsSum = 15,
     /// A transfer ended, at its target; detail: its final state.
     TransferOutcome = 16,
+    /// A report merged into an open ticket, at its origin; detail: the
+    /// handler of the ticket it was merged into.
+    Merged = 17,
+    /// A report merged into a ticket this city handles; detail: the
+    /// report's origin.
+    Linked = 18,
+    /// An escalation opened about a ticket this city handles; detail: the
+    /// rule.
+    Escalated = 19,
+    /// An urgent ticket that reached the gateway late, at its origin.
+    DispatchedLate = 20,
 }
 
 impl Metric {
-    const ALL: [Metric; 16] = [
+    const ALL: [Metric; 20] = [
         Metric::Sent,
         Metric::Received,
         Metric::Accepted,
@@ -88,6 +99,10 @@ impl Metric {
         Metric::TransfersAnswered,
         Metric::AnswerMsSum,
         Metric::TransferOutcome,
+        Metric::Merged,
+        Metric::Linked,
+        Metric::Escalated,
+        Metric::DispatchedLate,
     ];
 
     fn from_i64(n: i64) -> Option<Metric> {
@@ -239,9 +254,14 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)
 }
 
+/// The month of an instant (CST), as `year * 12 + month - 1`.
+pub fn month_of(ms: i64) -> i64 {
+    Window::at(Grain::Month, ms).period
+}
+
 /// Days since 1970-01-01 of a date of the proleptic Gregorian calendar
 /// (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -251,7 +271,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

@@ -183,7 +183,16 @@ const CATEGORIES: &[(&str, &str)] = &[
     ("consumer-rights", "消费维权 consumer rights"),
     ("ecology", "生态环境 environment"),
     ("wage-arrears", "欠薪 unpaid wages"),
+    // The emergency categories of the provincial supervision ledger (督办台账):
+    // escalated at once.
+    ("natural-disaster", "自然灾害 natural disaster (landslide, flood)"),
+    ("safety", "安全生产与消防 production and fire safety"),
+    ("social-stability", "社会稳定 social stability"),
 ];
+
+/// The categories of the default catalogue that the provincial centre takes
+/// up at once (the supervision rules' `emergency_categories`).
+pub const EMERGENCY_CATEGORIES: [&str; 3] = ["natural-disaster", "safety", "social-stability"];
 
 fn cities(list: &[(&str, &str, &str)]) -> Vec<City> {
     list.iter()
@@ -210,10 +219,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_have_four_cities_and_fourteen_categories() {
+    fn defaults_have_four_cities_and_seventeen_categories() {
         let c = Catalogue::default();
         assert_eq!(c.cities.len(), 4);
-        assert_eq!(c.categories.len(), 14);
+        assert_eq!(c.categories.len(), 17, "14 hot and 3 emergency categories");
         assert!(Catalogue::new(c.cities.clone(), c.categories.clone()).is_ok());
         assert_eq!(Catalogue::province().cities.len(), 21);
         assert!(Catalogue::new(Catalogue::province().cities, c.categories).is_ok());

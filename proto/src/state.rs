@@ -45,7 +45,10 @@ pub fn actor_of(kind: EventKind) -> Actor {
     match kind {
         EventKind::Created | EventKind::Closed | EventKind::Reopened => Actor::Origin,
         EventKind::Accepted | EventKind::Rejected | EventKind::Resolved => Actor::Handler,
-        EventKind::Dispatched | EventKind::Delivered | EventKind::Unspecified => Actor::Gateway,
+        EventKind::Dispatched
+        | EventKind::Delivered
+        | EventKind::Merged
+        | EventKind::Unspecified => Actor::Gateway,
         EventKind::Assigned => Actor::Province,
     }
 }
@@ -72,6 +75,7 @@ pub fn next(from: TicketStatus, kind: EventKind) -> Result<TicketStatus, Contrac
         (S::Accepted | S::Reopened, E::Resolved) => S::Resolved,
         (S::Resolved, E::Closed) => S::Closed,
         (S::Resolved, E::Reopened) => S::Reopened,
+        (S::Pending, E::Merged) => S::Merged,
         _ => return Err(ContractError::IllegalTransition { from, event: kind }),
     };
     Ok(to)
@@ -98,7 +102,7 @@ pub fn event(
 
 /// Whether a ticket in this status will see no more events.
 pub fn is_terminal(status: TicketStatus) -> bool {
-    status == TicketStatus::Closed
+    matches!(status, TicketStatus::Closed | TicketStatus::Merged)
 }
 
 /// How far along a status is, for the status of a parent.
@@ -111,7 +115,7 @@ fn rank(status: TicketStatus) -> u8 {
         TicketStatus::Accepted => 4,
         TicketStatus::Reopened => 5,
         TicketStatus::Resolved => 6,
-        TicketStatus::Closed => 7,
+        TicketStatus::Closed | TicketStatus::Merged => 7,
     }
 }
 
@@ -138,7 +142,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ALL_STATUSES: [TicketStatus; 9] = [
+    const ALL_STATUSES: [TicketStatus; 10] = [
+        TicketStatus::Merged,
         TicketStatus::Unspecified,
         TicketStatus::Pending,
         TicketStatus::Dispatched,
@@ -149,7 +154,8 @@ mod tests {
         TicketStatus::Reopened,
         TicketStatus::Closed,
     ];
-    const ALL_EVENTS: [EventKind; 10] = [
+    const ALL_EVENTS: [EventKind; 11] = [
+        EventKind::Merged,
         EventKind::Unspecified,
         EventKind::Created,
         EventKind::Dispatched,
@@ -225,7 +231,7 @@ mod tests {
         /// Random event sequences against a model: the machine never leaves
         /// the graph, and every legal step is made by its one actor.
         #[test]
-        fn random_sequences_stay_on_the_graph(events in proptest::collection::vec(0usize..10, 0..64)) {
+        fn random_sequences_stay_on_the_graph(events in proptest::collection::vec(0usize..11, 0..64)) {
             let mut s = initial_status(false);
             for i in events {
                 let e = ALL_EVENTS[i];

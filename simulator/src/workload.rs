@@ -79,6 +79,9 @@ pub(crate) fn subject(category: &str) -> &'static str {
         "consumer-rights" => "异地网购消费纠纷",
         "ecology" => "沱江流域跨界污染",
         "wage-arrears" => "外地务工人员欠薪",
+        "natural-disaster" => "山体滑坡与汛情险情",
+        "safety" => "安全生产与消防隐患",
+        "social-stability" => "群体性纠纷苗头",
         _ => "跨市诉求",
     }
 }
@@ -176,8 +179,8 @@ mod tests {
         assert_eq!(xs, ys);
         assert_ne!(xs, zs);
         // Every category early; local, single and multi-city requests all made.
-        let cats: std::collections::BTreeSet<_> = xs[..14].iter().map(|t| &t.category).collect();
-        assert_eq!(cats.len(), 14);
+        let cats: std::collections::BTreeSet<_> = xs[..17].iter().map(|t| &t.category).collect();
+        assert_eq!(cats.len(), 17);
         assert!(xs.iter().any(|t| t.target_cities == ["luzhou"]));
         assert!(xs.iter().any(|t| t.target_cities.len() >= 2));
         assert!(

@@ -76,7 +76,7 @@ fn the_demo_runs_by_itself_and_reports_nothing_lost_or_duplicated() {
     }
     assert_eq!(
         categories.len(),
-        14,
+        17,
         "not every category crossed: {categories:?}"
     );
 }

@@ -1,0 +1,919 @@
+//! Provincial supervision (提级督办): deadlines on the working-day calendar,
+//! the merging of duplicate reports (合并派单), the escalation rules, the
+//! supervision ledger (督办台账) and the recurring matters (专题专办).
+//!
+//! Everything here runs inside the ledger's transactions: a report is merged
+//! or dispatched, and the rules it sets off are recorded, in the same commit
+//! as the ticket.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hotline_proto::pb::{
+    Escalation, EscalationAction, EscalationActionKind, EscalationRule, EscalationState,
+    TicketKind, TopMatter,
+};
+use hotline_proto::time;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Deserialize;
+
+use crate::calendar::Calendar;
+use crate::error::GatewayError;
+use crate::matter::{self, Fingerprint};
+
+type Result<T, E = GatewayError> = std::result::Result<T, E>;
+
+const HOUR_MS: i64 = 3_600_000;
+
+pub const SCHEMA: &str = "
+ALTER TABLE tickets ADD COLUMN stage TEXT;
+ALTER TABLE tickets ADD COLUMN resolve_due_ms INTEGER;
+ALTER TABLE tickets ADD COLUMN late_ms INTEGER;
+CREATE INDEX tickets_late ON tickets (late_ms) WHERE late_ms IS NOT NULL;
+-- The key of the citizens' keyed hash: made once, never leaves the database.
+CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+INSERT INTO secrets (name, value) VALUES ('citizen-key', randomblob(32));
+-- The reports of the recent past (the longest window of the rules): their
+-- fingerprints, matter, citizen. Older ones are pruned.
+CREATE TABLE recent (
+    w INTEGER PRIMARY KEY AUTOINCREMENT,
+    ticket_id TEXT NOT NULL UNIQUE,
+    target TEXT NOT NULL,
+    category TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    signature BLOB NOT NULL,
+    place TEXT NOT NULL,
+    root TEXT NOT NULL,
+    merged_into TEXT,
+    citizen TEXT NOT NULL
+);
+CREATE INDEX recent_created ON recent (created_ms);
+CREATE INDEX recent_root ON recent (root, created_ms);
+CREATE INDEX recent_citizen ON recent (citizen, created_ms);
+-- Locality-sensitive buckets of the recent reports' signatures.
+CREATE TABLE recent_bands (key INTEGER NOT NULL, w INTEGER NOT NULL, PRIMARY KEY (key, w)) WITHOUT ROWID;
+CREATE INDEX recent_bands_w ON recent_bands (w);
+-- Reports merged into a ticket (合并派单), for its snapshot.
+CREATE TABLE links (
+    ticket_id TEXT NOT NULL,
+    pos INTEGER NOT NULL,
+    report BLOB NOT NULL,
+    PRIMARY KEY (ticket_id, pos)
+) WITHOUT ROWID;
+-- Every matter (its first ticket), and its reports per month and city.
+CREATE TABLE matters (
+    root TEXT PRIMARY KEY,
+    category TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    place TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE matter_months (
+    month INTEGER NOT NULL,
+    city TEXT NOT NULL,
+    root TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (month, city, root)
+) WITHOUT ROWID;
+CREATE INDEX matter_months_top ON matter_months (month, city, n);
+-- The supervision ledger.
+CREATE TABLE escalations (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule INTEGER NOT NULL,
+    subject_key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    category TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    department TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    open_ms INTEGER NOT NULL,
+    close_ms INTEGER
+);
+CREATE UNIQUE INDEX escalations_open ON escalations (rule, subject_key) WHERE state = 1;
+CREATE INDEX escalations_open_ms ON escalations (open_ms);
+CREATE TABLE escalation_tickets (
+    n INTEGER NOT NULL,
+    ticket_id TEXT NOT NULL,
+    pos INTEGER NOT NULL,
+    PRIMARY KEY (n, ticket_id)
+) WITHOUT ROWID;
+CREATE INDEX escalation_tickets_by_ticket ON escalation_tickets (ticket_id);
+CREATE TABLE escalation_actions (
+    n INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    note TEXT NOT NULL,
+    department TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (n, pos)
+) WITHOUT ROWID;
+CREATE INDEX escalation_actions_at ON escalation_actions (at_ms);
+";
+
+/// How long each stage of a ticket may take (`[deadlines]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadlineConfig {
+    /// Working days from the request to acceptance.
+    pub accept_working_days: u32,
+    /// Working days from the request to resolution, per kind of ticket.
+    pub resolve_working_days: BTreeMap<String, u32>,
+    /// Per category, instead of the above.
+    pub categories: BTreeMap<String, CategoryDeadlines>,
+    /// Urgent tickets: hours to acceptance, working days to resolution.
+    pub urgent_accept_hours: u32,
+    pub urgent_resolve_working_days: u32,
+    /// Urgent tickets must reach the gateway within this many minutes of the
+    /// request (直派: 15 minutes).
+    pub urgent_dispatch_minutes: u32,
+    /// Working days for coordination to name the owner of a rejected ticket.
+    pub assign_working_days: u32,
+    /// More years of the calendar, one file each (2026 is built in).
+    pub calendars: Vec<PathBuf>,
+    /// Calendar hours from the request to resolution instead of working
+    /// days, for tests and compressed simulations; acceptance is then due by
+    /// the same time at the latest.
+    pub resolve_hours: Option<u32>,
+    pub urgent_resolve_hours: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryDeadlines {
+    pub accept_working_days: Option<u32>,
+    pub resolve_working_days: Option<u32>,
+}
+
+impl Default for DeadlineConfig {
+    fn default() -> Self {
+        Self {
+            accept_working_days: 1,
+            resolve_working_days: [
+                ("consultation", 3),
+                ("help", 5),
+                ("complaint", 10),
+                ("report", 10),
+                ("suggestion", 15),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+            categories: BTreeMap::new(),
+            urgent_accept_hours: 2,
+            urgent_resolve_working_days: 1,
+            urgent_dispatch_minutes: 15,
+            assign_working_days: 3,
+            calendars: Vec::new(),
+            resolve_hours: None,
+            urgent_resolve_hours: None,
+        }
+    }
+}
+
+/// The merge detector and the escalation rules (`[supervision]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleConfig {
+    /// A report about the same matter in the same place as an open ticket
+    /// made less than this many hours before is merged into it; 0 turns
+    /// merging off.
+    pub merge_window_hours: u32,
+    /// The estimated Jaccard similarity of the words, and the similarity of
+    /// the places, from which two reports are about one matter.
+    pub text_similarity: f64,
+    pub place_similarity: f64,
+    /// 多人一诉: this many citizens reporting one matter within the window.
+    pub cluster_citizens: u32,
+    pub cluster_window_hours: u32,
+    /// 一人多诉: one citizen making this many reports within the window.
+    pub repeat_reports: u32,
+    pub repeat_window_days: u32,
+    /// 久拖不决: open this many working days past the resolution deadline.
+    pub long_unresolved_working_days: u32,
+    /// Re-handled (reopened) this many times and still unsatisfied.
+    pub rehandled_times: u32,
+    /// Taken up at once.
+    pub emergency_categories: Vec<String>,
+}
+
+impl Default for RuleConfig {
+    fn default() -> Self {
+        Self {
+            merge_window_hours: 72,
+            text_similarity: 0.5,
+            place_similarity: 0.5,
+            cluster_citizens: 5,
+            cluster_window_hours: 7 * 24,
+            repeat_reports: 5,
+            repeat_window_days: 30,
+            long_unresolved_working_days: 5,
+            rehandled_times: 2,
+            emergency_categories: hotline_proto::catalogue::EMERGENCY_CATEGORIES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+}
+
+impl RuleConfig {
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (name, v) in [
+            ("text_similarity", self.text_similarity),
+            ("place_similarity", self.place_similarity),
+        ] {
+            if !(0.0..=1.0).contains(&v) || v == 0.0 {
+                anyhow::bail!("supervision.{name} = {v}: must be above 0 and at most 1");
+            }
+        }
+        for (name, v) in [
+            ("cluster_citizens", self.cluster_citizens),
+            ("repeat_reports", self.repeat_reports),
+            ("rehandled_times", self.rehandled_times),
+        ] {
+            if v == 0 {
+                anyhow::bail!("supervision.{name} = 0: must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deadlines, calendar and rules, as the ledger applies them.
+#[derive(Debug, Clone)]
+pub struct Policy(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    deadlines: DeadlineConfig,
+    rules: RuleConfig,
+    calendar: Calendar,
+    /// The department each category goes to.
+    departments: BTreeMap<String, String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new(
+            DeadlineConfig::default(),
+            RuleConfig::default(),
+            Calendar::shipped(),
+            &BTreeMap::new(),
+        )
+    }
+}
+
+/// Which stage a ticket's deadline is of.
+pub const ACCEPT: &str = "accept";
+pub const RESOLVE: &str = "resolve";
+pub const ASSIGN: &str = "assign";
+
+impl Policy {
+    pub fn new(
+        deadlines: DeadlineConfig,
+        rules: RuleConfig,
+        calendar: Calendar,
+        departments: &BTreeMap<String, Vec<String>>,
+    ) -> Self {
+        let mut by_category = BTreeMap::new();
+        for (dept, cats) in departments {
+            for c in cats {
+                by_category.entry(c.clone()).or_insert_with(|| dept.clone());
+            }
+        }
+        Self(Arc::new(Inner {
+            deadlines,
+            rules,
+            calendar,
+            departments: by_category,
+        }))
+    }
+
+    pub fn rules(&self) -> &RuleConfig {
+        &self.0.rules
+    }
+
+    pub fn calendar(&self) -> &Calendar {
+        &self.0.calendar
+    }
+
+    /// The provincial department a category goes to: the one that oversees
+    /// it, or the one named after it.
+    pub fn department(&self, category: &str) -> String {
+        self.0
+            .departments
+            .get(category)
+            .cloned()
+            .unwrap_or_else(|| category.to_owned())
+    }
+
+    fn resolve_days(&self, kind: i32, category: &str) -> u32 {
+        let d = &self.0.deadlines;
+        if let Some(n) = d
+            .categories
+            .get(category)
+            .and_then(|c| c.resolve_working_days)
+        {
+            return n;
+        }
+        let kind = TicketKind::try_from(kind)
+            .unwrap_or(TicketKind::Unspecified)
+            .as_str_name()
+            .trim_start_matches("TICKET_KIND_")
+            .to_ascii_lowercase();
+        d.resolve_working_days.get(&kind).copied().unwrap_or(10)
+    }
+
+    /// When a ticket made (or handed on, or reopened) at `from_ms` must be
+    /// resolved by.
+    pub fn resolve_due(&self, from_ms: i64, urgent: bool, kind: i32, category: &str) -> i64 {
+        let d = &self.0.deadlines;
+        let hours = if urgent {
+            d.urgent_resolve_hours
+        } else {
+            d.resolve_hours
+        };
+        if let Some(h) = hours {
+            return from_ms + i64::from(h) * HOUR_MS;
+        }
+        let days = if urgent {
+            d.urgent_resolve_working_days
+        } else {
+            self.resolve_days(kind, category)
+        };
+        self.0.calendar.add_working_days(from_ms, days)
+    }
+
+    /// When a ticket made at `from_ms` must be accepted by: never later than
+    /// its resolution.
+    pub fn accept_due(&self, from_ms: i64, urgent: bool, category: &str, resolve_due: i64) -> i64 {
+        let d = &self.0.deadlines;
+        let due = if urgent {
+            from_ms + i64::from(d.urgent_accept_hours) * HOUR_MS
+        } else {
+            let days = d
+                .categories
+                .get(category)
+                .and_then(|c| c.accept_working_days)
+                .unwrap_or(d.accept_working_days);
+            self.0.calendar.add_working_days(from_ms, days)
+        };
+        due.min(resolve_due)
+    }
+
+    /// When coordination must name an owner for a ticket rejected at
+    /// `from_ms`.
+    pub fn assign_due(&self, from_ms: i64) -> i64 {
+        self.0
+            .calendar
+            .add_working_days(from_ms, self.0.deadlines.assign_working_days)
+    }
+
+    /// When an open ticket due at `resolve_due` counts as long unresolved.
+    pub fn late(&self, resolve_due: i64) -> i64 {
+        self.0
+            .calendar
+            .add_working_days(resolve_due, self.0.rules.long_unresolved_working_days)
+            .max(resolve_due)
+    }
+
+    pub fn urgent_dispatch_ms(&self) -> i64 {
+        i64::from(self.0.deadlines.urgent_dispatch_minutes) * 60_000
+    }
+
+    pub fn is_emergency(&self, category: &str) -> bool {
+        self.0.rules.emergency_categories.iter().any(|c| c == category)
+    }
+}
+
+/// The citizen's keyed hash: HMAC-SHA-256 of the phone number's digits under
+/// a key that never leaves the ledger, so that one person's reports can be
+/// counted without the number being kept. A report with no number is its own
+/// citizen.
+pub fn citizen_key(c: &Connection, phone: &str, ticket_id: &str) -> Result<String> {
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    if digits.is_empty() {
+        return Ok(format!("ticket:{ticket_id}"));
+    }
+    let secret: Vec<u8> = c
+        .prepare_cached("SELECT value FROM secrets WHERE name = 'citizen-key'")?
+        .query_row([], |r| r.get(0))?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    let tag = ring::hmac::sign(&key, digits.as_bytes());
+    Ok(tag.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// A recent report the new one matches.
+#[derive(Debug, Clone)]
+pub struct Match {
+    pub ticket_id: String,
+    pub root: String,
+    pub merged_into: Option<String>,
+    pub created_ms: i64,
+    pub score: f64,
+}
+
+/// The best-matching recent report about the same matter (same target city
+/// and category, similar words, similar place), made after `since_ms`.
+pub fn find_match(
+    c: &Connection,
+    p: &Policy,
+    target: &str,
+    category: &str,
+    fp: &Fingerprint,
+    since_ms: i64,
+) -> Result<Option<Match>> {
+    let rules = p.rules();
+    let keys = matter::band_keys(target, category, &fp.signature);
+    let mut seen = std::collections::HashSet::new();
+    let mut best: Option<Match> = None;
+    let mut bands = c.prepare_cached("SELECT w FROM recent_bands WHERE key = ?1")?;
+    let mut row = c.prepare_cached(
+        "SELECT ticket_id, target, category, created_ms, signature, place, root, merged_into
+         FROM recent WHERE w = ?1",
+    )?;
+    for key in keys {
+        let ws: Vec<i64> = bands
+            .query_map([key], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for w in ws {
+            if !seen.insert(w) {
+                continue;
+            }
+            let Some((id, t, cat, created, sig, place, root, into)) = row
+                .query_row([w], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                    ))
+                })
+                .optional()?
+            else {
+                continue;
+            };
+            if t != target || cat != category || created < since_ms {
+                continue;
+            }
+            let Some(sig) = matter::decode(&sig) else {
+                continue;
+            };
+            let score = matter::similarity(&fp.signature, &sig);
+            if score < rules.text_similarity
+                || matter::place_similarity(&fp.place, &place) < rules.place_similarity
+            {
+                continue;
+            }
+            let better = best.as_ref().is_none_or(|b| {
+                score > b.score || (score == b.score && created > b.created_ms)
+            });
+            if better {
+                best = Some(Match {
+                    ticket_id: id,
+                    root,
+                    merged_into: into,
+                    created_ms: created,
+                    score,
+                });
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// A report as the rules see it.
+pub struct Report<'a> {
+    pub ticket_id: &'a str,
+    pub target: &'a str,
+    pub category: &'a str,
+    pub created_ms: i64,
+    pub fingerprint: &'a Fingerprint,
+    pub root: &'a str,
+    pub merged_into: Option<&'a str>,
+    pub citizen: &'a str,
+}
+
+/// Files a report among the recent ones and counts it for its matter.
+pub fn record(
+    c: &Connection,
+    r: &Report<'_>,
+    handler: &str,
+    subject: &str,
+    location: &str,
+) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO recent (ticket_id, target, category, created_ms, signature, place, root, merged_into, citizen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        r.ticket_id,
+        r.target,
+        r.category,
+        r.created_ms,
+        matter::encode(&r.fingerprint.signature),
+        r.fingerprint.place,
+        r.root,
+        r.merged_into,
+        r.citizen
+    ])?;
+    let w = c.last_insert_rowid();
+    let mut band = c.prepare_cached("INSERT OR IGNORE INTO recent_bands (key, w) VALUES (?1, ?2)")?;
+    for key in matter::band_keys(r.target, r.category, &r.fingerprint.signature) {
+        band.execute(params![key, w])?;
+    }
+    if r.root == r.ticket_id {
+        c.prepare_cached(
+            "INSERT OR IGNORE INTO matters (root, category, handler, subject, place) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![r.root, r.category, handler, subject, location])?;
+    }
+    let month = crate::windows::month_of(r.created_ms);
+    let mut count = c.prepare_cached(
+        "INSERT INTO matter_months (month, city, root, n) VALUES (?1, ?2, ?3, 1)
+         ON CONFLICT (month, city, root) DO UPDATE SET n = n + 1",
+    )?;
+    count.execute(params![month, handler, r.root])?;
+    count.execute(params![month, "", r.root])?;
+    Ok(())
+}
+
+/// Forgets the recent reports made before `before_ms`; returns how many.
+pub fn prune(c: &Connection, before_ms: i64) -> Result<usize> {
+    let ws: Vec<i64> = c
+        .prepare_cached("SELECT w FROM recent WHERE created_ms < ?1 LIMIT 5000")?
+        .query_map([before_ms], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for w in &ws {
+        c.prepare_cached("DELETE FROM recent_bands WHERE w = ?1")?
+            .execute([w])?;
+        c.prepare_cached("DELETE FROM recent WHERE w = ?1")?
+            .execute([w])?;
+    }
+    Ok(ws.len())
+}
+
+/// The longest window the rules look back over.
+pub fn horizon_ms(p: &Policy) -> i64 {
+    let r = p.rules();
+    i64::from(r.merge_window_hours)
+        .max(i64::from(r.cluster_window_hours))
+        .max(i64::from(r.repeat_window_days) * 24)
+        * HOUR_MS
+}
+
+/// How many citizens reported a matter since `since_ms`.
+pub fn citizens_of(c: &Connection, root: &str, since_ms: i64) -> Result<(u64, Vec<String>)> {
+    let rows: Vec<(String, String)> = c
+        .prepare_cached(
+            "SELECT ticket_id, citizen FROM recent WHERE root = ?1 AND created_ms >= ?2 ORDER BY w",
+        )?
+        .query_map(params![root, since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let distinct: std::collections::BTreeSet<&str> = rows.iter().map(|(_, c)| c.as_str()).collect();
+    Ok((
+        distinct.len() as u64,
+        rows.iter().map(|(t, _)| t.clone()).collect(),
+    ))
+}
+
+/// The reports one citizen made since `since_ms`.
+pub fn reports_of(c: &Connection, citizen: &str, since_ms: i64) -> Result<Vec<String>> {
+    Ok(c
+        .prepare_cached(
+            "SELECT ticket_id FROM recent WHERE citizen = ?1 AND created_ms >= ?2 ORDER BY w",
+        )?
+        .query_map(params![citizen, since_ms], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// What an escalation is about.
+pub struct Subject<'a> {
+    pub rule: EscalationRule,
+    /// One open escalation per rule and key: a matter's first ticket, a
+    /// citizen's keyed hash, a ticket.
+    pub key: &'a str,
+    pub reason: String,
+    pub category: &'a str,
+    pub handler: &'a str,
+    pub subject: &'a str,
+}
+
+/// Opens an escalation, or adds the tickets to the one open for the same
+/// rule and key. Returns the escalation's number and whether it is new.
+pub fn escalate(
+    c: &Connection,
+    p: &Policy,
+    s: &Subject<'_>,
+    tickets: &[String],
+    now_ms: i64,
+) -> Result<(i64, bool)> {
+    let open: Option<i64> = c
+        .prepare_cached("SELECT n FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1")?
+        .query_row(params![s.rule as i32, s.key], |r| r.get(0))
+        .optional()?;
+    let (n, fresh) = match open {
+        Some(n) => {
+            c.prepare_cached("UPDATE escalations SET reason = ?2 WHERE n = ?1")?
+                .execute(params![n, s.reason])?;
+            (n, false)
+        }
+        None => {
+            c.prepare_cached(
+                "INSERT INTO escalations (rule, subject_key, reason, category, handler, department, subject, state, open_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
+            )?
+            .execute(params![
+                s.rule as i32,
+                s.key,
+                s.reason,
+                s.category,
+                s.handler,
+                p.department(s.category),
+                s.subject,
+                now_ms
+            ])?;
+            let n = c.last_insert_rowid();
+            crate::windows::count(
+                c,
+                now_ms,
+                s.handler,
+                s.category,
+                crate::windows::Metric::Escalated,
+                s.rule.as_str_name(),
+                1,
+            )?;
+            tracing::info!(escalation = n, rule = s.rule.as_str_name(), category = %s.category,
+                handler = %s.handler, "escalated to the province");
+            (n, true)
+        }
+    };
+    let mut add = c.prepare_cached(
+        "INSERT OR IGNORE INTO escalation_tickets (n, ticket_id, pos)
+         VALUES (?1, ?2, (SELECT count(*) FROM escalation_tickets WHERE n = ?1))",
+    )?;
+    for t in tickets {
+        add.execute(params![n, t])?;
+    }
+    Ok((n, fresh))
+}
+
+/// An escalation id on the wire, "esc-{n}".
+pub fn escalation_id(n: i64) -> String {
+    format!("esc-{n}")
+}
+
+pub fn parse_escalation_id(id: &str) -> Option<i64> {
+    id.strip_prefix("esc-")?.parse().ok().filter(|n| *n > 0)
+}
+
+fn read_escalation(c: &Connection, n: i64) -> Result<Option<Escalation>> {
+    let head = c
+        .prepare_cached(
+            "SELECT rule, reason, category, handler, department, subject, state, open_ms
+             FROM escalations WHERE n = ?1",
+        )?
+        .query_row([n], |r| {
+            Ok(Escalation {
+                id: escalation_id(n),
+                rule: r.get(0)?,
+                reason: r.get(1)?,
+                category: r.get(2)?,
+                handling_city: r.get(3)?,
+                department: r.get(4)?,
+                subject: r.get(5)?,
+                state: r.get(6)?,
+                open_time: Some(time::from_unix_ms(r.get(7)?)),
+                ..Default::default()
+            })
+        })
+        .optional()?;
+    let Some(mut e) = head else {
+        return Ok(None);
+    };
+    e.ticket_ids = c
+        .prepare_cached("SELECT ticket_id FROM escalation_tickets WHERE n = ?1 ORDER BY pos")?
+        .query_map([n], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    e.actions = c
+        .prepare_cached(
+            "SELECT kind, note, department, at_ms FROM escalation_actions WHERE n = ?1 ORDER BY pos",
+        )?
+        .query_map([n], |r| {
+            Ok(EscalationAction {
+                kind: r.get(0)?,
+                note: r.get(1)?,
+                department: r.get(2)?,
+                time: Some(time::from_unix_ms(r.get(3)?)),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(e))
+}
+
+/// Filters of the supervision ledger's listing.
+pub struct Filter {
+    pub rule: Option<EscalationRule>,
+    pub include_closed: bool,
+    pub ticket_id: Option<String>,
+}
+
+/// Escalations newest first, from number `before` down, that `keep` lets
+/// the viewer see; the number to go on from when there are more.
+pub fn list(
+    c: &Connection,
+    f: &Filter,
+    before: i64,
+    limit: usize,
+    keep: &dyn Fn(&Escalation) -> bool,
+) -> Result<(Vec<Escalation>, Option<i64>)> {
+    let ns: Vec<i64> = match &f.ticket_id {
+        Some(t) => c
+            .prepare_cached(
+                "SELECT n FROM escalation_tickets WHERE ticket_id = ?1 AND n < ?2 ORDER BY n DESC",
+            )?
+            .query_map(params![t, before], |r| r.get(0))?
+            .collect::<Result<_, _>>()?,
+        None => c
+            .prepare_cached(
+                "SELECT n FROM escalations WHERE n < ?1 AND (?2 OR state = 1) AND (?3 = 0 OR rule = ?3)
+                 ORDER BY n DESC",
+            )?
+            .query_map(
+                params![
+                    before,
+                    f.include_closed,
+                    f.rule.map(|r| r as i32).unwrap_or(0)
+                ],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?,
+    };
+    let mut out = Vec::new();
+    for n in ns {
+        let Some(e) = read_escalation(c, n)? else {
+            continue;
+        };
+        if f.ticket_id.is_some() {
+            if !f.include_closed && e.state != EscalationState::Open as i32 {
+                continue;
+            }
+            if f.rule.is_some_and(|r| r as i32 != e.rule) {
+                continue;
+            }
+        }
+        if !keep(&e) {
+            continue;
+        }
+        if out.len() == limit {
+            let next = out.last().map(|(n, _)| *n);
+            return Ok((out.into_iter().map(|(_, e)| e).collect(), next));
+        }
+        out.push((n, e));
+    }
+    Ok((out.into_iter().map(|(_, e)| e).collect(), None))
+}
+
+/// Records an action of the province on an escalation.
+pub fn act(
+    c: &Connection,
+    n: i64,
+    kind: EscalationActionKind,
+    note: &str,
+    department: &str,
+    now_ms: i64,
+) -> Result<Escalation> {
+    let Some(e) = read_escalation(c, n)? else {
+        return Err(GatewayError::NotFound(format!(
+            "escalation {} is not in the supervision ledger",
+            escalation_id(n)
+        )));
+    };
+    if e.state == EscalationState::Closed as i32 {
+        return Err(GatewayError::FailedPrecondition(format!(
+            "escalation {} is closed; it takes no more actions",
+            e.id
+        )));
+    }
+    c.prepare_cached(
+        "INSERT INTO escalation_actions (n, pos, kind, note, department, at_ms)
+         VALUES (?1, (SELECT count(*) FROM escalation_actions WHERE n = ?1), ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![n, kind as i32, note, department, now_ms])?;
+    if kind == EscalationActionKind::Forwarded {
+        c.prepare_cached("UPDATE escalations SET department = ?2 WHERE n = ?1")?
+            .execute(params![n, department])?;
+    }
+    if kind == EscalationActionKind::Closed {
+        c.prepare_cached("UPDATE escalations SET state = 2, close_ms = ?2 WHERE n = ?1")?
+            .execute(params![n, now_ms])?;
+    }
+    read_escalation(c, n)?.ok_or_else(|| GatewayError::NotFound(escalation_id(n)))
+}
+
+/// One line of the daily digest.
+#[derive(Debug, Default, Clone)]
+pub struct DigestRow {
+    pub opened: u64,
+    pub actions: u64,
+    pub closed: u64,
+    pub open_now: u64,
+}
+
+/// The day `[from_ms, to_ms)`'s digest, per (rule, department), for the
+/// escalations `keep` lets the viewer see.
+pub fn digest(
+    c: &Connection,
+    from_ms: i64,
+    to_ms: i64,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<BTreeMap<(i32, String), DigestRow>> {
+    let mut out: BTreeMap<(i32, String), DigestRow> = BTreeMap::new();
+    let mut stmt = c.prepare_cached(
+        "SELECT rule, department, category, open_ms, state, close_ms FROM escalations
+         WHERE state = 1 OR (open_ms >= ?1 AND open_ms < ?2) OR (close_ms >= ?1 AND close_ms < ?2)",
+    )?;
+    let rows = stmt.query_map(params![from_ms, to_ms], |r| {
+        Ok((
+            r.get::<_, i32>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, i32>(4)?,
+            r.get::<_, Option<i64>>(5)?,
+        ))
+    })?;
+    let within = |t: i64| t >= from_ms && t < to_ms;
+    for row in rows {
+        let (rule, dept, category, open_ms, state, close_ms) = row?;
+        if !keep(&category) {
+            continue;
+        }
+        let line = out.entry((rule, dept)).or_default();
+        line.opened += u64::from(within(open_ms));
+        line.closed += u64::from(close_ms.is_some_and(within));
+        line.open_now += u64::from(state == 1);
+    }
+    let mut stmt = c.prepare_cached(
+        "SELECT e.rule, e.department, e.category FROM escalation_actions a
+         JOIN escalations e ON e.n = a.n WHERE a.at_ms >= ?1 AND a.at_ms < ?2",
+    )?;
+    let rows = stmt.query_map(params![from_ms, to_ms], |r| {
+        Ok((
+            r.get::<_, i32>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (rule, dept, category) = row?;
+        if keep(&category) {
+            out.entry((rule, dept)).or_default().actions += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The matters reported most in a month in `city` ("" for the province).
+pub fn top_matters(
+    c: &Connection,
+    month: i64,
+    city: &str,
+    limit: usize,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<TopMatter>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT m.root, m.n, t.category, t.handler, t.subject, t.place
+         FROM matter_months m JOIN matters t ON t.root = m.root
+         WHERE m.month = ?1 AND m.city = ?2 ORDER BY m.n DESC, m.root",
+    )?;
+    let mut rows = stmt.query(params![month, city])?;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let Some(r) = rows.next()? else {
+            break;
+        };
+        let category: String = r.get(2)?;
+        if !keep(&category) {
+            continue;
+        }
+        out.push(TopMatter {
+            ticket_id: r.get(0)?,
+            reports: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+            category,
+            handling_city: r.get(3)?,
+            subject: r.get(4)?,
+            location: r.get(5)?,
+        });
+    }
+    Ok(out)
+}
