@@ -7,8 +7,8 @@ use std::sync::Arc;
 use hotline_durable::Db;
 use hotline_proto::pb::city_node_server::CityNode;
 use hotline_proto::pb::{
-    DeliverEventRequest, DeliverEventResponse, DeliverTicketRequest, DeliverTicketResponse, Ticket,
-    TicketRole,
+    DeliverEventRequest, DeliverEventResponse, DeliverLinkRequest, DeliverLinkResponse,
+    DeliverTicketRequest, DeliverTicketResponse, Ticket, TicketRole,
 };
 use hotline_proto::{Catalogue, error::invalid_argument, validate};
 use rusqlite::Connection;
@@ -144,5 +144,26 @@ impl CityNode for InboundService {
             .write(move |c| store::apply_remote(c, &event))
             .await?;
         Ok(Response::new(DeliverEventResponse {}))
+    }
+
+    async fn deliver_link(
+        &self,
+        request: Request<DeliverLinkRequest>,
+    ) -> Result<Response<DeliverLinkResponse>, Status> {
+        let req = request.into_inner();
+        validate::ticket_id("ticket_id", &req.ticket_id).map_err(Status::from)?;
+        let report = req
+            .report
+            .ok_or_else(|| invalid_argument("report", "is required"))?;
+        validate::ticket_id("report.ticket_id", &report.ticket_id).map_err(Status::from)?;
+        let (id, merged) = (req.ticket_id.clone(), report.ticket_id.clone());
+        let fresh = self
+            .db
+            .write(move |c| store::link(c, &req.ticket_id, report))
+            .await?;
+        if fresh {
+            tracing::info!(ticket = %id, report = %merged, "a report of the same matter was merged into this ticket");
+        }
+        Ok(Response::new(DeliverLinkResponse {}))
     }
 }

@@ -38,8 +38,11 @@ pub fn create(c: &Connection, city: &str, draft: Ticket) -> Result<(Ticket, bool
     let mut base = Ticket {
         id: id.to_string(),
         origin_city: city.to_owned(),
-        create_time: Some(time::now()),
+        // When the request was made: now, unless the platform recorded it
+        // earlier (validated: not in the future).
+        create_time: Some(draft.create_time.unwrap_or_else(time::now)),
         history: Vec::new(),
+        linked_reports: Vec::new(),
         parent_id: String::new(),
         part_ids: Vec::new(),
         handling_city: String::new(),

@@ -4,7 +4,7 @@
 //! database; a caller's whole change commits together or not at all.
 
 use hotline_durable::outbox;
-use hotline_proto::pb::{EventKind, Ticket, TicketEvent, TicketRole, TicketStatus};
+use hotline_proto::pb::{EventKind, LinkedReport, Ticket, TicketEvent, TicketRole, TicketStatus};
 use hotline_proto::state;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -157,6 +157,23 @@ pub fn apply(c: &Connection, stored: &mut Stored, event: &TicketEvent) -> Result
         refresh_parent(c, &stored.ticket.parent_id.clone())?;
     }
     Ok(())
+}
+
+/// Adds a report the gateway merged into a ticket here, once. Returns
+/// whether it is new.
+pub fn link(c: &Connection, id: &str, report: LinkedReport) -> Result<bool> {
+    let mut stored = require(c, id)?;
+    if stored
+        .ticket
+        .linked_reports
+        .iter()
+        .any(|r| r.ticket_id == report.ticket_id)
+    {
+        return Ok(false);
+    }
+    stored.ticket.linked_reports.push(report);
+    save(c, &stored)?;
+    Ok(true)
 }
 
 /// Applies an event the gateway delivers: once (a repeat is ignored), in

@@ -63,8 +63,8 @@ impl Calendar {
             list.iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let d = parse_date(s)
-                        .with_context(|| format!("{source}: {field}[{i}] = {s:?}"))?;
+                    let d =
+                        parse_date(s).with_context(|| format!("{source}: {field}[{i}] = {s:?}"))?;
                     if year_of(d) != y.year {
                         bail!("{source}: {field}[{i}] = {s:?} is not in {}", y.year);
                     }
@@ -88,7 +88,10 @@ impl Calendar {
                 );
             }
         }
-        let (first, last) = (days_from_civil(y.year, 1, 1), days_from_civil(y.year + 1, 1, 1));
+        let (first, last) = (
+            days_from_civil(y.year, 1, 1),
+            days_from_civil(y.year + 1, 1, 1),
+        );
         self.holidays.retain(|d| !(first..last).contains(d));
         self.working.retain(|d| !(first..last).contains(d));
         self.holidays.extend(holidays);
@@ -215,7 +218,10 @@ mod tests {
     fn holidays_are_off_and_adjusted_weekends_are_worked() {
         let c = Calendar::shipped();
         assert!(!c.is_working_day(day("2026-10-01")), "National Day");
-        assert!(!c.is_working_day(day("2026-10-05")), "a Monday of the holiday");
+        assert!(
+            !c.is_working_day(day("2026-10-05")),
+            "a Monday of the holiday"
+        );
         assert!(c.is_working_day(day("2026-10-10")), "the Saturday worked");
         assert!(c.is_working_day(day("2026-09-20")), "the Sunday worked");
         assert!(!c.is_working_day(day("2026-10-11")), "an ordinary Sunday");
@@ -232,10 +238,7 @@ mod tests {
         // days: 8 (Thu), 9 (Fri), 10 (Sat, worked), 12 (Mon), 13 (Tue)
         // October; due at the end of the 13th.
         let from = start_ms(day("2026-09-30")) + 16 * 3_600_000;
-        assert_eq!(
-            c.add_working_days(from, 5),
-            start_ms(day("2026-10-14"))
-        );
+        assert_eq!(c.add_working_days(from, 5), start_ms(day("2026-10-14")));
         assert_eq!(c.add_working_days(from, 1), start_ms(day("2026-10-09")));
         assert_eq!(c.add_working_days(from, 0), start_ms(day("2026-10-01")));
         // Across the Spring Festival: Friday 13 February, 3 working days:

@@ -153,7 +153,9 @@ impl GatewayConfig {
             }
         }
         for kind in self.deadlines.resolve_working_days.keys() {
-            if !["consultation", "help", "complaint", "report", "suggestion"].contains(&kind.as_str()) {
+            if !["consultation", "help", "complaint", "report", "suggestion"]
+                .contains(&kind.as_str())
+            {
                 bail!(
                     "deadlines.resolve_working_days.{kind}: not a kind of ticket (consultation, help, complaint, report, suggestion)"
                 );

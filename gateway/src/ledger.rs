@@ -139,11 +139,7 @@ struct Row {
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
 
 impl Ledger {
-    pub fn open(
-        path: &std::path::Path,
-        catalogue: Arc<Catalogue>,
-        policy: Policy,
-    ) -> Result<Self> {
+    pub fn open(path: &std::path::Path, catalogue: Arc<Catalogue>, policy: Policy) -> Result<Self> {
         let db = Db::open(
             path,
             &[
@@ -208,10 +204,7 @@ impl Ledger {
     /// Commits an event a city reports and queues it for the other side.
     pub async fn report(&self, city: String, event: TicketEvent) -> Result<Vec<TicketEvent>> {
         let p = self.policy.clone();
-        let (events, wake) = self
-            .db
-            .write(move |c| report(c, &city, event, &p))
-            .await?;
+        let (events, wake) = self.db.write(move |c| report(c, &city, event, &p)).await?;
         for dest in wake {
             self.outbox.wake(&dest);
         }
@@ -353,7 +346,8 @@ fn stored_event(c: &Connection, id: &str, seq: u64) -> Result<Option<TicketEvent
 
 /// The reports merged into a ticket, in the order they came.
 fn links(c: &Connection, id: &str) -> Result<Vec<LinkedReport>> {
-    let mut stmt = c.prepare_cached("SELECT report FROM links WHERE ticket_id = ?1 ORDER BY pos")?;
+    let mut stmt =
+        c.prepare_cached("SELECT report FROM links WHERE ticket_id = ?1 ORDER BY pos")?;
     let rows = stmt.query_map([id], |r| r.get::<_, Vec<u8>>(0))?;
     rows.map(|b| decode(id, &b?)).collect()
 }
@@ -524,7 +518,13 @@ fn append(c: &Connection, row: &mut Row, id: &str, event: &TicketEvent, p: &Poli
     Ok(())
 }
 
-fn escalate_long_unresolved(c: &Connection, p: &Policy, id: &str, row: &Row, now: i64) -> Result<()> {
+fn escalate_long_unresolved(
+    c: &Connection,
+    p: &Policy,
+    id: &str,
+    row: &Row,
+    now: i64,
+) -> Result<()> {
     let due = row.resolve_due_ms.unwrap_or(now);
     let days = (now - due).max(0) / 86_400_000;
     let subject = subject_of(c, id)?;
@@ -639,7 +639,11 @@ fn dispatch(c: &Connection, mut ticket: Ticket, p: &Policy) -> Result<(TicketEve
 
     // Is it about a matter already reported?
     let fingerprint = matter::fingerprint(&ticket.subject, &ticket.description, &ticket.location);
-    let phone = ticket.citizen.as_ref().map(|c| c.phone.as_str()).unwrap_or("");
+    let phone = ticket
+        .citizen
+        .as_ref()
+        .map(|c| c.phone.as_str())
+        .unwrap_or("");
     let citizen = supervision::citizen_key(c, phone, &id)?;
     let rules = p.rules().clone();
     let found = if ticket.parent_id.is_empty() {
@@ -840,9 +844,23 @@ fn merge(
     }
     .encode_to_vec();
     let mut wake = vec![primary.origin.clone()];
-    outbox::enqueue(c, &primary.origin, into, DELIVER_LINK, &payload, primary.urgent)?;
+    outbox::enqueue(
+        c,
+        &primary.origin,
+        into,
+        DELIVER_LINK,
+        &payload,
+        primary.urgent,
+    )?;
     if primary.handler != primary.origin {
-        outbox::enqueue(c, &primary.handler, into, DELIVER_LINK, &payload, primary.urgent)?;
+        outbox::enqueue(
+            c,
+            &primary.handler,
+            into,
+            DELIVER_LINK,
+            &payload,
+            primary.urgent,
+        )?;
         wake.push(primary.handler.clone());
     }
     tracing::info!(ticket = %id, into = %into, "report merged into an open ticket about the same matter");
@@ -913,7 +931,10 @@ fn apply_report_rules(
             &supervision::Subject {
                 rule: EscalationRule::Emergency,
                 key: root,
-                reason: format!("an emergency category ({}): taken up at once", ticket.category),
+                reason: format!(
+                    "an emergency category ({}): taken up at once",
+                    ticket.category
+                ),
                 category: &ticket.category,
                 handler,
                 subject: &ticket.subject,
@@ -927,11 +948,7 @@ fn apply_report_rules(
 
 /// Records that the handler committed the ticket (its DELIVERED event), once.
 /// Returns the destinations to wake.
-pub fn mark_delivered(
-    c: &Connection,
-    delivered: &TicketEvent,
-    p: &Policy,
-) -> Result<Vec<String>> {
+pub fn mark_delivered(c: &Connection, delivered: &TicketEvent, p: &Policy) -> Result<Vec<String>> {
     let id = &delivered.ticket_id;
     let Some(mut row) = load(c, id)? else {
         return Err(GatewayError::UnknownTicket(id.clone()));
@@ -1077,7 +1094,13 @@ fn report(
 
 /// Re-handled (重办) the configured number of times and the citizen still
 /// unsatisfied: reopened once more, or closed unsatisfied.
-fn still_unsatisfied(c: &Connection, p: &Policy, id: &str, row: &Row, event: &TicketEvent) -> Result<()> {
+fn still_unsatisfied(
+    c: &Connection,
+    p: &Policy,
+    id: &str,
+    row: &Row,
+    event: &TicketEvent,
+) -> Result<()> {
     let reopened: i64 = c
         .prepare_cached("SELECT count(*) FROM events WHERE ticket_id = ?1 AND kind = ?2")?
         .query_row(params![id, EventKind::Reopened as i32], |r| r.get(0))?;
@@ -1232,11 +1255,12 @@ pub fn sweep_overdue(c: &Connection, now_ms: i64) -> Result<usize> {
 }
 
 fn swept(c: &Connection, name: &str) -> Result<i64> {
-    Ok(c
-        .prepare_cached("SELECT at_ms FROM sweeps WHERE name = ?1")?
-        .query_row([name], |r| r.get(0))
-        .optional()?
-        .unwrap_or(i64::MIN))
+    Ok(
+        c.prepare_cached("SELECT at_ms FROM sweeps WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?
+            .unwrap_or(i64::MIN),
+    )
 }
 
 fn sweep_to(c: &Connection, name: &str, now_ms: i64) -> Result<()> {
@@ -1414,16 +1438,27 @@ mod tests {
     async fn the_sweep_counts_a_ticket_once_when_it_passes_its_deadline_and_resolving_uncounts_it()
     {
         let dir = tempfile::tempdir().unwrap();
-        let deadlines = Deadlines {
-            resolve_hours: 1,
-            urgent_resolve_hours: 1,
-        };
+        let policy = Policy::new(
+            supervision::DeadlineConfig {
+                resolve_hours: Some(1),
+                urgent_resolve_hours: Some(1),
+                ..Default::default()
+            },
+            // Both tickets say the same (nothing): not a merge here.
+            supervision::RuleConfig {
+                merge_window_hours: 0,
+                ..Default::default()
+            },
+            crate::calendar::Calendar::shipped(),
+            &Default::default(),
+        );
         let ledger = Ledger::open(
             &dir.path().join("g.db"),
             Arc::new(Catalogue::default()),
-            deadlines,
+            policy.clone(),
         )
         .unwrap();
+        let deadlines = policy.clone();
         let now = time::now_ms();
         let t = ticket("luzhou", "yibin", now);
         let id = t.id.clone();
@@ -1431,7 +1466,7 @@ mod tests {
         let old = ticket("luzhou", "yibin", now - 2 * 3_600_000);
         ledger
             .db()
-            .write(move |c| bulk_load(c, vec![(t, Fate::Open), (old, Fate::Open)], deadlines))
+            .write(move |c| bulk_load(c, vec![(t, Fate::Open), (old, Fate::Open)], &deadlines))
             .await
             .unwrap();
         let r = ledger
@@ -1446,14 +1481,14 @@ mod tests {
                     c,
                     "yibin",
                     state::event(&id, 4, EventKind::Accepted, "", TicketStatus::Accepted),
-                    deadlines,
+                    &policy,
                 )
                 .and_then(|_| {
                     report(
                         c,
                         "yibin",
                         state::event(&id, 5, EventKind::Resolved, "", TicketStatus::Resolved),
-                        deadlines,
+                        &policy,
                     )
                 })
                 .map(|_| overdue_at(c, "yibin"))?;

@@ -145,8 +145,16 @@ mod tests {
 
     #[test]
     fn the_same_words_are_the_same_and_punctuation_does_not_count() {
-        let a = fingerprint("小区停水", "江阳区春雨路3号小区连续两天停水，无人处理。", "江阳区春雨路3号");
-        let b = fingerprint("小区停水", "江阳区春雨路3号小区连续两天停水 无人处理", "江阳区 春雨路3号");
+        let a = fingerprint(
+            "小区停水",
+            "江阳区春雨路3号小区连续两天停水，无人处理。",
+            "江阳区春雨路3号",
+        );
+        let b = fingerprint(
+            "小区停水",
+            "江阳区春雨路3号小区连续两天停水 无人处理",
+            "江阳区 春雨路3号",
+        );
         assert_eq!(similarity(&a.signature, &b.signature), 1.0);
         assert_eq!(place_similarity(&a.place, &b.place), 1.0);
         assert_eq!(decode(&encode(&a.signature)), Some(a.signature));

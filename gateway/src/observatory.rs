@@ -447,7 +447,11 @@ impl Observatory for ObservatoryService {
         let categories = viewer.categories();
         let cities = viewer.cities(
             "",
-            self.ledger.catalogue().city_ids().map(str::to_owned).collect(),
+            self.ledger
+                .catalogue()
+                .city_ids()
+                .map(str::to_owned)
+                .collect(),
         )?;
         let (lines, merged) = self
             .ledger

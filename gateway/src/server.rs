@@ -67,7 +67,10 @@ pub async fn serve_with_http(
     let this_year = hotline_proto::time::now_ms();
     let year = crate::windows::month_of(this_year).div_euclid(12) as i32;
     if !policy.calendar().knows(year) {
-        tracing::warn!(year, "no holiday calendar for this year: deadlines count only weekends as days off; add one in [deadlines] calendars");
+        tracing::warn!(
+            year,
+            "no holiday calendar for this year: deadlines count only weekends as days off; add one in [deadlines] calendars"
+        );
     }
     let ledger = Ledger::open(
         &config.data_dir.join("gateway.db"),

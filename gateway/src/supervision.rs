@@ -27,6 +27,7 @@ type Result<T, E = GatewayError> = std::result::Result<T, E>;
 const HOUR_MS: i64 = 3_600_000;
 
 pub const SCHEMA: &str = "
+ALTER TABLE tickets ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE tickets ADD COLUMN stage TEXT;
 ALTER TABLE tickets ADD COLUMN resolve_due_ms INTEGER;
 ALTER TABLE tickets ADD COLUMN late_ms INTEGER;
@@ -384,7 +385,11 @@ impl Policy {
     }
 
     pub fn is_emergency(&self, category: &str) -> bool {
-        self.0.rules.emergency_categories.iter().any(|c| c == category)
+        self.0
+            .rules
+            .emergency_categories
+            .iter()
+            .any(|c| c == category)
     }
 }
 
@@ -474,9 +479,9 @@ pub fn find_match(
             {
                 continue;
             }
-            let better = best.as_ref().is_none_or(|b| {
-                score > b.score || (score == b.score && created > b.created_ms)
-            });
+            let better = best
+                .as_ref()
+                .is_none_or(|b| score > b.score || (score == b.score && created > b.created_ms));
             if better {
                 best = Some(Match {
                     ticket_id: id,
@@ -527,7 +532,8 @@ pub fn record(
         r.citizen
     ])?;
     let w = c.last_insert_rowid();
-    let mut band = c.prepare_cached("INSERT OR IGNORE INTO recent_bands (key, w) VALUES (?1, ?2)")?;
+    let mut band =
+        c.prepare_cached("INSERT OR IGNORE INTO recent_bands (key, w) VALUES (?1, ?2)")?;
     for key in matter::band_keys(r.target, r.category, &r.fingerprint.signature) {
         band.execute(params![key, w])?;
     }
@@ -588,12 +594,11 @@ pub fn citizens_of(c: &Connection, root: &str, since_ms: i64) -> Result<(u64, Ve
 
 /// The reports one citizen made since `since_ms`.
 pub fn reports_of(c: &Connection, citizen: &str, since_ms: i64) -> Result<Vec<String>> {
-    Ok(c
-        .prepare_cached(
-            "SELECT ticket_id FROM recent WHERE citizen = ?1 AND created_ms >= ?2 ORDER BY w",
-        )?
-        .query_map(params![citizen, since_ms], |r| r.get(0))?
-        .collect::<Result<_, _>>()?)
+    Ok(c.prepare_cached(
+        "SELECT ticket_id FROM recent WHERE citizen = ?1 AND created_ms >= ?2 ORDER BY w",
+    )?
+    .query_map(params![citizen, since_ms], |r| r.get(0))?
+    .collect::<Result<_, _>>()?)
 }
 
 /// What an escalation is about.
@@ -618,7 +623,9 @@ pub fn escalate(
     now_ms: i64,
 ) -> Result<(i64, bool)> {
     let open: Option<i64> = c
-        .prepare_cached("SELECT n FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1")?
+        .prepare_cached(
+            "SELECT n FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1",
+        )?
         .query_row(params![s.rule as i32, s.key], |r| r.get(0))
         .optional()?;
     let (n, fresh) = match open {

@@ -185,7 +185,10 @@ const CATEGORIES: &[(&str, &str)] = &[
     ("wage-arrears", "欠薪 unpaid wages"),
     // The emergency categories of the provincial supervision ledger (督办台账):
     // escalated at once.
-    ("natural-disaster", "自然灾害 natural disaster (landslide, flood)"),
+    (
+        "natural-disaster",
+        "自然灾害 natural disaster (landslide, flood)",
+    ),
     ("safety", "安全生产与消防 production and fire safety"),
     ("social-stability", "社会稳定 social stability"),
 ];

@@ -148,6 +148,17 @@ pub fn new_ticket(ticket: &Ticket, origin: &str, catalogue: &Catalogue) -> Resul
             format!("at most {MAX_TARGETS} cities"),
         ));
     }
+    if let Some(t) = &ticket.create_time {
+        // The time the citizen made the request, when the platform recorded
+        // it earlier (a letter, a message board): deadlines count from it.
+        let ms = crate::time::to_unix_ms(t);
+        if ms > crate::time::now_ms() + 5 * 60_000 {
+            return Err(invalid("ticket.create_time", "is in the future"));
+        }
+        if ms < 946_684_800_000 {
+            return Err(invalid("ticket.create_time", "is before 2000"));
+        }
+    }
     for (i, target) in ticket.target_cities.iter().enumerate() {
         city(&format!("ticket.target_cities[{i}]"), target, catalogue)?;
         if ticket.target_cities[..i].contains(target) {

@@ -87,6 +87,13 @@ impl Cluster {
             transfer_completion_ms: 30 * 60 * 1000,
             limits: gateway::limits::Limits::default(),
             deadlines: Default::default(),
+            // The demo's requests are each a matter of their own, in words
+            // drawn from one sentence per category: merging is left to
+            // `simulator run`'s duplicates.
+            supervision: gateway::supervision::RuleConfig {
+                merge_window_hours: 0,
+                ..Default::default()
+            },
             watch_retention_hours: 24,
             http_listen: Some(dashboard),
             departments: Default::default(),

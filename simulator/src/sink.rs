@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 
 use hotline_proto::pb::city_node_server::{CityNode, CityNodeServer};
 use hotline_proto::pb::{
-    DeliverEventRequest, DeliverEventResponse, DeliverTicketRequest, DeliverTicketResponse,
+    DeliverEventRequest, DeliverEventResponse, DeliverLinkRequest, DeliverLinkResponse,
+    DeliverTicketRequest, DeliverTicketResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -27,6 +28,13 @@ impl CityNode for Sink {
         _: Request<DeliverEventRequest>,
     ) -> Result<Response<DeliverEventResponse>, Status> {
         Ok(Response::new(DeliverEventResponse {}))
+    }
+
+    async fn deliver_link(
+        &self,
+        _: Request<DeliverLinkRequest>,
+    ) -> Result<Response<DeliverLinkResponse>, Status> {
+        Ok(Response::new(DeliverLinkResponse {}))
     }
 }
 

@@ -294,9 +294,17 @@ impl Spawned {
         std::fs::write(
             &gw_config,
             format!(
-                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{top}{table}\n{}\n{gateway_extra}\n{members}",
+                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{top}{table}\n{}\n{gateway_extra}\n{members}\n{}",
                 dir.join("gateway").display(),
-                transport(&Identity::Gateway, &pki)
+                transport(&Identity::Gateway, &pki),
+                // The planned requests are each a matter of their own, in
+                // words drawn from one sentence per category: the run keeps
+                // merging off unless the caller configures it.
+                if gateway_extra.contains("[supervision]") {
+                    ""
+                } else {
+                    "[supervision]\nmerge_window_hours = 0\n"
+                }
             ),
         )?;
         let gateway_child = start(

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::ledger::{Deadlines, Fate, Ledger};
+use gateway::ledger::{Fate, Ledger};
+use gateway::supervision::Policy;
 use hotline_proto::identity::Identity;
 use hotline_proto::ids::TicketId;
 use hotline_proto::pb::observatory_client::ObservatoryClient;
@@ -73,7 +74,7 @@ async fn count(ledger: &Ledger) -> anyhow::Result<u64> {
 
 async fn load(path: &std::path::Path, want: u64) -> anyhow::Result<(u64, f64)> {
     let catalogue = Catalogue::default();
-    let ledger = Ledger::open(path, Arc::new(catalogue.clone()), Deadlines::default())?;
+    let ledger = Ledger::open(path, Arc::new(catalogue.clone()), Policy::default())?;
     let have = count(&ledger).await?;
     if have >= want {
         println!("the ledger holds {have} tickets already");
@@ -120,7 +121,7 @@ async fn load(path: &std::path::Path, want: u64) -> anyhow::Result<(u64, f64)> {
         }
         ledger
             .db()
-            .write(move |c| gateway::ledger::bulk_load(c, batch, Deadlines::default()))
+            .write(move |c| gateway::ledger::bulk_load(c, batch, &Policy::default()))
             .await?;
         made += n as u64;
         if last_print.elapsed() > Duration::from_secs(5) || made == want {

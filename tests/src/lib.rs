@@ -181,9 +181,16 @@ impl Federation {
         std::fs::write(
             &gw_config,
             format!(
-                "listen = \"{gateway_addr}\"\nhttp_listen = \"{dashboard}\"\ndata_dir = \"{}\"\n{gateway_extra}\n{nodes_toml}\n{}",
+                "listen = \"{gateway_addr}\"\nhttp_listen = \"{dashboard}\"\ndata_dir = \"{}\"\n{gateway_extra}\n{nodes_toml}\n{}\n{}",
                 dir.path().join("gateway").display(),
-                pki.toml(&Identity::Gateway)
+                pki.toml(&Identity::Gateway),
+                // The tests' tickets all say the same thing: merging is for
+                // the tests that ask for it with a [supervision] of their own.
+                if gateway_extra.contains("[supervision]") {
+                    ""
+                } else {
+                    "[supervision]\nmerge_window_hours = 0\n"
+                }
             ),
         )
         .unwrap();
