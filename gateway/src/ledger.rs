@@ -882,8 +882,15 @@ fn apply_report_rules(
 ) -> Result<()> {
     let rules = p.rules();
     let hours = i64::from(rules.cluster_window_hours);
-    let (citizens, tickets) = supervision::citizens_of(c, root, created_ms - hours * 3_600_000)?;
-    if citizens >= u64::from(rules.cluster_citizens) {
+    let many = EscalationRule::ManyReportsOneMatter;
+    let (citizens, tickets) = if supervision::open_escalation(c, many, root)? {
+        (0, Vec::new())
+    } else {
+        supervision::citizens_of(c, root, created_ms - hours * 3_600_000)?
+    };
+    if tickets.is_empty() {
+        supervision::join(c, many, root, &ticket.id)?;
+    } else if citizens >= u64::from(rules.cluster_citizens) {
         supervision::escalate(
             c,
             p,
@@ -903,8 +910,15 @@ fn apply_report_rules(
         )?;
     }
     let days = i64::from(rules.repeat_window_days);
-    let reports = supervision::reports_of(c, citizen, created_ms - days * 86_400_000)?;
-    if reports.len() as u64 >= u64::from(rules.repeat_reports) {
+    let one = EscalationRule::OneCitizenManyRequests;
+    let reports = if supervision::open_escalation(c, one, citizen)? {
+        Vec::new()
+    } else {
+        supervision::reports_of(c, citizen, created_ms - days * 86_400_000)?
+    };
+    if reports.is_empty() {
+        supervision::join(c, one, citizen, &ticket.id)?;
+    } else if reports.len() as u64 >= u64::from(rules.repeat_reports) {
         supervision::escalate(
             c,
             p,

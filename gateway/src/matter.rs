@@ -99,12 +99,25 @@ pub fn place_similarity(a: &str, b: &str) -> f64 {
     if a == b {
         return 1.0;
     }
+    // Two house numbers that differ are two places, however alike the
+    // street.
+    let (na, nb) = (numbers(a), numbers(b));
+    if !na.is_empty() && !nb.is_empty() && na != nb {
+        return 0.0;
+    }
     let (x, y) = (bigrams(a), bigrams(b));
     let union = x.union(&y).count();
     if union == 0 {
         return 1.0;
     }
     x.intersection(&y).count() as f64 / union as f64
+}
+
+/// The numbers in a text ("18", "3"), in order.
+fn numbers(text: &str) -> Vec<&str> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// The band keys a report is filed under, within its target city and
@@ -193,6 +206,10 @@ mod tests {
         let p = |s: &str| normalise(s);
         assert!(place_similarity(&p("江阳区春雨路3号"), &p("江阳区春雨路3号附近")) >= 0.7);
         assert!(place_similarity(&p("江阳区春雨路3号"), &p("纳溪区永宁路88号")) <= 0.1);
+        assert_eq!(
+            place_similarity(&p("江阳区春雨路3号"), &p("江阳区春雨路13号")),
+            0.0
+        );
         assert_eq!(place_similarity("", ""), 1.0);
     }
 }

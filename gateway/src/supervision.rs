@@ -90,7 +90,8 @@ CREATE TABLE escalations (
     subject TEXT NOT NULL,
     state INTEGER NOT NULL,
     open_ms INTEGER NOT NULL,
-    close_ms INTEGER
+    close_ms INTEGER,
+    tickets INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX escalations_open ON escalations (rule, subject_key) WHERE state = 1;
 CREATE INDEX escalations_open_ms ON escalations (open_ms);
@@ -236,6 +237,9 @@ impl RuleConfig {
         ] {
             if v == 0 {
                 anyhow::bail!("supervision.{name} = 0: must be at least 1");
+            }
+            if v > MAX_SCAN {
+                anyhow::bail!("supervision.{name} = {v}: at most {MAX_SCAN}");
             }
         }
         Ok(())
@@ -437,7 +441,10 @@ pub fn find_match(
     let keys = matter::band_keys(target, category, &fp.signature);
     let mut seen = std::collections::HashSet::new();
     let mut best: Option<Match> = None;
-    let mut bands = c.prepare_cached("SELECT w FROM recent_bands WHERE key = ?1")?;
+    // The newest few of each bucket: a matter reported thousands of times
+    // is found by its latest reports without reading them all.
+    let mut bands =
+        c.prepare_cached("SELECT w FROM recent_bands WHERE key = ?1 ORDER BY w DESC LIMIT 64")?;
     let mut row = c.prepare_cached(
         "SELECT ticket_id, target, category, created_ms, signature, place, root, merged_into
          FROM recent WHERE w = ?1",
@@ -532,10 +539,15 @@ pub fn record(
         r.citizen
     ])?;
     let w = c.last_insert_rowid();
-    let mut band =
-        c.prepare_cached("INSERT OR IGNORE INTO recent_bands (key, w) VALUES (?1, ?2)")?;
-    for key in matter::band_keys(r.target, r.category, &r.fingerprint.signature) {
-        band.execute(params![key, w])?;
+    // A merged report is found through the ticket it was merged into: only
+    // dispatched tickets are filed in the buckets, which stay as small as
+    // the number of distinct recent matters.
+    if r.merged_into.is_none() {
+        let mut band =
+            c.prepare_cached("INSERT OR IGNORE INTO recent_bands (key, w) VALUES (?1, ?2)")?;
+        for key in matter::band_keys(r.target, r.category, &r.fingerprint.signature) {
+            band.execute(params![key, w])?;
+        }
     }
     if r.root == r.ticket_id {
         c.prepare_cached(
@@ -577,11 +589,27 @@ pub fn horizon_ms(p: &Policy) -> i64 {
         * HOUR_MS
 }
 
-/// How many citizens reported a matter since `since_ms`.
+/// The most reports a rule reads to decide (a rule with a higher
+/// threshold is refused by the configuration check).
+pub const MAX_SCAN: u32 = 1000;
+
+/// Whether an escalation of `rule` is open for `key`: the new report then
+/// joins it without counting again.
+pub fn open_escalation(c: &Connection, rule: EscalationRule, key: &str) -> Result<bool> {
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1",
+    )?
+    .query_row(params![rule as i32, key], |_| Ok(()))
+    .optional()?
+    .is_some())
+}
+
+/// How many citizens reported a matter since `since_ms` (reading at most
+/// [`MAX_SCAN`] reports), and the reports.
 pub fn citizens_of(c: &Connection, root: &str, since_ms: i64) -> Result<(u64, Vec<String>)> {
     let rows: Vec<(String, String)> = c
         .prepare_cached(
-            "SELECT ticket_id, citizen FROM recent WHERE root = ?1 AND created_ms >= ?2 ORDER BY w",
+            "SELECT ticket_id, citizen FROM recent WHERE root = ?1 AND created_ms >= ?2 ORDER BY w LIMIT 1000",
         )?
         .query_map(params![root, since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
@@ -595,7 +623,7 @@ pub fn citizens_of(c: &Connection, root: &str, since_ms: i64) -> Result<(u64, Ve
 /// The reports one citizen made since `since_ms`.
 pub fn reports_of(c: &Connection, citizen: &str, since_ms: i64) -> Result<Vec<String>> {
     Ok(c.prepare_cached(
-        "SELECT ticket_id FROM recent WHERE citizen = ?1 AND created_ms >= ?2 ORDER BY w",
+        "SELECT ticket_id FROM recent WHERE citizen = ?1 AND created_ms >= ?2 ORDER BY w LIMIT 1000",
     )?
     .query_map(params![citizen, since_ms], |r| r.get(0))?
     .collect::<Result<_, _>>()?)
@@ -664,14 +692,47 @@ pub fn escalate(
             (n, true)
         }
     };
-    let mut add = c.prepare_cached(
-        "INSERT OR IGNORE INTO escalation_tickets (n, ticket_id, pos)
-         VALUES (?1, ?2, (SELECT count(*) FROM escalation_tickets WHERE n = ?1))",
-    )?;
     for t in tickets {
-        add.execute(params![n, t])?;
+        add_ticket(c, n, t)?;
     }
     Ok((n, fresh))
+}
+
+/// The most tickets an escalation lists (the first ones); the rest join it
+/// without being listed.
+pub const MAX_LISTED: i64 = 1000;
+
+fn add_ticket(c: &Connection, n: i64, ticket_id: &str) -> Result<()> {
+    let listed: i64 = c
+        .prepare_cached("SELECT tickets FROM escalations WHERE n = ?1")?
+        .query_row([n], |r| r.get(0))?;
+    if listed >= MAX_LISTED {
+        return Ok(());
+    }
+    let added = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO escalation_tickets (n, ticket_id, pos) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![n, ticket_id, listed])?;
+    if added == 1 {
+        c.prepare_cached("UPDATE escalations SET tickets = tickets + 1 WHERE n = ?1")?
+            .execute([n])?;
+    }
+    Ok(())
+}
+
+/// Adds a report to the escalation open for `rule` and `key`.
+pub fn join(c: &Connection, rule: EscalationRule, key: &str, ticket_id: &str) -> Result<()> {
+    let open: Option<i64> = c
+        .prepare_cached(
+            "SELECT n FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1",
+        )?
+        .query_row(params![rule as i32, key], |r| r.get(0))
+        .optional()?;
+    if let Some(n) = open {
+        add_ticket(c, n, ticket_id)?;
+    }
+    Ok(())
 }
 
 /// An escalation id on the wire, "esc-{n}".

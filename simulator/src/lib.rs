@@ -32,6 +32,7 @@ pub mod flood;
 pub mod html;
 pub mod instructions;
 pub mod invariants;
+pub mod matters;
 pub mod operators;
 pub mod peers;
 pub mod pki;

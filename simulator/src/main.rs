@@ -109,6 +109,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         doc: Option<PathBuf>,
     },
+    /// The merge detector (合并派单) on a labelled set: MATTERS matters, a
+    /// third of them reported again in other words, dispatched in order into
+    /// a real ledger; prints precision, recall and the gateway's time per
+    /// report. See docs/benchmarks.md.
+    BenchMerge {
+        #[arg(long, default_value_t = 2000)]
+        matters: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the JSON figures here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
     /// The Observatory's queries with many tickets in the ledger: loads the
     /// ledger through the gateway's own transaction bodies (or reuses one
     /// kept in --data-dir), starts the real `gateway` binary on it and times
@@ -276,6 +289,26 @@ fn main() -> ExitCode {
                 keep.as_deref(),
             )))
         }
+        Command::BenchMerge {
+            matters,
+            seed,
+            report,
+        } => finished(runtime.block_on(async move {
+            let dir = tempfile::tempdir()?;
+            let e = simulator::matters::evaluate(dir.path(), seed, matters).await?;
+            println!(
+                "{} reports of {} matters; {} repeats of a dispatched matter",
+                e.reports, e.matters, e.repeats
+            );
+            println!(
+                "merged rightly {}, wrongly {}, missed {}: precision {:.3}, recall {:.3}; {:.0} µs per report at the gateway",
+                e.true_merges, e.false_merges, e.missed, e.precision, e.recall, e.us_per_report
+            );
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_vec_pretty(&e)?)?;
+            }
+            anyhow::Ok(())
+        })),
         Command::BenchStats {
             tickets,
             data_dir,
