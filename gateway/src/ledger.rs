@@ -749,6 +749,12 @@ fn dispatch(c: &Connection, mut ticket: Ticket, p: &Policy) -> Result<(TicketEve
         }
     };
     let merged_into = answer.linked_ticket_id.clone();
+    if !ticket.parent_id.is_empty() {
+        // A part is one city's share of one request: the request counts
+        // once, in its emergency if it is one, not as a report per city.
+        emergency(c, p, &ticket, &ticket.parent_id, &handler, now)?;
+        return Ok((answer, wake));
+    }
     supervision::record(
         c,
         &supervision::Report {
@@ -938,13 +944,25 @@ fn apply_report_rules(
             now,
         )?;
     }
+    emergency(c, p, ticket, root, handler, now)
+}
+
+/// An emergency category is taken up at once, one escalation per matter.
+fn emergency(
+    c: &Connection,
+    p: &Policy,
+    ticket: &Ticket,
+    key: &str,
+    handler: &str,
+    now: i64,
+) -> Result<()> {
     if p.is_emergency(&ticket.category) {
         supervision::escalate(
             c,
             p,
             &supervision::Subject {
                 rule: EscalationRule::Emergency,
-                key: root,
+                key,
                 reason: format!(
                     "an emergency category ({}): taken up at once",
                     ticket.category

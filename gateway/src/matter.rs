@@ -93,9 +93,13 @@ pub fn similarity(a: &[u32; K], b: &[u32; K]) -> f64 {
     same as f64 / K as f64
 }
 
-/// The exact Jaccard similarity of two normalised places' bigrams (1 when
-/// both are empty).
+/// The exact Jaccard similarity of two normalised places' bigrams. A
+/// report with no place is in no place: "the same place" needs one on both
+/// sides.
 pub fn place_similarity(a: &str, b: &str) -> f64 {
+    if a.is_empty() || b.is_empty() {
+        return 0.0;
+    }
     if a == b {
         return 1.0;
     }
@@ -188,7 +192,7 @@ mod tests {
         let c = fingerprint(
             "工地夜间施工噪音",
             "龙马潭区鱼塘镇工地每晚十一点后仍在施工，噪音扰民，请查处。",
-            "",
+            "龙马潭区鱼塘镇",
         );
         let close = similarity(&a.signature, &b.signature);
         let far = similarity(&a.signature, &c.signature);
@@ -210,6 +214,7 @@ mod tests {
             place_similarity(&p("江阳区春雨路3号"), &p("江阳区春雨路13号")),
             0.0
         );
-        assert_eq!(place_similarity("", ""), 1.0);
+        assert_eq!(place_similarity("", ""), 0.0);
+        assert_eq!(place_similarity("江阳区", ""), 0.0);
     }
 }

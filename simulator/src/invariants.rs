@@ -10,7 +10,11 @@
 //!   coordination → owner;
 //! - `transfer-terminal`: every transfer is terminal by its deadline, and
 //!   ends the same at both cities;
-//! - `statistics`: the gateway's statistics equal the simulator's recount.
+//! - `statistics`: the gateway's statistics equal the simulator's recount;
+//! - `merge`: the reports of one open matter were dispatched once, and
+//!   merged into that dispatch, never into another matter's (合并派单);
+//! - `rules`: each escalation rule fired for exactly the matters, citizens
+//!   and tickets whose reports reach its threshold.
 //!
 //! A violation carries the ticket's or transfer's history, never a
 //! citizen's name or number.
@@ -340,4 +344,260 @@ async fn history(nodes: &BTreeMap<String, Channel>, city: &str, id: &str) -> Vec
         .and_then(|r| r.into_inner().ticket)
         .map(|t| t.history.iter().map(event_line).collect())
         .unwrap_or_default()
+}
+
+/// The matter a request is about, from its request id: a repeat on another
+/// channel (`-again`) and the other citizens of a cluster (`-cluster-N`) tell
+/// the matter of the request they follow.
+fn matter_of(request_id: &str) -> &str {
+    if let Some(base) = request_id.strip_suffix("-again") {
+        return base;
+    }
+    if let Some(i) = request_id.rfind("-cluster-") {
+        return &request_id[..i];
+    }
+    request_id
+}
+
+/// Every escalation the gateway's supervision ledger holds.
+async fn escalations(gateway: &Channel) -> anyhow::Result<Vec<Escalation>> {
+    let mut obs = hotline_proto::pb::observatory_client::ObservatoryClient::new(gateway.clone());
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = obs
+            .list_escalations(ListEscalationsRequest {
+                include_closed: true,
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        out.extend(page.escalations);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// `merge` and `rules`, at the end: the run's reports of one open matter
+/// were dispatched once and merged into that dispatch, never into another
+/// matter's; and each escalation rule fired for exactly the matters,
+/// citizens and tickets whose reports reach its threshold. Checked against
+/// the thresholds the run gave the gateway, from the origins' stores.
+pub async fn supervision(
+    nodes: &BTreeMap<String, Channel>,
+    gateway: &Channel,
+    created: &[Created],
+    v: &crate::scenario::Supervision,
+) -> anyhow::Result<(Vec<Violation>, BTreeMap<String, u64>)> {
+    use std::collections::BTreeSet;
+    let units: BTreeSet<String> = created
+        .iter()
+        .flat_map(|c| c.units().into_iter().map(|(id, _)| id))
+        .collect();
+    let mut tickets: HashMap<String, Ticket> = HashMap::new();
+    for (city, channel) in nodes {
+        let mut client = CityHotlineClient::new(channel.clone());
+        for t in list_tickets(&mut client, TicketRole::Unspecified, true).await? {
+            if t.origin_city == *city && units.contains(&t.id) {
+                tickets.insert(t.id.clone(), t);
+            }
+        }
+    }
+    let all = escalations(gateway).await?;
+    let mut opened: BTreeMap<String, u64> = BTreeMap::new();
+    for e in &all {
+        let rule = EscalationRule::try_from(e.rule)
+            .map(|r| {
+                r.as_str_name()
+                    .trim_start_matches("ESCALATION_RULE_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_else(|_| "unknown".into());
+        *opened.entry(rule).or_default() += 1;
+    }
+    let escalated = |rule: EscalationRule| -> BTreeSet<&str> {
+        all.iter()
+            .filter(|e| e.rule == rule as i32)
+            .flat_map(|e| e.ticket_ids.iter().map(String::as_str))
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut violation = |invariant: &str, t: &Ticket, detail: String| {
+        out.push(Violation {
+            invariant: invariant.into(),
+            subject: t.id.clone(),
+            detail,
+            history: t.history.iter().map(event_line).collect(),
+            found: "end".into(),
+        });
+    };
+    let at = |t: &Ticket, seq: u64| {
+        t.history
+            .iter()
+            .find(|e| e.seq == seq)
+            .and_then(|e| e.time.as_ref())
+            .map(hotline_proto::time::to_unix_ms)
+            .unwrap_or(i64::MAX)
+    };
+    let closed_at = |t: &Ticket| {
+        t.history
+            .iter()
+            .find(|e| e.kind == EventKind::Closed as i32)
+            .and_then(|e| e.time.as_ref())
+            .map(hotline_proto::time::to_unix_ms)
+    };
+    let merged = |t: &Ticket| t.status == TicketStatus::Merged as i32;
+
+    // The run's reports (not parts of parallel tickets), by matter.
+    let mut matters: BTreeMap<String, Vec<&Ticket>> = BTreeMap::new();
+    for t in tickets.values().filter(|t| t.parent_id.is_empty()) {
+        // A ticket with no request id (a failed transfer's) is a matter of
+        // its own.
+        let key = if t.request_id.is_empty() {
+            t.id.clone()
+        } else {
+            format!("{}/{}", t.origin_city, matter_of(&t.request_id))
+        };
+        matters.entry(key).or_default().push(t);
+    }
+    let cluster = escalated(EscalationRule::ManyReportsOneMatter);
+    let emergency = escalated(EscalationRule::Emergency);
+    let emergency_categories = hotline_proto::catalogue::EMERGENCY_CATEGORIES;
+    for reports in matters.values_mut() {
+        reports.sort_by_key(|t| at(t, 2));
+        let ids: BTreeSet<&str> = reports.iter().map(|t| t.id.as_str()).collect();
+        let mut dispatched: Vec<&Ticket> = Vec::new();
+        for t in reports.iter() {
+            if merged(t) {
+                let into = t
+                    .history
+                    .iter()
+                    .find(|e| e.kind == EventKind::Merged as i32)
+                    .map(|e| e.linked_ticket_id.as_str())
+                    .unwrap_or_default();
+                if !ids.contains(into) {
+                    violation(
+                        "merge",
+                        t,
+                        format!("merged into {into}, which is not a report of the same matter"),
+                    );
+                }
+                if !v.merge {
+                    violation("merge", t, "merged although merging is off".into());
+                }
+                continue;
+            }
+            if v.merge {
+                let when = at(t, 2);
+                if let Some(open) = dispatched
+                    .iter()
+                    .find(|e| closed_at(e).is_none_or(|c| c > when))
+                {
+                    violation(
+                        "merge",
+                        t,
+                        format!(
+                            "dispatched again while {} about the same matter was open",
+                            open.id
+                        ),
+                    );
+                }
+            }
+            dispatched.push(t);
+        }
+        // 多人一诉: fired for the matter if and only if enough citizens.
+        let citizens: BTreeSet<String> = reports
+            .iter()
+            .map(|t| {
+                t.citizen
+                    .as_ref()
+                    .map(|c| c.phone.clone())
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| t.id.clone())
+            })
+            .collect();
+        let expected = citizens.len() as u64 >= u64::from(v.cluster_citizens);
+        let fired = ids.iter().any(|id| cluster.contains(id));
+        if expected != fired {
+            violation(
+                "rules",
+                reports[0],
+                format!(
+                    "{} citizens reported this matter (the rule: {}), and the many-reports rule {}",
+                    citizens.len(),
+                    v.cluster_citizens,
+                    if fired { "fired" } else { "did not fire" }
+                ),
+            );
+        }
+    }
+    // Emergencies: every report in an emergency category, and no other.
+    for t in tickets.values() {
+        let expected = emergency_categories.contains(&t.category.as_str());
+        if expected != emergency.contains(t.id.as_str()) {
+            violation(
+                "rules",
+                t,
+                format!(
+                    "category {}: the emergency rule {}",
+                    t.category,
+                    if expected { "did not fire" } else { "fired" }
+                ),
+            );
+        }
+    }
+    // 一人多诉: per citizen, if and only if enough reports.
+    let repeat = escalated(EscalationRule::OneCitizenManyRequests);
+    let mut by_citizen: BTreeMap<&str, Vec<&Ticket>> = BTreeMap::new();
+    for t in tickets.values().filter(|t| t.parent_id.is_empty()) {
+        if let Some(c) = t.citizen.as_ref().filter(|c| !c.phone.is_empty()) {
+            by_citizen.entry(c.phone.as_str()).or_default().push(t);
+        }
+    }
+    for reports in by_citizen.values() {
+        let expected = reports.len() as u64 >= u64::from(v.repeat_reports);
+        let fired = reports.iter().any(|t| repeat.contains(t.id.as_str()));
+        if expected != fired {
+            violation(
+                "rules",
+                reports[0],
+                format!(
+                    "one citizen made {} reports (the rule: {}), and the repeat-caller rule {}",
+                    reports.len(),
+                    v.repeat_reports,
+                    if fired { "fired" } else { "did not fire" }
+                ),
+            );
+        }
+    }
+    // Re-handled and still unsatisfied.
+    let unsatisfied = escalated(EscalationRule::StillUnsatisfied);
+    let k = u64::from(v.rehandled_times);
+    for t in tickets.values() {
+        let reopens = t
+            .history
+            .iter()
+            .filter(|e| e.kind == EventKind::Reopened as i32)
+            .count() as u64;
+        let closed_unhappy = t.history.iter().any(|e| {
+            e.kind == EventKind::Closed as i32 && e.satisfaction == Satisfaction::Unsatisfied as i32
+        });
+        let expected = reopens > k || (closed_unhappy && reopens >= k);
+        if expected != unsatisfied.contains(t.id.as_str()) {
+            violation(
+                "rules",
+                t,
+                format!(
+                    "reopened {reopens} times, closed {}unsatisfied (the rule: {k}), and the rule {}",
+                    if closed_unhappy { "" } else { "not " },
+                    if expected { "did not fire" } else { "fired" }
+                ),
+            );
+        }
+    }
+    Ok((out, opened))
 }

@@ -154,6 +154,31 @@ impl Matter {
         }
     }
 
+    /// A matter at a house number of the caller's choosing: numbers unique
+    /// within a plan make every fresh request a place of its own.
+    pub fn numbered(rng: &mut impl Rng, number: u32) -> Self {
+        Self {
+            number,
+            ..Self::draw(rng)
+        }
+    }
+
+    /// The same words posted again on another channel: another opening and
+    /// other punctuation only (what a citizen pastes into a second form).
+    pub fn reposted(&self, rng: &mut impl Rng) -> Told {
+        let first = self.told();
+        let body = first.description.trim_end_matches('。').replace('，', " ");
+        Told {
+            subject: first.subject,
+            description: format!(
+                "{}{body}{}",
+                OPENINGS[rng.random_range(0..OPENINGS.len())],
+                if rng.random_bool(0.5) { "！" } else { "。" }
+            ),
+            place: first.place,
+        }
+    }
+
     /// The first report, in the template's words.
     pub fn told(&self) -> Told {
         let place = format!("{}{}{}号", self.district, self.street, self.number);

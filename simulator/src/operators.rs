@@ -233,6 +233,9 @@ pub struct Handling {
     pub reject: f64,
     pub unsatisfied: f64,
     pub basically_satisfied: f64,
+    /// How many times an unsatisfied citizen has a ticket reopened before
+    /// closing it unsatisfied.
+    pub max_reopens: u32,
     /// Simulated seconds per real second.
     pub speed: f64,
 }
@@ -282,7 +285,7 @@ where
 /// delivered ticket waits for a free operator, who takes the accept time
 /// to accept (or reject) it; it is resolved after the resolve time. As the
 /// origin the city follows up on what was resolved: closes it, or reopens
-/// it once when the citizen is unsatisfied.
+/// it when the citizen is unsatisfied (up to the scenario's `max_reopens`).
 pub async fn handlers(
     client: CityHotlineClient<Channel>,
     seed: u64,
@@ -402,7 +405,7 @@ pub async fn handlers(
                     continue; // closed with its parent, or not this run's
                 }
                 let unhappy = rng.random_range(0.0..1.0) < h.unsatisfied;
-                if unhappy && t.reopen_count == 0 {
+                if unhappy && t.reopen_count < h.max_reopens {
                     let r = lister
                         .reopen_ticket(ReopenTicketRequest {
                             ticket_id: t.id,

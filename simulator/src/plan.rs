@@ -17,6 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::matters::Matter;
 use crate::scenario::{self, Scenario};
 use crate::workload::{GIVEN, KINDS, SURNAMES, subject};
 
@@ -141,6 +142,20 @@ impl Plan {
             let weight = s.tickets.city_weight.get(city).copied().unwrap_or(1.0);
             let per_hour = s.tickets.per_hour * weight;
             let mut planned = Vec::new();
+            // The words of the requests come from a generator of their own,
+            // so the draws of everything else stay as they were. Every fresh
+            // request is a matter at a house number of its own.
+            let mut words = StdRng::seed_from_u64(
+                seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
+                    .wrapping_add(index as u64 + 1),
+            );
+            let mut next_number = (index as u32 + 1) * 1_000_000;
+            let mut fresh = |words: &mut StdRng| {
+                next_number += 1;
+                Matter::numbered(words, next_number)
+            };
+            let v = &s.supervision;
+            let run_ms = (s.duration_minutes * 60_000.0) as u64;
             let times = arrivals(
                 &mut rng,
                 per_hour,
@@ -181,14 +196,13 @@ impl Plan {
                         rng.random_range(0..1_000_000_000u64)
                     ),
                 };
+                let matter = fresh(&mut words);
+                let told = matter.told();
                 let draft = Ticket {
                     target_cities: targets,
-                    subject: subject(&category).to_owned(),
-                    description: format!(
-                        "市民反映{}相关问题，涉及外市办理，请协助。",
-                        subject(&category)
-                    ),
-                    location: format!("{city}市辖区"),
+                    subject: told.subject,
+                    description: told.description,
+                    location: told.place,
                     kind: KINDS[rng.random_range(0..KINDS.len())] as i32,
                     channel: scenario::channel_of(&channel)
                         .map(|c| c as i32)
@@ -219,10 +233,56 @@ impl Plan {
                     let mut repeat = draft.clone();
                     repeat.channel = scenario::channel_of(&again).map(|c| c as i32).unwrap_or(1);
                     repeat.request_id = format!("{city}-{n}-again");
+                    let told = matter.reposted(&mut words);
+                    repeat.subject = told.subject;
+                    repeat.description = told.description;
+                    repeat.location = told.place;
                     planned.push(Planned {
                         at_ms: at_ms + rng.random_range(120_000..1_800_000),
                         arrival: Arrival::Ticket(Box::new(repeat)),
                     });
+                }
+                let single_cross =
+                    draft.target_cities.len() == 1 && draft.target_cities[0] != *city;
+                if single_cross && words.random_bool(v.cluster_share) {
+                    // 多人一诉: other citizens report the same matter.
+                    for j in 1..words.random_range(2..=v.cluster_max_citizens) {
+                        let mut other = draft.clone();
+                        let told = matter.reposted(&mut words);
+                        other.subject = told.subject;
+                        other.description = told.description;
+                        other.location = told.place;
+                        other.channel = scenario::channel_of(weighted(&mut rng, &channels))
+                            .map(|c| c as i32)
+                            .unwrap_or(1);
+                        other.citizen = Some(Citizen {
+                            name: "市民".into(),
+                            phone: format!("137{:08}", words.random_range(0..100_000_000u64)),
+                        });
+                        other.request_id = format!("{city}-{n}-cluster-{j}");
+                        planned.push(Planned {
+                            at_ms: at_ms + words.random_range(300_000..3_600_000),
+                            arrival: Arrival::Ticket(Box::new(other)),
+                        });
+                    }
+                }
+                if words.random_bool(v.repeat_caller_share) {
+                    // 一人多诉: the same citizen files other requests later.
+                    for j in 1..words.random_range(2..=v.repeat_caller_max_requests) {
+                        let mut more = draft.clone();
+                        let told = fresh(&mut words).told();
+                        more.subject = told.subject;
+                        more.description = told.description;
+                        more.location = told.place;
+                        more.target_cities =
+                            vec![others[words.random_range(0..others.len())].clone()];
+                        more.request_id = format!("{city}-{n}-caller-{j}");
+                        let later = words.random_range(600_000..run_ms.max(600_001));
+                        planned.push(Planned {
+                            at_ms: (at_ms + later).min(run_ms.saturating_sub(1)),
+                            arrival: Arrival::Ticket(Box::new(more)),
+                        });
+                    }
                 }
                 planned.push(Planned {
                     at_ms,

@@ -58,6 +58,9 @@ pub struct Tickets {
     pub reassigned: u64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Reports the gateway merged into an open ticket about the same matter
+    /// (合并派单): not dispatched, so never expected at a target.
+    pub merged: u64,
 }
 
 /// Call transfers, as the nodes hold them at the end.
@@ -97,6 +100,8 @@ pub struct CityFigures {
     pub transfers_in_unconfirmed: u64,
     pub sent: u64,
     pub received: u64,
+    /// Reports this city sent that the gateway merged.
+    pub merged: u64,
     /// Tickets this city sent, per category.
     pub by_category: BTreeMap<String, u64>,
     pub received_by_category: BTreeMap<String, u64>,
@@ -320,6 +325,7 @@ impl Baseline {
                 (&mut s.satisfied, b.satisfied),
                 (&mut s.basically_satisfied, b.basically_satisfied),
                 (&mut s.unsatisfied, b.unsatisfied),
+                (&mut s.merged, b.merged),
             ] {
                 *now = now.saturating_sub(before);
             }
@@ -393,6 +399,16 @@ pub async fn count_since(
             f.local += 1;
         }
         for (id, target) in units {
+            if everything
+                .get(&id)
+                .is_some_and(|t| t.status == TicketStatus::Merged as i32)
+            {
+                r.tickets.merged += 1;
+                if let Some(f) = r.cities.get_mut(&c.origin) {
+                    f.merged += 1;
+                }
+                continue;
+            }
             r.tickets.dispatched += 1;
             expected.insert(id.clone());
             if let Some(f) = r.cities.get_mut(&c.origin) {
@@ -584,6 +600,14 @@ pub async fn count_since(
                 "{}: the gateway counts {:?}; the histories hold {handled:?}",
                 s.city,
                 Handled::of_stats(s)
+            ));
+        }
+        let merged = r.cities.get(&s.city).map(|f| f.merged).unwrap_or_default();
+        if merged != s.merged {
+            r.gateway_stats_agree = false;
+            r.problems.push(format!(
+                "{}: the gateway counts {} reports merged; the stores hold {merged}",
+                s.city, s.merged
             ));
         }
         if sent != s.sent || received != s.received {

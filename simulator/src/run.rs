@@ -133,6 +133,8 @@ pub struct RunReport {
     pub timeline: Vec<Sample>,
     /// The recount from the nodes' stores, compared with the gateway.
     pub figures: Report,
+    /// Escalations in the supervision ledger at the end, per rule.
+    pub escalations: BTreeMap<String, u64>,
     pub invariant_violations: Vec<Violation>,
 }
 
@@ -233,6 +235,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             let fed = Spawned::federation(
                 &catalogue,
                 &dir,
+                &scenario.supervision.gateway_toml(),
                 "ring_timeout_ms = 2000\ntransfer_deadline_ms = 20000\n",
                 true,
             )
@@ -309,6 +312,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         reject: scenario.operators.reject_share,
         unsatisfied: scenario.citizens.unsatisfied_share,
         basically_satisfied: scenario.citizens.basically_satisfied_share,
+        max_reopens: scenario.citizens.max_reopens,
         speed: scenario.speed,
     };
     let category_ids: Vec<String> = catalogue.category_ids().map(str::to_owned).collect();
@@ -517,6 +521,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     .await?;
     let mut found = violations.lock().map(|v| v.clone()).unwrap_or_default();
     found.extend(invariants::at_end(&figures_report, &nodes, &gateway, &snapshot).await?);
+    let (broken, escalations) =
+        invariants::supervision(&nodes, &gateway, &snapshot, &scenario.supervision).await?;
+    found.extend(broken);
     let mut seen = BTreeSet::new();
     // One violation per ticket or transfer and invariant, live or at the
     // end (statistics: one per figure that disagrees).
@@ -561,6 +568,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         flow: flow(&snapshot, &transfers),
         timeline,
         figures: figures_report,
+        escalations,
         invariant_violations: found,
     };
     print!("\n{}", summary(&report));
@@ -875,12 +883,26 @@ pub fn summary(r: &RunReport) -> String {
             f.at_secs, f.kind, f.target, f.for_secs, f.outcome
         ));
     }
+    let escalated: Vec<String> = r
+        .escalations
+        .iter()
+        .map(|(rule, n)| format!("{rule} {n}"))
+        .collect();
+    out.push_str(&format!(
+        "supervision: reports merged {}; escalations {}\n",
+        r.figures.tickets.merged,
+        if escalated.is_empty() {
+            "none".to_owned()
+        } else {
+            escalated.join(", ")
+        }
+    ));
     let mut by_invariant: BTreeMap<&str, usize> = BTreeMap::new();
     for v in &r.invariant_violations {
         *by_invariant.entry(v.invariant.as_str()).or_default() += 1;
     }
     if by_invariant.is_empty() {
-        out.push_str("invariants: all held (exactly-once, events-in-order, route, transfer-terminal, statistics)\n");
+        out.push_str("invariants: all held (exactly-once, events-in-order, route, transfer-terminal, statistics, merge, rules)\n");
     } else {
         for v in r.invariant_violations.iter().take(20) {
             out.push_str(&v.to_string());

@@ -29,6 +29,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../scenarios/flood-season.toml"),
     ),
     ("chaos", include_str!("../scenarios/chaos.toml")),
+    ("supervision", include_str!("../scenarios/supervision.toml")),
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -57,6 +58,10 @@ pub struct Scenario {
     pub operators: Operators,
     #[serde(default)]
     pub citizens: Citizens,
+    /// Duplicates, clusters, repeat callers, and the gateway's supervision
+    /// rules they are checked against.
+    #[serde(default)]
+    pub supervision: Supervision,
     /// Faults on a schedule.
     #[serde(default)]
     pub faults: Vec<Fault>,
@@ -203,10 +208,17 @@ impl Default for Operators {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Citizens {
-    /// Resolved tickets whose citizen is unsatisfied: reopened once, then
-    /// closed unsatisfied if it happens again.
+    /// At each follow-up of a resolved ticket, the share of citizens
+    /// unsatisfied: reopened (重办) up to `max_reopens` times, then closed
+    /// unsatisfied.
     pub unsatisfied_share: f64,
     pub basically_satisfied_share: f64,
+    #[serde(default = "one_reopen")]
+    pub max_reopens: u32,
+}
+
+fn one_reopen() -> u32 {
+    1
 }
 
 impl Default for Citizens {
@@ -214,7 +226,58 @@ impl Default for Citizens {
         Self {
             unsatisfied_share: 0.1,
             basically_satisfied_share: 0.2,
+            max_reopens: 1,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Supervision {
+    /// The gateway merges reports of one open matter (合并派单). Off, the
+    /// repeats are dispatched as tickets of their own.
+    pub merge: bool,
+    /// Requests that are a matter several citizens report (多人一诉), each
+    /// by 2 to `cluster_max_citizens` citizens, the others 5 to 60
+    /// simulated minutes after the first.
+    pub cluster_share: f64,
+    pub cluster_max_citizens: u32,
+    /// Citizens who file several different requests (一人多诉): this share
+    /// of requests starts such a citizen, who files 2 to
+    /// `repeat_caller_max_requests` requests over the run.
+    pub repeat_caller_share: f64,
+    pub repeat_caller_max_requests: u32,
+    /// The gateway's `[supervision]` thresholds for this run.
+    pub cluster_citizens: u32,
+    pub repeat_reports: u32,
+    pub rehandled_times: u32,
+}
+
+impl Default for Supervision {
+    fn default() -> Self {
+        Self {
+            merge: false,
+            cluster_share: 0.0,
+            cluster_max_citizens: 6,
+            repeat_caller_share: 0.0,
+            repeat_caller_max_requests: 6,
+            cluster_citizens: 5,
+            repeat_reports: 5,
+            rehandled_times: 2,
+        }
+    }
+}
+
+impl Supervision {
+    /// The gateway's `[supervision]` for this run.
+    pub fn gateway_toml(&self) -> String {
+        format!(
+            "[supervision]\nmerge_window_hours = {}\ncluster_citizens = {}\nrepeat_reports = {}\nrehandled_times = {}\n",
+            if self.merge { 72 } else { 0 },
+            self.cluster_citizens,
+            self.repeat_reports,
+            self.rehandled_times
+        )
     }
 }
 
@@ -378,9 +441,31 @@ impl Scenario {
         }
         for (cat, w) in &t.category_weight {
             if catalogue.category(cat).is_none() {
-                bail!("tickets.category_weight.{cat}: not one of the 14 categories");
+                bail!("tickets.category_weight.{cat}: not a category of the catalogue");
             }
             weight(&format!("tickets.category_weight.{cat}"), *w)?;
+        }
+        let v = &self.supervision;
+        share("supervision.cluster_share", v.cluster_share)?;
+        share("supervision.repeat_caller_share", v.repeat_caller_share)?;
+        for (name, n, min) in [
+            (
+                "supervision.cluster_max_citizens",
+                v.cluster_max_citizens,
+                2,
+            ),
+            (
+                "supervision.repeat_caller_max_requests",
+                v.repeat_caller_max_requests,
+                2,
+            ),
+            ("supervision.cluster_citizens", v.cluster_citizens, 1),
+            ("supervision.repeat_reports", v.repeat_reports, 1),
+            ("supervision.rehandled_times", v.rehandled_times, 1),
+        ] {
+            if n < min || n > 1000 {
+                bail!("{name}: {n} must be between {min} and 1000");
+            }
         }
         share("tickets.local_share", t.local_share)?;
         share("tickets.multi_city_share", t.multi_city_share)?;

@@ -216,11 +216,12 @@ impl Spawned {
 
     /// The whole federation of `catalogue` under `dir`, over mutual TLS,
     /// with a fault proxy on each city's links to the gateway when `links`
-    /// (for partitions and latency), and `node_extra` top-level lines in
-    /// every node's file.
+    /// (for partitions and latency), `gateway_extra` sections in the
+    /// gateway's file and `node_extra` top-level lines in every node's.
     pub async fn federation(
         catalogue: &hotline_proto::Catalogue,
         dir: &Path,
+        gateway_extra: &str,
         node_extra: &str,
         links: bool,
     ) -> anyhow::Result<Self> {
@@ -229,7 +230,7 @@ impl Spawned {
             &cities,
             &BTreeMap::new(),
             dir,
-            "",
+            gateway_extra,
             node_extra,
             false,
             &[],

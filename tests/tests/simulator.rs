@@ -106,6 +106,37 @@ fn the_chaos_run_keeps_every_invariant_through_kills_a_partition_and_a_stall() {
     assert!(page.contains("every invariant held"));
 }
 
+/// The supervision scenario: requests posted again on other channels,
+/// matters many citizens report, repeat callers, stubborn citizens and the
+/// emergency categories, with a node killed on the way. The run's `merge`
+/// and `rules` invariants hold: every repeat of an open matter merged into
+/// its one dispatch and nowhere else, and each rule fired exactly where the
+/// reports reach its threshold.
+#[test]
+fn the_supervision_run_merges_every_repeat_and_fires_each_rule_where_it_should() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report) = simulator(
+        dir.path(),
+        &["--scenario", "supervision", "--spawn", "--seed", "1"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(violations(&report), Vec::<String>::new(), "{}", text(&out));
+    let t = &report["figures"]["tickets"];
+    assert!(t["merged"].as_u64().unwrap() > 50, "{t}");
+    assert_eq!(t["lost"], 0);
+    assert_eq!(report["figures"]["gateway_stats_agree"], true);
+    let e = &report["escalations"];
+    for rule in [
+        "many_reports_one_matter",
+        "one_citizen_many_requests",
+        "emergency",
+    ] {
+        assert!(e[rule].as_u64().unwrap_or(0) > 0, "no {rule}: {e}");
+    }
+    assert!(text(&out).contains("merge, rules"), "{}", text(&out));
+}
+
 /// A deliberately broken node — it acknowledges a delivery before it has
 /// committed it — is caught by a run that kills it.
 #[test]
