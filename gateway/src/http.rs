@@ -129,10 +129,37 @@ async fn overview(State(http): State<Arc<Http>>, Query(q): Query<OverviewQuery>)
             let (waiting, _) = crate::ledger::coordination(c, 0, LISTED, false)?;
             let waiting_total = crate::ledger::coordination_waiting(c)?;
             let cursor = flow::bounds(c)?.map(|(_, hi)| hi).unwrap_or(0);
-            Ok::<_, GatewayError>((stats, flow, top, overdue, waiting, waiting_total, cursor))
+            let filter = crate::supervision::Filter {
+                rule: None,
+                include_closed: false,
+                ticket_id: None,
+            };
+            let (open, _) = crate::supervision::list(c, &filter, i64::MAX, LISTED, &|_| true)?;
+            let open_by_rule = crate::supervision::open_by_rule(c)?;
+            let month = Window::at(Grain::Month, now).period;
+            let matters = crate::supervision::top_matters(c, month, "", 10, &|_| true)?;
+            Ok::<_, GatewayError>((
+                stats,
+                flow,
+                top,
+                overdue,
+                waiting,
+                waiting_total,
+                cursor,
+                (open, open_by_rule, matters),
+            ))
         })
         .await;
-    let (stats, flow, top, (overdue, overdue_total), waiting, waiting_total, cursor) = match read {
+    let (
+        stats,
+        flow,
+        top,
+        (overdue, overdue_total),
+        waiting,
+        waiting_total,
+        cursor,
+        (escalations, open_by_rule, matters),
+    ) = match read {
         Ok(r) => r,
         Err(e) => return failure(e),
     };
@@ -181,6 +208,27 @@ async fn overview(State(http): State<Arc<Http>>, Query(q): Query<OverviewQuery>)
             "tickets": overdue.iter().map(|o| json!({
                 "id": o.id, "origin": o.origin, "handler": o.handler, "category": o.category,
                 "status": status_name(o.status), "due_ms": o.due_ms, "urgent": o.urgent,
+                "stage": o.stage,
+            })).collect::<Vec<_>>(),
+        },
+        "supervision": {
+            "open": open_by_rule.values().sum::<u64>(),
+            "open_by_rule": open_by_rule,
+            "merged": stats.iter().map(|s| s.merged).sum::<u64>(),
+            "escalations": escalations.iter().map(|e| json!({
+                "id": e.id,
+                "rule": crate::supervision::rule_name(e.rule),
+                "reason": e.reason,
+                "handler": e.handling_city,
+                "category": e.category,
+                "department": e.department,
+                "tickets": e.ticket_ids.len(),
+                "actions": e.actions.len(),
+                "open_ms": e.open_time.as_ref().map(time::to_unix_ms),
+            })).collect::<Vec<_>>(),
+            "top_matters": matters.iter().map(|m| json!({
+                "id": m.ticket_id, "subject": m.subject, "location": m.location,
+                "handler": m.handling_city, "category": m.category, "reports": m.reports,
             })).collect::<Vec<_>>(),
         },
         "coordination": {

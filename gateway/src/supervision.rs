@@ -788,6 +788,30 @@ fn read_escalation(c: &Connection, n: i64) -> Result<Option<Escalation>> {
     Ok(Some(e))
 }
 
+/// A rule's short name: "many_reports_one_matter", ...
+pub fn rule_name(raw: i32) -> String {
+    EscalationRule::try_from(raw)
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("ESCALATION_RULE_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// How many escalations are open, per rule (by its name, lowercase).
+pub fn open_by_rule(c: &Connection) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    let mut stmt =
+        c.prepare_cached("SELECT rule, count(*) FROM escalations WHERE state = 1 GROUP BY rule")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (rule, n) = row?;
+        out.insert(rule_name(rule), u64::try_from(n).unwrap_or(0));
+    }
+    Ok(out)
+}
+
 /// Filters of the supervision ledger's listing.
 pub struct Filter {
     pub rule: Option<EscalationRule>,

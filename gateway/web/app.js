@@ -123,7 +123,15 @@ function renderLists(data) {
   $("#overdue-count").textContent = `${data.overdue.total} open past deadline`;
   $("#overdue tbody").replaceChildren(...data.overdue.tickets.map((t) => el("tr", { class: t.urgent ? "urgent" : "" },
     el("td", { class: "id" }, t.id), el("td", {}, cityName(t.handler)), el("td", {}, catName(t.category)),
-    el("td", {}, t.status), el("td", {}, new Date(t.due_ms).toLocaleString("zh-CN", { hour12: false })))));
+    el("td", {}, t.stage || t.status), el("td", {}, new Date(t.due_ms).toLocaleString("zh-CN", { hour12: false })))));
+  const sv = data.supervision;
+  const rules = Object.entries(sv.open_by_rule).map(([r, n]) => `${r} ${n}`).join(", ");
+  $("#supervision-count").textContent = `${sv.open} open${rules ? ` (${rules})` : ""}; ${sv.merged} reports merged in the window`;
+  $("#escalations tbody").replaceChildren(...sv.escalations.map((e) => el("tr", { "data-rule": e.rule },
+    el("td", { class: "id" }, e.id), el("td", {}, e.rule), el("td", {}, e.reason), el("td", {}, cityName(e.handler)),
+    el("td", {}, e.department), el("td", {}, e.tickets), el("td", {}, e.actions))));
+  $("#matters").replaceChildren(...sv.top_matters.map((m) => el("li", {},
+    `${m.subject} · ${m.location} · ${cityName(m.handler)} · ${m.reports} reports`)));
   $("#top").replaceChildren(...data.cities.map((c) => el("div", { "data-city": c.id },
     el("strong", {}, c.name), el("ol", {}, ...(data.top_month[c.id] || []).map(([cat, n]) => el("li", {}, `${catName(cat)} · ${n}`))))));
 }

@@ -410,14 +410,9 @@ pub async fn supervision(
     let all = escalations(gateway).await?;
     let mut opened: BTreeMap<String, u64> = BTreeMap::new();
     for e in &all {
-        let rule = EscalationRule::try_from(e.rule)
-            .map(|r| {
-                r.as_str_name()
-                    .trim_start_matches("ESCALATION_RULE_")
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_else(|_| "unknown".into());
-        *opened.entry(rule).or_default() += 1;
+        *opened
+            .entry(gateway::supervision::rule_name(e.rule))
+            .or_default() += 1;
     }
     let escalated = |rule: EscalationRule| -> BTreeSet<&str> {
         all.iter()

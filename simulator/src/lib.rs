@@ -43,4 +43,5 @@ pub mod scenario;
 pub mod sink;
 pub mod spawn;
 pub mod statsbench;
+pub mod supbench;
 pub mod workload;

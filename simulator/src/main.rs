@@ -122,6 +122,21 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
+    /// What the merge check and the escalation rules cost per ticket at the
+    /// gateway with many tickets in the ledger: fills a ledger (or reuses
+    /// one kept in --data-dir), then dispatches --samples reports through
+    /// the gateway's transaction, timing the checks alone and the whole
+    /// dispatch. See docs/benchmarks.md.
+    BenchSupervision {
+        #[arg(long, default_value_t = 10_000_000)]
+        tickets: u64,
+        #[arg(long, default_value_t = 20_000)]
+        samples: usize,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
     /// The Observatory's queries with many tickets in the ledger: loads the
     /// ledger through the gateway's own transaction bodies (or reuses one
     /// kept in --data-dir), starts the real `gateway` binary on it and times
@@ -288,6 +303,27 @@ fn main() -> ExitCode {
                 report.as_deref(),
                 keep.as_deref(),
             )))
+        }
+        Command::BenchSupervision {
+            tickets,
+            samples,
+            data_dir,
+            report,
+        } => {
+            if samples == 0 {
+                eprintln!("error: --samples must be positive");
+                return ExitCode::from(2);
+            }
+            finished(runtime.block_on(async move {
+                simulator::supbench::run(simulator::supbench::Options {
+                    tickets,
+                    samples,
+                    data_dir,
+                    report,
+                })
+                .await
+                .map(|_| ())
+            }))
         }
         Command::BenchMerge {
             matters,

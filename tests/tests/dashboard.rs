@@ -165,6 +165,23 @@ async fn the_dashboard_shows_the_four_cities_and_its_numbers_move_when_tickets_f
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // An emergency is in the supervision ledger (督办台账) at once, and the
+    // page shows it.
+    let flood = create(&mut luzhou, draft(&["yibin"], "natural-disaster")).await;
+    wait_status(&yibin, &flood.id, TicketStatus::Delivered).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let count = text_of(&c, "#supervision-count").await;
+        let rows = text_of(&c, "#escalations tbody").await;
+        if count.starts_with("1 open") && rows.contains("emergency") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the supervision ledger did not show: {count:?} {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // The live ticker names the tickets.
     let ticker = text_of(&c, "#ticker").await;
     assert!(ticker.contains(&ids[2]), "{ticker}");
