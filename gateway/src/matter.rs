@@ -117,6 +117,18 @@ pub fn place_similarity(a: &str, b: &str) -> f64 {
     x.intersection(&y).count() as f64 / union as f64
 }
 
+/// A key of the house numbers of a normalised place (0 when it has none):
+/// two places whose keys are both set and differ are two places, which a
+/// lookup can tell without reading either report.
+pub fn numbers_key(place: &str) -> i64 {
+    let numbers = numbers(place);
+    if numbers.is_empty() {
+        return 0;
+    }
+    let bytes = numbers.join(",").into_bytes();
+    (fnv(bytes) | 1) as i64
+}
+
 /// The numbers in a text ("18", "3"), in order.
 fn numbers(text: &str) -> Vec<&str> {
     text.split(|c: char| !c.is_ascii_digit())

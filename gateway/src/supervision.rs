@@ -53,7 +53,14 @@ CREATE INDEX recent_created ON recent (created_ms);
 CREATE INDEX recent_root ON recent (root, created_ms);
 CREATE INDEX recent_citizen ON recent (citizen, created_ms);
 -- Locality-sensitive buckets of the recent reports' signatures.
-CREATE TABLE recent_bands (key INTEGER NOT NULL, w INTEGER NOT NULL, PRIMARY KEY (key, w)) WITHOUT ROWID;
+-- With the key of the report's house numbers, so that a lookup passes over
+-- another address without reading its report.
+CREATE TABLE recent_bands (
+    key INTEGER NOT NULL,
+    w INTEGER NOT NULL,
+    num INTEGER NOT NULL,
+    PRIMARY KEY (key, w)
+) WITHOUT ROWID;
 CREATE INDEX recent_bands_w ON recent_bands (w);
 -- Reports merged into a ticket (合并派单), for its snapshot.
 CREATE TABLE links (
@@ -441,17 +448,22 @@ pub fn find_match(
     let keys = matter::band_keys(target, category, &fp.signature);
     let mut seen = std::collections::HashSet::new();
     let mut best: Option<Match> = None;
-    // The newest few of each bucket: a matter reported thousands of times
-    // is found by its latest reports without reading them all.
-    let mut bands =
-        c.prepare_cached("SELECT w FROM recent_bands WHERE key = ?1 ORDER BY w DESC LIMIT 64")?;
+    // The newest few of each bucket at the same house number or none: a
+    // matter reported thousands of times is found by its latest reports
+    // without reading them all, and a bucket full of other addresses is
+    // passed over in its index.
+    let mut bands = c.prepare_cached(
+        "SELECT w FROM (SELECT w, num FROM recent_bands WHERE key = ?1 ORDER BY w DESC LIMIT 256)
+         WHERE num = 0 OR ?2 = 0 OR num = ?2 LIMIT 64",
+    )?;
+    let num = matter::numbers_key(&fp.place);
     let mut row = c.prepare_cached(
         "SELECT ticket_id, target, category, created_ms, signature, place, root, merged_into
          FROM recent WHERE w = ?1",
     )?;
     for key in keys {
         let ws: Vec<i64> = bands
-            .query_map([key], |r| r.get(0))?
+            .query_map(params![key, num], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for w in ws {
             if !seen.insert(w) {
@@ -544,9 +556,10 @@ pub fn record(
     // the number of distinct recent matters.
     if r.merged_into.is_none() {
         let mut band =
-            c.prepare_cached("INSERT OR IGNORE INTO recent_bands (key, w) VALUES (?1, ?2)")?;
+            c.prepare_cached("INSERT OR IGNORE INTO recent_bands (key, w, num) VALUES (?1, ?2, ?3)")?;
+        let num = matter::numbers_key(&r.fingerprint.place);
         for key in matter::band_keys(r.target, r.category, &r.fingerprint.signature) {
-            band.execute(params![key, w])?;
+            band.execute(params![key, w, num])?;
         }
     }
     if r.root == r.ticket_id {
