@@ -555,8 +555,9 @@ pub fn record(
     // dispatched tickets are filed in the buckets, which stay as small as
     // the number of distinct recent matters.
     if r.merged_into.is_none() {
-        let mut band =
-            c.prepare_cached("INSERT OR IGNORE INTO recent_bands (key, w, num) VALUES (?1, ?2, ?3)")?;
+        let mut band = c.prepare_cached(
+            "INSERT OR IGNORE INTO recent_bands (key, w, num) VALUES (?1, ?2, ?3)",
+        )?;
         let num = matter::numbers_key(&r.fingerprint.place);
         for key in matter::band_keys(r.target, r.category, &r.fingerprint.signature) {
             band.execute(params![key, w, num])?;

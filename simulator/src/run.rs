@@ -344,6 +344,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let mut plan = plan;
     for (i, (city, channel)) in nodes.iter().enumerate() {
         let client = CityHotlineClient::new(channel.clone());
+        let mut handling = handling;
+        if let Some(f) = scenario.operators.slow_cities.get(city) {
+            for m in [&mut handling.accept, &mut handling.resolve] {
+                m.median *= f;
+                m.p90 *= f;
+            }
+        }
         people.spawn(operators::handlers(
             client.clone(),
             opts.seed.wrapping_add(100 + i as u64),

@@ -186,6 +186,10 @@ pub struct Operators {
     pub resolve: Minutes,
     /// Received tickets rejected as not the city's business.
     pub reject_share: f64,
+    /// Cities slower than the rest: their accept and resolve times are
+    /// multiplied by the factor.
+    #[serde(default)]
+    pub slow_cities: BTreeMap<String, f64>,
 }
 
 impl Default for Operators {
@@ -201,6 +205,7 @@ impl Default for Operators {
                 p90: 600.0,
             },
             reject_share: 0.05,
+            slow_cities: BTreeMap::new(),
         }
     }
 }
@@ -521,6 +526,12 @@ impl Scenario {
             }
         }
         share("operators.reject_share", o.reject_share)?;
+        for (city, factor) in &o.slow_cities {
+            if catalogue.city(city).is_none() {
+                bail!("operators.slow_cities.{city}: not a city of this scenario");
+            }
+            positive(&format!("operators.slow_cities.{city}"), *factor)?;
+        }
         share(
             "citizens.unsatisfied_share",
             self.citizens.unsatisfied_share,
