@@ -57,6 +57,36 @@ impl ObservatoryService {
     fn window(&self, field: &str, wire: i32, period: &str) -> Result<Window, Status> {
         Window::parse(field, wire, period, time::now_ms()).map_err(Status::from)
     }
+
+    /// A monthly ranking's month, the cities the viewer may read of `city`
+    /// ("" for all), and its limit (default and at most 10).
+    fn monthly(
+        &self,
+        viewer: &Viewer,
+        city: &str,
+        month: &str,
+        limit: i32,
+    ) -> Result<(Window, Vec<String>, usize), Status> {
+        let catalogue = self.ledger.catalogue();
+        if !city.is_empty() {
+            validate::city("city", city, catalogue).map_err(Status::from)?;
+        }
+        let limit = match limit {
+            0 => 10,
+            n if n < 0 => return Err(invalid_argument("limit", "must not be negative")),
+            n => (n as usize).min(10),
+        };
+        let w = self.window("month", Grain::Month as i32, month)?;
+        let cities = viewer.cities(city, catalogue.city_ids().map(str::to_owned).collect())?;
+        Ok((w, cities, limit))
+    }
+}
+
+/// Whether a category is among a viewer's (`None`: every category).
+fn in_categories(categories: &Option<Vec<String>>, category: &str) -> bool {
+    categories
+        .as_ref()
+        .is_none_or(|a| a.iter().any(|x| x == category))
 }
 
 /// Events one watch reads from the log at a time.
@@ -143,16 +173,7 @@ impl Observatory for ObservatoryService {
         let viewer = Viewer::of(&request, &self.departments)?;
         let req = request.into_inner();
         let catalogue = self.ledger.catalogue();
-        if !req.city.is_empty() {
-            validate::city("city", &req.city, catalogue).map_err(Status::from)?;
-        }
-        let limit = match req.limit {
-            0 => 10,
-            n if n < 0 => return Err(invalid_argument("limit", "must not be negative")),
-            n => (n as usize).min(10),
-        };
-        let w = self.window("month", Grain::Month as i32, &req.month)?;
-        let cities = viewer.cities(&req.city, catalogue.city_ids().map(str::to_owned).collect())?;
+        let (w, cities, limit) = self.monthly(&viewer, &req.city, &req.month, req.limit)?;
         let order: Vec<String> = catalogue.category_ids().map(str::to_owned).collect();
         let mut top = self
             .ledger
@@ -457,11 +478,7 @@ impl Observatory for ObservatoryService {
             .ledger
             .db()
             .read(move |c| {
-                let keep = |category: &str| {
-                    categories
-                        .as_ref()
-                        .is_none_or(|a| a.iter().any(|x| x == category))
-                };
+                let keep = |category: &str| in_categories(&categories, category);
                 let lines = supervision::digest(c, from, to, &keep)?;
                 let merged: u64 = stats::read(c, w, &cities, categories.as_deref())?
                     .iter()
@@ -499,28 +516,14 @@ impl Observatory for ObservatoryService {
     ) -> Result<Response<GetTopMattersResponse>, Status> {
         let viewer = Viewer::of(&request, &self.departments)?;
         let req = request.into_inner();
-        let catalogue = self.ledger.catalogue();
-        if !req.city.is_empty() {
-            validate::city("city", &req.city, catalogue).map_err(Status::from)?;
-        }
-        let limit = match req.limit {
-            0 => 10,
-            n if n < 0 => return Err(invalid_argument("limit", "must not be negative")),
-            n => (n as usize).min(10),
-        };
-        let w = self.window("month", Grain::Month as i32, &req.month)?;
-        let cities = viewer.cities(&req.city, catalogue.city_ids().map(str::to_owned).collect())?;
+        let (w, cities, limit) = self.monthly(&viewer, &req.city, &req.month, req.limit)?;
         let province = !matches!(viewer, Viewer::City(_)) && req.city.is_empty();
         let categories = viewer.categories();
         let (cities, province) = self
             .ledger
             .db()
             .read(move |c| {
-                let keep = |category: &str| {
-                    categories
-                        .as_ref()
-                        .is_none_or(|a| a.iter().any(|x| x == category))
-                };
+                let keep = |category: &str| in_categories(&categories, category);
                 let mut out = Vec::new();
                 for city in cities {
                     let matters = supervision::top_matters(c, w.period, &city, limit, &keep)?;

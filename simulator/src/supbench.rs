@@ -96,6 +96,34 @@ fn draft(
     }
 }
 
+/// Writes a ticket's row as it stands in `status`; returns its target and
+/// creation time.
+fn write_ticket(
+    c: &rusqlite::Connection,
+    t: &Ticket,
+    status: TicketStatus,
+    now: i64,
+) -> Result<(String, i64), gateway::GatewayError> {
+    let created = t.create_time.as_ref().map(time::to_unix_ms).unwrap_or(now);
+    let target = t.target_cities.first().cloned().unwrap_or_default();
+    c.prepare_cached(
+        "INSERT INTO tickets (id, origin, handler, category, urgent, status, seq, body, created_ms, updated_ms, kind)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?8, ?9)",
+    )?
+    .execute(params![
+        t.id,
+        t.origin_city,
+        target,
+        t.category,
+        status as i32,
+        if status == TicketStatus::Closed { 6 } else { 2 },
+        t.encode_to_vec(),
+        created,
+        t.kind
+    ])?;
+    Ok((target, created))
+}
+
 async fn count(ledger: &Ledger, table: &'static str) -> anyhow::Result<u64> {
     let n: i64 = ledger
         .db()
@@ -142,10 +170,6 @@ pub async fn run(o: Options) -> anyhow::Result<Figures> {
         ledger
             .db()
             .write(move |c| {
-                let mut ticket = c.prepare_cached(
-                    "INSERT INTO tickets (id, origin, handler, category, urgent, status, seq, body, created_ms, updated_ms, kind)
-                     VALUES (?1, ?2, ?3, ?4, 0, ?5, 6, ?6, ?7, ?7, ?8)",
-                )?;
                 let mut matter = c.prepare_cached(
                     "INSERT INTO matters (root, category, handler, subject, place) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
@@ -154,18 +178,7 @@ pub async fn run(o: Options) -> anyhow::Result<Figures> {
                      ON CONFLICT (month, city, root) DO UPDATE SET n = n + 1",
                 )?;
                 for t in rows {
-                    let created = t.create_time.as_ref().map(time::to_unix_ms).unwrap_or(now);
-                    let target = t.target_cities[0].clone();
-                    ticket.execute(params![
-                        t.id,
-                        t.origin_city,
-                        target,
-                        t.category,
-                        TicketStatus::Closed as i32,
-                        t.encode_to_vec(),
-                        created,
-                        t.kind
-                    ])?;
+                    let (target, created) = write_ticket(c, &t, TicketStatus::Closed, now)?;
                     matter.execute(params![t.id, t.category, target, t.subject, t.location])?;
                     let m = gateway::windows::month_of(created);
                     month.execute(params![m, target, t.id])?;
@@ -194,27 +207,11 @@ pub async fn run(o: Options) -> anyhow::Result<Figures> {
             t.create_time = Some(time::from_unix_ms(now - age - 60_000));
             rows.push(t);
         }
-        let p = policy.clone();
         ledger
             .db()
             .write(move |c| {
-                let mut ticket = c.prepare_cached(
-                    "INSERT INTO tickets (id, origin, handler, category, urgent, status, seq, body, created_ms, updated_ms, kind)
-                     VALUES (?1, ?2, ?3, ?4, 0, ?5, 2, ?6, ?7, ?7, ?8)",
-                )?;
                 for t in rows {
-                    let created = t.create_time.as_ref().map(time::to_unix_ms).unwrap_or(now);
-                    let target = t.target_cities[0].clone();
-                    ticket.execute(params![
-                        t.id,
-                        t.origin_city,
-                        target,
-                        t.category,
-                        TicketStatus::Dispatched as i32,
-                        t.encode_to_vec(),
-                        created,
-                        t.kind
-                    ])?;
+                    let (target, created) = write_ticket(c, &t, TicketStatus::Dispatched, now)?;
                     let phone = t.citizen.as_ref().map(|c| c.phone.as_str()).unwrap_or("");
                     let citizen = supervision::citizen_key(c, phone, &t.id)?;
                     let fp = gateway::matter::fingerprint(&t.subject, &t.description, &t.location);
@@ -235,7 +232,6 @@ pub async fn run(o: Options) -> anyhow::Result<Figures> {
                         &t.location,
                     )?;
                 }
-                let _ = &p;
                 Ok::<_, gateway::GatewayError>(())
             })
             .await?;
