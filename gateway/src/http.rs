@@ -425,6 +425,18 @@ async fn metrics(State(http): State<Arc<Http>>) -> Response {
         false,
         per_city(|s| s.overdue_open),
     );
+    family(
+        "hotline_reports_merged",
+        "Reports a city sent that the gateway merged into an open ticket about the same matter (合并派单).",
+        true,
+        per_city(|s| s.merged),
+    );
+    family(
+        "hotline_escalations",
+        "Escalations the province opened about tickets a city handles (督办).",
+        true,
+        per_city(|s| s.escalated),
+    );
     let mut status = Vec::new();
     for s in &stats {
         for (side, map) in [

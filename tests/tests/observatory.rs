@@ -590,8 +590,16 @@ async fn metrics_are_served_in_prometheus_text_with_bounded_labels_and_no_person
     let yibin = f.hotline("yibin").await;
     let t = create(&mut luzhou, draft(&["yibin"], "social-security")).await;
     wait_status(&yibin, &t.id, TicketStatus::Delivered).await;
+    // An emergency: escalated at once, counted for the city handling it.
+    let flood = create(&mut luzhou, draft(&["yibin"], "natural-disaster")).await;
+    wait_status(&yibin, &flood.id, TicketStatus::Delivered).await;
 
     let (code, body) = http_get(f.dashboard, "/metrics").await;
+    assert!(
+        body.contains("hotline_escalations_total{city=\"yibin\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("hotline_reports_merged_total{city=\"luzhou\"} 0"));
     assert_eq!(code, 200, "{body}");
     assert!(
         body.contains("hotline_tickets_sent_total{city=\"luzhou\",category=\"social-security\"} 1"),
@@ -604,7 +612,7 @@ async fn metrics_are_served_in_prometheus_text_with_bounded_labels_and_no_person
     );
     assert!(body.contains("# TYPE hotline_ledger_commits counter"));
     assert!(
-        !body.contains("13912345678") && !body.contains(&t.id),
+        !body.contains("13912345678") && !body.contains(&t.id) && !body.contains(&flood.id),
         "no phone, no ticket id in metrics"
     );
     // Every label value is a city, a category, a status or a fixed word.
