@@ -31,6 +31,10 @@ pub struct NodeConfig {
     pub insecure: bool,
     /// The gateway's address.
     pub gateway: String,
+    /// More addresses of the gateway (its other replicas), tried in turn
+    /// after `gateway` when one cannot be reached.
+    #[serde(default)]
+    pub gateways: Vec<String>,
     /// How long one operator's console rings before the next operator is
     /// tried, in milliseconds.
     #[serde(default = "default_ring_timeout_ms")]
@@ -61,6 +65,13 @@ fn default_data_dir() -> PathBuf {
 }
 
 impl NodeConfig {
+    /// Every address of the gateway, `gateway` first.
+    pub fn gateway_addresses(&self) -> Vec<String> {
+        std::iter::once(self.gateway.clone())
+            .chain(self.gateways.iter().cloned())
+            .collect()
+    }
+
     /// Reads `path`, then applies the environment overrides `HOTLINE_LISTEN`,
     /// `HOTLINE_DATA_DIR` and `HOTLINE_GATEWAY`.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> anyhow::Result<Self> {
@@ -88,7 +99,10 @@ impl NodeConfig {
             self.data_dir = PathBuf::from(v);
         }
         if let Some(v) = env.get("HOTLINE_GATEWAY") {
-            self.gateway = v.clone();
+            // One address, or several separated by commas.
+            let mut all = v.split(',').map(|a| a.trim().to_owned());
+            self.gateway = all.next().unwrap_or_default();
+            self.gateways = all.filter(|a| !a.is_empty()).collect();
         }
         Ok(())
     }
@@ -106,6 +120,11 @@ impl NodeConfig {
         }
         if self.gateway.trim().is_empty() {
             bail!("gateway: is required");
+        }
+        for (i, a) in self.gateways.iter().enumerate() {
+            if a.trim().is_empty() {
+                bail!("gateways[{i}]: is empty");
+            }
         }
         if self.ring_timeout_ms == 0 || self.transfer_deadline_ms < self.ring_timeout_ms {
             bail!("ring_timeout_ms must be positive and at most transfer_deadline_ms");
@@ -125,6 +144,28 @@ mod tests {
         let c = NodeConfig::load(&path, &env).unwrap();
         assert_eq!(c.city, "luzhou");
         assert_eq!(c.gateway, "127.0.0.1:1");
+        assert_eq!(c.gateway_addresses(), ["127.0.0.1:1"]);
+        // The replicas of a provincial deployment, in the file or the
+        // environment: tried in turn.
+        let env = HashMap::from([(
+            "HOTLINE_GATEWAY".to_owned(),
+            "10.0.0.1:7400, 10.0.0.2:7400".to_owned(),
+        )]);
+        let c = NodeConfig::load(&path, &env).unwrap();
+        assert_eq!(c.gateway_addresses(), ["10.0.0.1:7400", "10.0.0.2:7400"]);
+        let c = NodeConfig::parse(
+            "city = \"luzhou\"\ngateway = \"a:1\"\ngateways = [\"b:1\", \"c:1\"]",
+        )
+        .unwrap();
+        assert_eq!(c.gateway_addresses(), ["a:1", "b:1", "c:1"]);
+        let c =
+            NodeConfig::parse("city = \"luzhou\"\ngateway = \"a:1\"\ngateways = [\" \"]").unwrap();
+        assert!(
+            c.catalogue()
+                .unwrap_err()
+                .to_string()
+                .contains("gateways[0]")
+        );
     }
 
     #[test]

@@ -52,7 +52,10 @@ pub async fn serve(
         &mut tasks,
         db.clone(),
         GATEWAY.to_owned(),
-        Arc::new(GatewaySender::new(&config.gateway, &client_tls)?),
+        Arc::new(GatewaySender::new(
+            &config.gateway_addresses(),
+            &client_tls,
+        )?),
         stop_rx.clone(),
     );
     let calls = Calls::new(
@@ -67,7 +70,7 @@ pub async fn serve(
     );
     tasks.spawn(signalling::run(
         calls.clone(),
-        config.gateway.clone(),
+        config.gateway_addresses(),
         client_tls,
         stop_rx,
     ));

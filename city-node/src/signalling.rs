@@ -15,19 +15,28 @@ use crate::calls::Calls;
 
 pub async fn run(
     calls: Calls,
-    gateway: String,
+    gateways: Vec<String>,
     tls: hotline_tls::ClientTls,
     mut stop: watch::Receiver<bool>,
 ) {
     let server = hotline_proto::identity::Identity::Gateway;
-    let channel = match hotline_tls::channel(&gateway, &tls, &server, None) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "no transfer signalling");
-            return;
+    let mut clients = Vec::new();
+    for gateway in &gateways {
+        match hotline_tls::channel(gateway, &tls, &server, None) {
+            Ok(c) => clients.push((gateway.clone(), FederationClient::new(c))),
+            Err(e) => {
+                tracing::error!(error = %e, gateway = %gateway, "no transfer signalling");
+                return;
+            }
         }
-    };
-    let mut client = FederationClient::new(channel);
+    }
+    if clients.is_empty() {
+        tracing::error!("no gateway address: no transfer signalling");
+        return;
+    }
+    // The address in use; each time the stream cannot open or drops, the
+    // next one (another replica of the gateway) is tried.
+    let mut at = 0;
     let mut backoff = Duration::from_millis(100);
     let mut sweep = tokio::time::interval(Duration::from_millis(250));
     while !*stop.borrow() {
@@ -35,6 +44,7 @@ pub async fn run(
         let _ = tx.send(TransferSignalsRequest {
             signal: Some(Signal::HelloCity(calls.city().to_owned())),
         });
+        let client = &mut clients[at].1;
         let opened = tokio::select! {
             r = client.transfer_signals(UnboundedReceiverStream::new(rx)) => r,
             _ = stop.changed() => break,
@@ -54,6 +64,12 @@ pub async fn run(
                 }
             }
             calls.link_down(*stop.borrow());
+        }
+        if clients.len() > 1 && !*stop.borrow() {
+            let next = (at + 1) % clients.len();
+            tracing::warn!(from = %clients[at].0, to = %clients[next].0,
+                "transfer signalling to the gateway failed; trying its next address");
+            at = next;
         }
         // While the gateway is away, transfers still end by their deadline.
         let wait = tokio::time::sleep(backoff);

@@ -108,6 +108,7 @@ impl Cluster {
         ));
         for (city, (listener, addr)) in listeners {
             let config = NodeConfig {
+                gateways: Vec::new(),
                 city: city.clone(),
                 listen: addr,
                 data_dir: data_dir.join(&city),

@@ -79,6 +79,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The process's configuration file.
+    pub fn config(&self) -> &std::path::Path {
+        &self.config
+    }
+
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
