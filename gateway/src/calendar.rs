@@ -9,8 +9,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-const DAY_MS: i64 = 24 * 3_600_000;
-const CST_MS: i64 = 8 * 3_600_000;
+use crate::windows::{CST_MS, DAY_MS, Grain, Window};
 
 /// The year the gateway ships, compiled in.
 pub const SHIPPED: &str = include_str!("../../config/calendar/2026.toml");
@@ -137,7 +136,7 @@ impl Calendar {
 
 /// The CST day of an instant.
 pub fn day_of(ms: i64) -> Day {
-    (ms + CST_MS).div_euclid(DAY_MS)
+    Window::at(Grain::Day, ms).period
 }
 
 /// Monday = 0 .. Sunday = 6.

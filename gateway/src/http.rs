@@ -137,7 +137,7 @@ async fn overview(State(http): State<Arc<Http>>, Query(q): Query<OverviewQuery>)
             let (open, _) = crate::supervision::list(c, &filter, i64::MAX, LISTED, &|_| true)?;
             let open_by_rule = crate::supervision::open_by_rule(c)?;
             let month = Window::at(Grain::Month, now).period;
-            let matters = crate::supervision::top_matters(c, month, "", 10, &|_| true)?;
+            let matters = crate::supervision::top_matters(c, month, "", 10, &|_, _| true)?;
             Ok::<_, GatewayError>((
                 stats,
                 flow,

@@ -24,7 +24,7 @@ use crate::flow::{self, Bell, TicketSide};
 use crate::matter;
 use crate::stats::{self, RECEIVED, SENT};
 use crate::supervision::{self, ACCEPT, ASSIGN, Policy, RESOLVE};
-use crate::windows::{self, Duration, Metric};
+use crate::windows::{self, DAY_MS, Duration, HOUR_MS, Metric};
 
 /// Outbox kinds.
 pub const DELIVER_TICKET: &str = "deliver-ticket";
@@ -526,7 +526,7 @@ fn escalate_long_unresolved(
     now: i64,
 ) -> Result<()> {
     let due = row.resolve_due_ms.unwrap_or(now);
-    let days = (now - due).max(0) / 86_400_000;
+    let days = (now - due).max(0) / DAY_MS;
     let subject = subject_of(c, id)?;
     supervision::escalate(
         c,
@@ -660,7 +660,7 @@ fn dispatch(c: &Connection, mut ticket: Ticket, p: &Policy) -> Result<(TicketEve
         // a report of its own.
         None
     };
-    let merge_since = created_ms - i64::from(rules.merge_window_hours) * 3_600_000;
+    let merge_since = created_ms - i64::from(rules.merge_window_hours) * HOUR_MS;
     let mut merge_into = None;
     if let Some(m) = &found
         && rules.merge_window_hours > 0
@@ -889,14 +889,12 @@ fn apply_report_rules(
     let rules = p.rules();
     let hours = i64::from(rules.cluster_window_hours);
     let many = EscalationRule::ManyReportsOneMatter;
-    let (citizens, tickets) = if supervision::open_escalation(c, many, root)? {
+    let (citizens, tickets) = if supervision::join(c, many, root, &ticket.id)? {
         (0, Vec::new())
     } else {
-        supervision::citizens_of(c, root, created_ms - hours * 3_600_000)?
+        supervision::citizens_of(c, root, created_ms - hours * HOUR_MS)?
     };
-    if tickets.is_empty() {
-        supervision::join(c, many, root, &ticket.id)?;
-    } else if citizens >= u64::from(rules.cluster_citizens) {
+    if !tickets.is_empty() && citizens >= u64::from(rules.cluster_citizens) {
         supervision::escalate(
             c,
             p,
@@ -917,14 +915,12 @@ fn apply_report_rules(
     }
     let days = i64::from(rules.repeat_window_days);
     let one = EscalationRule::OneCitizenManyRequests;
-    let reports = if supervision::open_escalation(c, one, citizen)? {
+    let reports = if supervision::join(c, one, citizen, &ticket.id)? {
         Vec::new()
     } else {
-        supervision::reports_of(c, citizen, created_ms - days * 86_400_000)?
+        supervision::reports_of(c, citizen, created_ms - days * DAY_MS)?
     };
-    if reports.is_empty() {
-        supervision::join(c, one, citizen, &ticket.id)?;
-    } else if reports.len() as u64 >= u64::from(rules.repeat_reports) {
+    if !reports.is_empty() && reports.len() as u64 >= u64::from(rules.repeat_reports) {
         supervision::escalate(
             c,
             p,

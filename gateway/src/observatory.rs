@@ -82,13 +82,6 @@ impl ObservatoryService {
     }
 }
 
-/// Whether a category is among a viewer's (`None`: every category).
-fn in_categories(categories: &Option<Vec<String>>, category: &str) -> bool {
-    categories
-        .as_ref()
-        .is_none_or(|a| a.iter().any(|x| x == category))
-}
-
 /// Events one watch reads from the log at a time.
 const WATCH_BATCH: usize = 512;
 /// A watcher looks again this often even when no commit rang.
@@ -478,7 +471,10 @@ impl Observatory for ObservatoryService {
             .ledger
             .db()
             .read(move |c| {
-                let keep = |category: &str| in_categories(&categories, category);
+                // What the viewer sees of the ledger: a department its
+                // categories, a city the escalations about what it handles.
+                let keep =
+                    |handler: &str, category: &str| viewer.sees_flow(handler, handler, category);
                 let lines = supervision::digest(c, from, to, &keep)?;
                 let merged: u64 = stats::read(c, w, &cities, categories.as_deref())?
                     .iter()
@@ -518,12 +514,12 @@ impl Observatory for ObservatoryService {
         let req = request.into_inner();
         let (w, cities, limit) = self.monthly(&viewer, &req.city, &req.month, req.limit)?;
         let province = !matches!(viewer, Viewer::City(_)) && req.city.is_empty();
-        let categories = viewer.categories();
         let (cities, province) = self
             .ledger
             .db()
             .read(move |c| {
-                let keep = |category: &str| in_categories(&categories, category);
+                let keep =
+                    |handler: &str, category: &str| viewer.sees_flow(handler, handler, category);
                 let mut out = Vec::new();
                 for city in cities {
                     let matters = supervision::top_matters(c, w.period, &city, limit, &keep)?;

@@ -24,7 +24,7 @@ use crate::matter::{self, Fingerprint};
 
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
 
-const HOUR_MS: i64 = 3_600_000;
+use crate::windows::HOUR_MS;
 
 pub const SCHEMA: &str = "
 ALTER TABLE tickets ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
@@ -607,17 +607,6 @@ pub fn horizon_ms(p: &Policy) -> i64 {
 /// threshold is refused by the configuration check).
 pub const MAX_SCAN: u32 = 1000;
 
-/// Whether an escalation of `rule` is open for `key`: the new report then
-/// joins it without counting again.
-pub fn open_escalation(c: &Connection, rule: EscalationRule, key: &str) -> Result<bool> {
-    Ok(c.prepare_cached(
-        "SELECT 1 FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1",
-    )?
-    .query_row(params![rule as i32, key], |_| Ok(()))
-    .optional()?
-    .is_some())
-}
-
 /// How many citizens reported a matter since `since_ms` (reading at most
 /// [`MAX_SCAN`] reports), and the reports.
 pub fn citizens_of(c: &Connection, root: &str, since_ms: i64) -> Result<(u64, Vec<String>)> {
@@ -664,13 +653,7 @@ pub fn escalate(
     tickets: &[String],
     now_ms: i64,
 ) -> Result<(i64, bool)> {
-    let open: Option<i64> = c
-        .prepare_cached(
-            "SELECT n FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1",
-        )?
-        .query_row(params![s.rule as i32, s.key], |r| r.get(0))
-        .optional()?;
-    let (n, fresh) = match open {
+    let (n, fresh) = match open_escalation(c, s.rule, s.key)? {
         Some(n) => {
             c.prepare_cached("UPDATE escalations SET reason = ?2 WHERE n = ?1")?
                 .execute(params![n, s.reason])?;
@@ -735,18 +718,23 @@ fn add_ticket(c: &Connection, n: i64, ticket_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Adds a report to the escalation open for `rule` and `key`.
-pub fn join(c: &Connection, rule: EscalationRule, key: &str, ticket_id: &str) -> Result<()> {
-    let open: Option<i64> = c
-        .prepare_cached(
-            "SELECT n FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1",
-        )?
-        .query_row(params![rule as i32, key], |r| r.get(0))
-        .optional()?;
-    if let Some(n) = open {
-        add_ticket(c, n, ticket_id)?;
-    }
-    Ok(())
+/// The escalation of `rule` open for `key`, if one is.
+fn open_escalation(c: &Connection, rule: EscalationRule, key: &str) -> Result<Option<i64>> {
+    Ok(c.prepare_cached(
+        "SELECT n FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1",
+    )?
+    .query_row(params![rule as i32, key], |r| r.get(0))
+    .optional()?)
+}
+
+/// Adds a report to the escalation open for `rule` and `key`, if one is:
+/// then it needs no counting again. Returns whether it joined one.
+pub fn join(c: &Connection, rule: EscalationRule, key: &str, ticket_id: &str) -> Result<bool> {
+    let Some(n) = open_escalation(c, rule, key)? else {
+        return Ok(false);
+    };
+    add_ticket(c, n, ticket_id)?;
+    Ok(true)
 }
 
 /// An escalation id on the wire, "esc-{n}".
@@ -936,16 +924,16 @@ pub struct DigestRow {
 }
 
 /// The day `[from_ms, to_ms)`'s digest, per (rule, department), for the
-/// escalations `keep` lets the viewer see.
+/// escalations `keep` (handling city, category) lets the viewer see.
 pub fn digest(
     c: &Connection,
     from_ms: i64,
     to_ms: i64,
-    keep: &dyn Fn(&str) -> bool,
+    keep: &dyn Fn(&str, &str) -> bool,
 ) -> Result<BTreeMap<(i32, String), DigestRow>> {
     let mut out: BTreeMap<(i32, String), DigestRow> = BTreeMap::new();
     let mut stmt = c.prepare_cached(
-        "SELECT rule, department, category, open_ms, state, close_ms FROM escalations
+        "SELECT rule, department, handler, category, open_ms, state, close_ms FROM escalations
          WHERE state = 1 OR (open_ms >= ?1 AND open_ms < ?2) OR (close_ms >= ?1 AND close_ms < ?2)",
     )?;
     let rows = stmt.query_map(params![from_ms, to_ms], |r| {
@@ -953,15 +941,16 @@ pub fn digest(
             r.get::<_, i32>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, i32>(4)?,
-            r.get::<_, Option<i64>>(5)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, i32>(5)?,
+            r.get::<_, Option<i64>>(6)?,
         ))
     })?;
     let within = |t: i64| t >= from_ms && t < to_ms;
     for row in rows {
-        let (rule, dept, category, open_ms, state, close_ms) = row?;
-        if !keep(&category) {
+        let (rule, dept, handler, category, open_ms, state, close_ms) = row?;
+        if !keep(&handler, &category) {
             continue;
         }
         let line = out.entry((rule, dept)).or_default();
@@ -970,7 +959,7 @@ pub fn digest(
         line.open_now += u64::from(state == 1);
     }
     let mut stmt = c.prepare_cached(
-        "SELECT e.rule, e.department, e.category FROM escalation_actions a
+        "SELECT e.rule, e.department, e.handler, e.category FROM escalation_actions a
          JOIN escalations e ON e.n = a.n WHERE a.at_ms >= ?1 AND a.at_ms < ?2",
     )?;
     let rows = stmt.query_map(params![from_ms, to_ms], |r| {
@@ -978,11 +967,12 @@ pub fn digest(
             r.get::<_, i32>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
         ))
     })?;
     for row in rows {
-        let (rule, dept, category) = row?;
-        if keep(&category) {
+        let (rule, dept, handler, category) = row?;
+        if keep(&handler, &category) {
             out.entry((rule, dept)).or_default().actions += 1;
         }
     }
@@ -995,7 +985,7 @@ pub fn top_matters(
     month: i64,
     city: &str,
     limit: usize,
-    keep: &dyn Fn(&str) -> bool,
+    keep: &dyn Fn(&str, &str) -> bool,
 ) -> Result<Vec<TopMatter>> {
     let mut stmt = c.prepare_cached(
         "SELECT m.root, m.n, t.category, t.handler, t.subject, t.place
@@ -1009,14 +999,15 @@ pub fn top_matters(
             break;
         };
         let category: String = r.get(2)?;
-        if !keep(&category) {
+        let handler: String = r.get(3)?;
+        if !keep(&handler, &category) {
             continue;
         }
         out.push(TopMatter {
             ticket_id: r.get(0)?,
             reports: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
             category,
-            handling_city: r.get(3)?,
+            handling_city: handler,
             subject: r.get(4)?,
             location: r.get(5)?,
         });

@@ -126,10 +126,10 @@ pub enum Grain {
     Month = 3,
 }
 
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 24 * HOUR_MS;
+pub(crate) const HOUR_MS: i64 = 3_600_000;
+pub(crate) const DAY_MS: i64 = 24 * HOUR_MS;
 /// China Standard Time is UTC+8 all year.
-const CST_MS: i64 = 8 * HOUR_MS;
+pub(crate) const CST_MS: i64 = 8 * HOUR_MS;
 
 /// One window: a grain and which hour, day or month of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
