@@ -27,8 +27,8 @@ pub enum NodeError {
     Corrupt(String, String),
 }
 
-impl From<rusqlite::Error> for NodeError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<hotline_durable::sql::Error> for NodeError {
+    fn from(e: hotline_durable::sql::Error) -> Self {
         NodeError::Db(e.into())
     }
 }

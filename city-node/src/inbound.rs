@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use hotline_durable::Db;
+use hotline_durable::sql::Connection;
 use hotline_proto::pb::city_node_server::CityNode;
 use hotline_proto::pb::{
     DeliverEventRequest, DeliverEventResponse, DeliverLinkRequest, DeliverLinkResponse,
     DeliverTicketRequest, DeliverTicketResponse, Ticket, TicketRole,
 };
 use hotline_proto::{Catalogue, error::invalid_argument, validate};
-use rusqlite::Connection;
 use tonic::{Request, Response, Status};
 
 use crate::error::NodeError;

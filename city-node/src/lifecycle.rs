@@ -5,6 +5,7 @@
 //! and, for a cross-city ticket, queued for the gateway in the same
 //! transaction.
 
+use hotline_durable::sql::Connection;
 use hotline_proto::pb::{
     Channel, DispatchTicketRequest, EventKind, Priority, ReportEventRequest, Satisfaction, Ticket,
     TicketEvent, TicketRole, TicketStatus,
@@ -12,7 +13,6 @@ use hotline_proto::pb::{
 use hotline_proto::state::{self, Actor};
 use hotline_proto::{ContractError, TicketId, time};
 use prost::Message;
-use rusqlite::Connection;
 
 use crate::error::NodeError;
 use crate::store::{self, DISPATCH, REPORT_EVENT, Result, Stored};

@@ -4,10 +4,10 @@
 //! database; a caller's whole change commits together or not at all.
 
 use hotline_durable::outbox;
+use hotline_durable::sql::{Connection, OptionalExtension, params};
 use hotline_proto::pb::{EventKind, LinkedReport, Ticket, TicketEvent, TicketRole, TicketStatus};
 use hotline_proto::state;
 use prost::Message;
-use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::NodeError;
 

@@ -1,4 +1,5 @@
-//! SQLite with group commit.
+//! The database with group commit: embedded SQLite, or PostgreSQL shared by
+//! several processes ([`Store`]).
 //!
 //! One thread owns the writing connection. Callers hand it closures; it takes
 //! every closure that is waiting (up to [`MAX_BATCH`]), runs each in a
@@ -11,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::lease::Leases;
+use crate::sql::{self, Connection};
 
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -20,7 +23,7 @@ pub const MAX_BATCH: usize = 1024;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
     #[error("database: {0}")]
-    Sqlite(Arc<rusqlite::Error>),
+    Sql(Arc<sql::Error>),
     #[error("database {path}: {reason}")]
     Open { path: String, reason: String },
     #[error("the database writer has stopped")]
@@ -29,9 +32,22 @@ pub enum DbError {
     Panicked,
 }
 
+impl DbError {
+    /// The write lost a race with another replica's and may be tried again.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, DbError::Sql(e) if e.is_conflict())
+    }
+}
+
+impl From<sql::Error> for DbError {
+    fn from(e: sql::Error) -> Self {
+        DbError::Sql(Arc::new(e))
+    }
+}
+
 impl From<rusqlite::Error> for DbError {
     fn from(e: rusqlite::Error) -> Self {
-        DbError::Sqlite(Arc::new(e))
+        DbError::Sql(Arc::new(sql::Error::Sqlite(e)))
     }
 }
 
@@ -47,23 +63,67 @@ pub struct DbStats {
     pub writes: AtomicU64,
 }
 
-/// An embedded SQLite database: one group-committing writer, pooled readers.
+/// Where a database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    /// An embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A schema of a PostgreSQL database, which several processes (the
+    /// gateway's replicas) may share.
+    Postgres { url: String, schema: String },
+}
+
+impl Store {
+    /// What the store is, without its credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Sqlite(path) => path.display().to_string(),
+            Store::Postgres { url, schema } => {
+                format!("postgres {} schema {schema}", describe_url(url))
+            }
+        }
+    }
+}
+
+/// Hosts and database of a PostgreSQL connection string, never its
+/// password.
+pub fn describe_url(url: &str) -> String {
+    match url.parse::<postgres::Config>() {
+        Ok(c) => {
+            let hosts: Vec<String> = c
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    postgres::config::Host::Tcp(s) => s.clone(),
+                    postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .collect();
+            format!("{}/{}", hosts.join(","), c.get_dbname().unwrap_or(""))
+        }
+        Err(_) => "(unparsable url)".into(),
+    }
+}
+
+/// A database: one group-committing writer, pooled readers.
 #[derive(Clone)]
 pub struct Db {
     jobs: mpsc::UnboundedSender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
-    path: Arc<PathBuf>,
+    store: Arc<Store>,
     stats: Arc<DbStats>,
+    leases: Option<Leases>,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("path", &self.path).finish()
+        f.debug_struct("Db")
+            .field("store", &self.store.describe())
+            .finish()
     }
 }
 
-fn open_connection(path: &Path) -> Result<Connection, DbError> {
-    let conn = Connection::open(path).map_err(|e| DbError::Open {
+fn open_sqlite(path: &Path) -> Result<Connection, DbError> {
+    let conn = rusqlite::Connection::open(path).map_err(|e| DbError::Open {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
@@ -85,41 +145,122 @@ fn open_connection(path: &Path) -> Result<Connection, DbError> {
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
     )?;
-    Ok(conn)
+    Ok(Connection::sqlite(conn))
+}
+
+/// A new PostgreSQL session, its search path set to `schema`.
+pub fn connect_postgres(url: &str, schema: &str) -> Result<postgres::Client, DbError> {
+    let open = |reason: String| DbError::Open {
+        path: describe_url(url),
+        reason,
+    };
+    let mut config: postgres::Config = url.parse().map_err(|e| open(format!("{e}")))?;
+    if config.get_user().is_none() {
+        config.user("postgres");
+    }
+    config.application_name("hotline");
+    config.connect_timeout(std::time::Duration::from_secs(5));
+    let mut client = config
+        .connect(postgres::NoTls)
+        .map_err(|e| open(format!("cannot connect: {e}")))?;
+    client
+        .batch_execute(&format!("SET search_path TO \"{schema}\""))
+        .map_err(|e| open(format!("{e}")))?;
+    Ok(client)
+}
+
+fn open_connection(store: &Store) -> Result<Connection, DbError> {
+    match store {
+        Store::Sqlite(path) => open_sqlite(path),
+        Store::Postgres { url, schema } => Ok(Connection::postgres(connect_postgres(url, schema)?)),
+    }
 }
 
 impl Db {
-    /// Opens (or creates) the database at `path` and brings its schema up to
-    /// date: `migrations[i]` runs once, when the stored version is `i`.
+    /// Opens (or creates) the SQLite database at `path` and brings its
+    /// schema up to date: `migrations[i]` runs once, when the stored version
+    /// is `i`.
     pub fn open(path: &Path, migrations: &[&str]) -> Result<Self, DbError> {
-        if let Some(dir) = path.parent() {
+        Self::open_store(&Store::Sqlite(path.to_owned()), migrations)
+    }
+
+    /// Opens `store` and brings its schema up to date (see [`Db::open`]).
+    /// On PostgreSQL the schema is made if missing, and replicas starting
+    /// together migrate it one at a time.
+    pub fn open_store(store: &Store, migrations: &[&str]) -> Result<Self, DbError> {
+        if let Store::Sqlite(path) = store
+            && let Some(dir) = path.parent()
+        {
             std::fs::create_dir_all(dir).map_err(|e| DbError::Open {
                 path: dir.display().to_string(),
                 reason: e.to_string(),
             })?;
         }
-        let mut conn = open_connection(path)?;
-        migrate(&mut conn, migrations)?;
         let (jobs, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(DbStats::default());
         let writer_stats = stats.clone();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let writer_store = store.clone();
+        let owned: Vec<String> = migrations.iter().map(|m| (*m).to_owned()).collect();
+        // The writer's thread opens and migrates: the PostgreSQL client may
+        // not be driven from the async threads.
         std::thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || writer(conn, rx, &writer_stats))
+            .spawn(move || {
+                let opened = open_connection(&writer_store).and_then(|conn| {
+                    migrate(&conn, &writer_store, &owned)?;
+                    Ok(conn)
+                });
+                match opened {
+                    Ok(conn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        writer(conn, &writer_store, rx, &writer_stats);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
             .map_err(|e| DbError::Open {
-                path: path.display().to_string(),
+                path: store.describe(),
                 reason: format!("cannot start the writer thread: {e}"),
             })?;
+        ready.recv().map_err(|_| DbError::WriterGone)??;
+        let leases = match store {
+            Store::Sqlite(_) => None,
+            Store::Postgres { url, schema } => Some(Leases::start(url, schema)?),
+        };
         Ok(Self {
             jobs,
             readers: Arc::new(Mutex::new(Vec::new())),
-            path: Arc::new(path.to_owned()),
+            store: Arc::new(store.clone()),
             stats,
+            leases,
         })
     }
 
     pub fn stats(&self) -> &DbStats {
         &self.stats
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether other processes may write this database too (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.leases.is_some()
+    }
+
+    /// Asks for the lease `name` (an advisory lock on PostgreSQL, held by one
+    /// process at a time and freed when that process dies) and says whether
+    /// this process holds it now. A database no one else writes (SQLite)
+    /// always holds every lease.
+    pub fn holds(&self, name: &str) -> bool {
+        match &self.leases {
+            None => true,
+            Some(leases) => leases.holds(name),
+        }
     }
 
     /// Runs `f` in the writer's next transaction and returns once it is
@@ -160,15 +301,18 @@ impl Db {
         E: From<DbError> + Send + 'static,
     {
         let readers = self.readers.clone();
-        let path = self.path.clone();
+        let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let pooled = readers.lock().map(|mut v| v.pop()).unwrap_or(None);
             let conn = match pooled {
                 Some(c) => c,
-                None => open_connection(&path)?,
+                None => open_connection(&store)?,
             };
             let out = f(&conn);
-            if let Ok(mut v) = readers.lock() {
+            // A connection the server dropped is not pooled again.
+            if !conn.is_closed()
+                && let Ok(mut v) = readers.lock()
+            {
                 v.push(conn);
             }
             out
@@ -184,7 +328,7 @@ fn in_savepoint<T, E: From<DbError>>(
 ) -> Result<T, E> {
     // Prepared once per connection, not parsed for every job.
     let run = |sql: &str| -> Result<(), DbError> {
-        conn.prepare_cached(sql)?.execute([])?;
+        conn.prepare_cached(sql)?.execute(())?;
         Ok(())
     };
     run("SAVEPOINT job")?;
@@ -197,7 +341,17 @@ fn in_savepoint<T, E: From<DbError>>(
     result
 }
 
-fn writer(conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, stats: &DbStats) {
+fn writer(
+    mut conn: Connection,
+    store: &Store,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    stats: &DbStats,
+) {
+    let begin = if conn.is_postgres() {
+        "BEGIN"
+    } else {
+        "BEGIN IMMEDIATE"
+    };
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -208,11 +362,21 @@ fn writer(conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, stats: &DbStat
             }
         }
         let n = batch.len() as u64;
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = conn.execute_batch(begin) {
             // The jobs never ran: dropping them tells each caller the write
             // did not happen.
             tracing::error!(error = %e, "cannot begin a transaction");
             batch.clear();
+            if conn.is_closed() {
+                // The server went away: connect again for the next batch.
+                match open_connection(store) {
+                    Ok(c) => conn = c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reconnect to the database");
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                    }
+                }
+            }
             continue;
         }
         let completions: Vec<Completion> = batch.drain(..).map(|job| job(&conn)).collect();
@@ -229,14 +393,65 @@ fn writer(conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, stats: &DbStat
     }
 }
 
-fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), DbError> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let start = usize::try_from(version).unwrap_or(0);
+fn migrate(conn: &Connection, store: &Store, migrations: &[String]) -> Result<(), DbError> {
+    match store {
+        Store::Sqlite(_) => {
+            let version: i64 = conn.query_row("PRAGMA user_version", (), |r| r.get(0))?;
+            let start = usize::try_from(version).unwrap_or(0);
+            for (i, sql) in migrations.iter().enumerate().skip(start) {
+                conn.execute_batch("BEGIN")?;
+                let done = conn
+                    .execute_batch(sql)
+                    .and_then(|()| conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1)));
+                match done {
+                    Ok(()) => conn.execute_batch("COMMIT")?,
+                    Err(e) => {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        return Err(e.into());
+                    }
+                }
+            }
+            Ok(())
+        }
+        Store::Postgres { schema, .. } => {
+            // One replica migrates at a time; the others wait, then find
+            // the schema up to date.
+            let key = crate::lease::key(schema, "migrate");
+            conn.execute("SELECT pg_advisory_lock(?1)", [key])?;
+            let done = migrate_postgres(conn, schema, migrations);
+            let _ = conn.execute("SELECT pg_advisory_unlock(?1)", [key]);
+            done
+        }
+    }
+}
+
+fn migrate_postgres(conn: &Connection, schema: &str, migrations: &[String]) -> Result<(), DbError> {
+    conn.execute_batch(&format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+         CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+    ))?;
+    let version: Option<i64> =
+        conn.query_row("SELECT max(version) FROM schema_version", (), |r| r.get(0))?;
+    if version.is_none() {
+        conn.execute("INSERT INTO schema_version (version) VALUES (0)", ())?;
+    }
+    let start = usize::try_from(version.unwrap_or(0)).unwrap_or(0);
     for (i, sql) in migrations.iter().enumerate().skip(start) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
+        conn.execute_batch("BEGIN")?;
+        let done = conn.execute_batch(sql).and_then(|()| {
+            conn.execute("UPDATE schema_version SET version = ?1", [(i + 1) as i64])
+                .map(|_| ())
+        });
+        match done {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(DbError::Open {
+                    path: format!("schema {schema}"),
+                    reason: format!("migration {}: {e}", i + 1),
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -251,6 +466,48 @@ mod tests {
     async fn concurrent_writes_share_commits_and_a_failing_one_is_rolled_back_alone() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db"), SCHEMA).unwrap();
+        concurrent_writes(db).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_same_on_postgres() {
+        let store = crate::testing::postgres_store("db");
+        concurrent_writes(Db::open_store(&store, SCHEMA).unwrap()).await;
+        // Opening again finds the schema migrated.
+        let again = Db::open_store(&store, SCHEMA).unwrap();
+        let n: i64 = again
+            .read(|c| {
+                c.query_row("SELECT count(*) FROM t", (), |r| r.get(0))
+                    .map_err(DbError::from)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 495);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_is_held_by_one_process_and_passes_on_when_it_goes() {
+        let store = crate::testing::postgres_store("lease");
+        let a = Db::open_store(&store, SCHEMA).unwrap();
+        let b = Db::open_store(&store, SCHEMA).unwrap();
+        let wait = |db: Db| async move {
+            for _ in 0..50 {
+                if db.holds("outbox/yibin") {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            false
+        };
+        assert!(wait(a.clone()).await);
+        // b wants it too, and does not get it while a holds it.
+        assert!(!wait(b.clone()).await);
+        assert!(a.holds("outbox/yibin"));
+        drop(a);
+        assert!(wait(b.clone()).await, "the lease did not pass on");
+    }
+
+    async fn concurrent_writes(db: Db) {
         let mut tasks = Vec::new();
         for k in 0..500i64 {
             let db = db.clone();
@@ -276,7 +533,7 @@ mod tests {
         assert_eq!(failed, 5);
         let n: i64 = db
             .read(|c| {
-                c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                c.query_row("SELECT count(*) FROM t", (), |r| r.get(0))
                     .map_err(DbError::from)
             })
             .await
@@ -293,7 +550,7 @@ mod tests {
         {
             let db = Db::open(&path, SCHEMA).unwrap();
             db.write(|c| {
-                c.execute("INSERT INTO t VALUES (1, 'a')", [])
+                c.execute("INSERT INTO t VALUES (1, 'a')", ())
                     .map_err(DbError::from)
             })
             .await
@@ -302,7 +559,7 @@ mod tests {
         let db = Db::open(&path, SCHEMA).unwrap();
         let v: String = db
             .read(|c| {
-                c.query_row("SELECT v FROM t WHERE k = 1", [], |r| r.get(0))
+                c.query_row("SELECT v FROM t WHERE k = 1", (), |r| r.get(0))
                     .map_err(DbError::from)
             })
             .await

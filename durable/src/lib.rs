@@ -15,7 +15,10 @@
 //!   process resumes it where it stopped.
 
 pub mod db;
+pub mod lease;
 pub mod outbox;
+pub mod sql;
+pub mod testing;
 
-pub use db::{Db, DbError};
+pub use db::{Db, DbError, Store};
 pub use outbox::{Item, Outbox, Outcome};

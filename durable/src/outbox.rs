@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::Instrument;
 
+use crate::params;
+use crate::sql::Connection;
 use rand::Rng;
-use rusqlite::{Connection, params};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -119,19 +120,22 @@ pub fn enqueue(
     payload: &[u8],
     urgent: bool,
 ) -> Result<i64, DbError> {
-    conn.prepare_cached(
-        "INSERT INTO outbox (dest, ticket_id, kind, payload, urgent, trace)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        dest,
-        ticket_id,
-        kind,
-        payload,
-        urgent,
-        hotline_telemetry::traceparent()
-    ])?;
-    Ok(conn.last_insert_rowid())
+    Ok(conn
+        .prepare_cached(
+            "INSERT INTO outbox (dest, ticket_id, kind, payload, urgent, trace)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        )?
+        .query_row(
+            params![
+                dest,
+                ticket_id,
+                kind,
+                payload,
+                urgent,
+                hotline_telemetry::traceparent()
+            ],
+            |r| r.get(0),
+        )?)
 }
 
 /// Items due now at `dest`, each the oldest owed for its ticket. The unary
@@ -171,7 +175,7 @@ pub fn next_due_ms(conn: &Connection, dest: &str) -> Result<Option<i64>, DbError
 /// How many items are owed, per destination.
 pub fn depth(conn: &Connection) -> Result<HashMap<String, i64>, DbError> {
     let mut stmt = conn.prepare_cached("SELECT dest, count(*) FROM outbox GROUP BY dest")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -273,7 +277,14 @@ async fn worker<S: Sender>(
     waker: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let lease = format!("outbox/{dest}");
     while !*stop.borrow() {
+        // On a shared database one process delivers to a destination at a
+        // time: the one holding its lease (see [`crate::lease`]).
+        if !db.holds(&lease) {
+            sleep_or_stop(&mut stop, &waker, crate::lease::ROUND).await;
+            continue;
+        }
         let d = dest.clone();
         let items = db.read(move |c| due(c, &d, now_ms(), MAX_IN_FLIGHT)).await;
         let items = match items {
@@ -287,9 +298,12 @@ async fn worker<S: Sender>(
         if items.is_empty() {
             let d = dest.clone();
             let next = db.read(move |c| next_due_ms(c, &d)).await.ok().flatten();
+            // Another replica's writes ring no bell here: on a shared
+            // database look again sooner.
+            let idle_ms = if db.is_shared() { 250 } else { 1000 };
             let wait = match next {
-                Some(at) => Duration::from_millis((at - now_ms()).clamp(1, 1000) as u64),
-                None => Duration::from_secs(1),
+                Some(at) => Duration::from_millis((at - now_ms()).clamp(1, idle_ms) as u64),
+                None => Duration::from_millis(idle_ms as u64),
             };
             sleep_or_stop(&mut stop, &waker, wait).await;
             continue;
@@ -435,7 +449,7 @@ mod tests {
         }
         let dead: i64 = db
             .read(|c| {
-                c.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
+                c.query_row("SELECT count(*) FROM dead_letters", (), |r| r.get(0))
                     .map_err(DbError::from)
             })
             .await

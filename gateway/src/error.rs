@@ -27,8 +27,8 @@ pub enum GatewayError {
     Corrupt(String, String),
 }
 
-impl From<rusqlite::Error> for GatewayError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<hotline_durable::sql::Error> for GatewayError {
+    fn from(e: hotline_durable::sql::Error) -> Self {
         GatewayError::Db(e.into())
     }
 }
@@ -44,6 +44,12 @@ impl From<GatewayError> for Status {
             GatewayError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             GatewayError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             GatewayError::SequenceGap { .. } => Status::aborted(e.to_string()),
+            // Another replica wrote the same ticket meanwhile: the caller
+            // tries again and finds what that write left.
+            GatewayError::Db(ref d) if d.is_conflict() => {
+                Status::aborted(format!("a concurrent write; try again ({e})"))
+            }
+            GatewayError::Db(DbError::WriterGone) => Status::unavailable(e.to_string()),
             GatewayError::Db(_) | GatewayError::Corrupt(..) => {
                 tracing::error!(error = %e, "ledger failure");
                 Status::internal(e.to_string())

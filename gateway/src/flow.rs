@@ -4,12 +4,12 @@
 //! reconnects with the last cursor it saw misses nothing and sees nothing
 //! twice. A bell rings after each commit so watchers need not poll.
 
+use hotline_durable::sql::{Connection, OptionalExtension, params};
 use hotline_proto::pb::{
     FlowEvent, TicketEvent, TicketFlow, Transfer, TransferFlow, flow_event::Change,
 };
 use hotline_proto::time;
 use prost::Message;
-use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 
 use crate::error::GatewayError;
@@ -103,7 +103,7 @@ pub fn after(c: &Connection, cursor: u64, limit: usize) -> Result<Vec<FlowEvent>
 pub fn bounds(c: &Connection) -> Result<Option<(u64, u64)>, GatewayError> {
     let b: Option<(Option<i64>, Option<i64>)> = c
         .prepare_cached("SELECT min(seq), max(seq) FROM flow_log")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row((), |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     Ok(match b {
         Some((Some(lo), Some(hi))) => Some((
@@ -119,7 +119,7 @@ pub fn bounds(c: &Connection) -> Result<Option<(u64, u64)>, GatewayError> {
 pub fn prune(c: &Connection, cutoff_ms: i64, limit: i64) -> Result<usize, GatewayError> {
     let oldest: Option<i64> = c
         .prepare_cached("SELECT seq FROM flow_log ORDER BY seq LIMIT 1")?
-        .query_row([], |r| r.get(0))
+        .query_row((), |r| r.get(0))
         .optional()?;
     let Some(oldest) = oldest else {
         return Ok(0);

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use hotline_durable::sql::{Connection, OptionalExtension, params};
 use hotline_durable::{Db, Outbox, outbox};
 use hotline_proto::pb::{
     CoordinationItem, DeliverEventRequest, DeliverLinkRequest, DeliverTicketRequest,
@@ -17,7 +18,6 @@ use hotline_proto::pb::{
 use hotline_proto::state::{self, Actor};
 use hotline_proto::{Catalogue, ContractError, time};
 use prost::Message;
-use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::GatewayError;
 use crate::flow::{self, Bell, TicketSide};
@@ -1325,7 +1325,7 @@ pub fn sweep_supervision(c: &Connection, p: &Policy, now_ms: i64) -> Result<usiz
 pub fn coordination_waiting(c: &Connection) -> Result<u64> {
     let n: i64 = c
         .prepare_cached("SELECT count(*) FROM coordination WHERE assigned_city IS NULL")?
-        .query_row([], |r| r.get(0))?;
+        .query_row((), |r| r.get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -1432,7 +1432,7 @@ pub fn bulk_load(c: &Connection, tickets: Vec<(Ticket, Fate)>, p: &Policy) -> Re
             }
         }
     }
-    c.execute("DELETE FROM outbox", [])?;
+    c.execute("DELETE FROM outbox", ())?;
     Ok(())
 }
 

@@ -9,11 +9,11 @@
 //! the stream drops.
 
 use hotline_durable::Db;
+use hotline_durable::sql::{Connection, params};
 use hotline_proto::pb::{Transfer, TransferState};
 use hotline_proto::time;
 use hotline_proto::transfer::{is_terminal, state_key};
 use prost::Message;
-use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 
 use crate::error::GatewayError;
@@ -149,7 +149,7 @@ fn write(c: &Connection, from: TransferState, t: &Transfer) -> Result<(), Gatewa
 pub fn fail_unfinished(c: &Connection) -> Result<usize, GatewayError> {
     let mut stmt = c.prepare("SELECT body FROM transfers WHERE ended_ms IS NULL")?;
     let bodies: Vec<Vec<u8>> = stmt
-        .query_map([], |r| r.get(0))?
+        .query_map((), |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let mut n = 0;
     for body in bodies {

@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 
+use hotline_durable::sql::{Connection, params};
 use hotline_proto::pb::{CategoryFigures, CityStats, TicketStatus};
 use hotline_proto::state::status_key;
-use rusqlite::{Connection, params};
 
 use crate::error::GatewayError;
 use crate::windows::{self, Duration, Histogram, Metric, Window};
@@ -214,7 +214,7 @@ fn quantile(h: &std::collections::BTreeMap<Duration, Histogram>, d: Duration, q:
 fn read_statuses(conn: &Connection, out: &mut HashMap<&str, Tally>) -> Result<(), GatewayError> {
     let mut statuses =
         conn.prepare_cached("SELECT city, direction, status, n FROM city_status WHERE n != 0")?;
-    let rows = statuses.query_map([], |r| {
+    let rows = statuses.query_map((), |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -245,7 +245,7 @@ fn read_overdue(
     allowed: &dyn Fn(&str) -> bool,
 ) -> Result<(), GatewayError> {
     let mut stmt = conn.prepare_cached("SELECT city, category, n FROM overdue_open WHERE n > 0")?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map((), |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -381,7 +381,7 @@ pub fn overdue(
     let mut total = 0;
     let mut counts =
         conn.prepare_cached("SELECT city, category, n FROM overdue_open WHERE n > 0")?;
-    let rows = counts.query_map([], |r| {
+    let rows = counts.query_map((), |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,

@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use hotline_durable::sql::{Connection, OptionalExtension, params};
 use hotline_proto::pb::{
     Escalation, EscalationAction, EscalationActionKind, EscalationRule, EscalationState,
     TicketKind, TopMatter,
 };
 use hotline_proto::time;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
 
 use crate::calendar::Calendar;
@@ -415,7 +415,7 @@ pub fn citizen_key(c: &Connection, phone: &str, ticket_id: &str) -> Result<Strin
     }
     let secret: Vec<u8> = c
         .prepare_cached("SELECT value FROM secrets WHERE name = 'citizen-key'")?
-        .query_row([], |r| r.get(0))?;
+        .query_row((), |r| r.get(0))?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
     let tag = ring::hmac::sign(&key, digits.as_bytes());
     Ok(tag.as_ref()[..16]
@@ -535,22 +535,24 @@ pub fn record(
     subject: &str,
     location: &str,
 ) -> Result<()> {
-    c.prepare_cached(
+    let w = c.prepare_cached(
         "INSERT INTO recent (ticket_id, target, category, created_ms, signature, place, root, merged_into, citizen)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING w",
     )?
-    .execute(params![
-        r.ticket_id,
-        r.target,
-        r.category,
-        r.created_ms,
-        matter::encode(&r.fingerprint.signature),
-        r.fingerprint.place,
-        r.root,
-        r.merged_into,
-        r.citizen
-    ])?;
-    let w = c.last_insert_rowid();
+    .query_row(
+        params![
+            r.ticket_id,
+            r.target,
+            r.category,
+            r.created_ms,
+            matter::encode(&r.fingerprint.signature),
+            r.fingerprint.place,
+            r.root,
+            r.merged_into,
+            r.citizen
+        ],
+        |row| row.get::<_, i64>(0),
+    )?;
     // A merged report is found through the ticket it was merged into: only
     // dispatched tickets are filed in the buckets, which stay as small as
     // the number of distinct recent matters.
@@ -660,21 +662,23 @@ pub fn escalate(
             (n, false)
         }
         None => {
-            c.prepare_cached(
+            let n = c.prepare_cached(
                 "INSERT INTO escalations (rule, subject_key, reason, category, handler, department, subject, state, open_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8) RETURNING n",
             )?
-            .execute(params![
-                s.rule as i32,
-                s.key,
-                s.reason,
-                s.category,
-                s.handler,
-                p.department(s.category),
-                s.subject,
-                now_ms
-            ])?;
-            let n = c.last_insert_rowid();
+            .query_row(
+                params![
+                    s.rule as i32,
+                    s.key,
+                    s.reason,
+                    s.category,
+                    s.handler,
+                    p.department(s.category),
+                    s.subject,
+                    now_ms
+                ],
+                |row| row.get::<_, i64>(0),
+            )?;
             crate::windows::count(
                 c,
                 now_ms,
@@ -806,7 +810,7 @@ pub fn open_by_rule(c: &Connection) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     let mut stmt =
         c.prepare_cached("SELECT rule, count(*) FROM escalations WHERE state = 1 GROUP BY rule")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?)))?;
+    let rows = stmt.query_map((), |r| Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?)))?;
     for row in rows {
         let (rule, n) = row?;
         out.insert(rule_name(rule), u64::try_from(n).unwrap_or(0));

@@ -15,8 +15,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use hotline_durable::sql::{Connection, params};
 use hotline_proto::ContractError;
-use rusqlite::{Connection, params};
 
 use crate::error::GatewayError;
 
@@ -290,11 +290,11 @@ fn in_four_windows(
     c: &Connection,
     sql: &str,
     at_ms: i64,
-    rest: [&dyn rusqlite::ToSql; 5],
+    rest: [&dyn hotline_durable::sql::ToSql; 5],
 ) -> Result<(), GatewayError> {
     let w = Window::all_at(at_ms);
     let grains = w.map(|w| w.grain as i64);
-    let mut all: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(13);
+    let mut all: Vec<&dyn hotline_durable::sql::ToSql> = Vec::with_capacity(13);
     for (g, w) in grains.iter().zip(&w) {
         all.push(g);
         all.push(&w.period);
@@ -540,7 +540,7 @@ mod tests {
 
     #[test]
     fn a_count_lands_in_four_windows_and_reads_back() {
-        let c = Connection::open_in_memory().unwrap();
+        let c = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
         c.execute_batch(SCHEMA).unwrap();
         let ms = 1_795_624_200_000;
         count(&c, ms, "luzhou", "education", Metric::Sent, "yibin", 1).unwrap();

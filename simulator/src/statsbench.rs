@@ -80,7 +80,7 @@ async fn count(ledger: &Ledger) -> anyhow::Result<u64> {
     let n: i64 = ledger
         .db()
         .read(|c| {
-            c.query_row("SELECT count(*) FROM tickets", [], |r| r.get(0))
+            c.query_row("SELECT count(*) FROM tickets", (), |r| r.get(0))
                 .map_err(gateway::GatewayError::from)
         })
         .await?;

@@ -24,13 +24,13 @@ use std::time::Instant;
 
 use gateway::ledger::Ledger;
 use gateway::supervision::{self, Policy};
+use hotline_durable::sql::params;
 use hotline_proto::ids::TicketId;
 use hotline_proto::pb::{Citizen, EventKind, Ticket, TicketKind, TicketStatus};
 use hotline_proto::{Catalogue, time};
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rusqlite::params;
 use serde::Serialize;
 
 use crate::bench::percentile;
@@ -99,7 +99,7 @@ fn draft(
 /// Writes a ticket's row as it stands in `status`; returns its target and
 /// creation time.
 fn write_ticket(
-    c: &rusqlite::Connection,
+    c: &hotline_durable::sql::Connection,
     t: &Ticket,
     status: TicketStatus,
     now: i64,
@@ -128,7 +128,7 @@ async fn count(ledger: &Ledger, table: &'static str) -> anyhow::Result<u64> {
     let n: i64 = ledger
         .db()
         .read(move |c| {
-            c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            c.query_row(&format!("SELECT count(*) FROM {table}"), (), |r| r.get(0))
                 .map_err(gateway::GatewayError::from)
         })
         .await?;
