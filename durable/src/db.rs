@@ -85,6 +85,13 @@ impl Store {
     }
 }
 
+/// Whether `url` is a PostgreSQL connection string.
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.parse::<postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Hosts and database of a PostgreSQL connection string, never its
 /// password.
 pub fn describe_url(url: &str) -> String {

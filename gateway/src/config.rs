@@ -16,9 +16,17 @@ pub struct GatewayConfig {
     /// Where the gRPC services listen.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Where the ledger (`gateway.db`) lives.
+    /// Where the ledger (`gateway.db`) lives, when `store` is SQLite.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The ledger's store: `"sqlite"` (the default: `data_dir/gateway.db`)
+    /// or a PostgreSQL connection string (`"postgres://user@host/db"`),
+    /// which several replicas of the gateway may share.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// The PostgreSQL schema of the ledger (made if missing).
+    #[serde(default = "default_store_schema")]
+    pub store_schema: String,
     /// Mutual TLS: this process's certificate and key, the CA bundle, the
     /// revocation list. Relative paths are taken from the file's directory.
     #[serde(default)]
@@ -75,6 +83,10 @@ fn default_completion_ms() -> u64 {
     30 * 60 * 1000
 }
 
+fn default_store_schema() -> String {
+    "hotline".into()
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data/gateway")
 }
@@ -111,7 +123,44 @@ impl GatewayConfig {
         if let Some(v) = env.get("HOTLINE_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
         }
+        if let Some(v) = env.get("HOTLINE_STORE") {
+            self.store = Some(v.clone());
+        }
+        self.store()?;
         Ok(())
+    }
+
+    /// Where the ledger lives.
+    pub fn store(&self) -> anyhow::Result<hotline_durable::Store> {
+        match self.store.as_deref() {
+            None | Some("sqlite") => Ok(hotline_durable::Store::Sqlite(
+                self.data_dir.join("gateway.db"),
+            )),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let schema = &self.store_schema;
+                let valid = !schema.is_empty()
+                    && schema.len() <= 63
+                    && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && schema
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !valid {
+                    bail!(
+                        "store_schema: {schema:?} is not a schema name (lower-case letters, digits and _, at most 63)"
+                    );
+                }
+                hotline_durable::db::check_url(url)
+                    .map_err(|e| anyhow::anyhow!("store: not a PostgreSQL connection string: {e}"))?;
+                Ok(hotline_durable::Store::Postgres {
+                    url: url.to_owned(),
+                    schema: schema.clone(),
+                })
+            }
+            Some(other) => bail!(
+                "store: {:?} is neither \"sqlite\" nor a postgres:// connection string",
+                other.split('@').next_back().unwrap_or("")
+            ),
+        }
     }
 
     /// The catalogue, checked against the node list: every member city needs

@@ -56,6 +56,11 @@ impl Federation for FederationService {
         if self.switchboard.is_closing() {
             return Err(Status::unavailable("the gateway is stopping"));
         }
+        if !self.switchboard.is_held() {
+            return Err(Status::unavailable(
+                "this gateway replica does not hold the transfer switchboard now: another replica does",
+            ));
+        }
         let certified = hotline_tls::caller_city(&request)?;
         let mut inbound = request.into_inner();
         let city = match inbound.message().await?.and_then(|m| m.signal) {
@@ -81,12 +86,14 @@ impl Federation for FederationService {
         let link = self.switchboard.connect(&city, tx);
         let switchboard = self.switchboard.clone();
         let mut closing = self.switchboard.closing();
+        let mut held = self.switchboard.held();
         tokio::spawn(async move {
             let mut closed = true;
             loop {
                 let message = tokio::select! {
                     m = inbound.message() => m,
                     _ = closing.wait_for(|c| *c) => break,
+                    _ = held.wait_for(|h| !*h) => break,
                 };
                 match message {
                     Ok(Some(TransferSignalsRequest {

@@ -139,9 +139,23 @@ struct Row {
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
 
 impl Ledger {
+    /// Opens the SQLite ledger at `path`.
     pub fn open(path: &std::path::Path, catalogue: Arc<Catalogue>, policy: Policy) -> Result<Self> {
-        let db = Db::open(
-            path,
+        Self::open_store(
+            &hotline_durable::Store::Sqlite(path.to_owned()),
+            catalogue,
+            policy,
+        )
+    }
+
+    /// Opens the ledger in `store`, bringing its schema up to date.
+    pub fn open_store(
+        store: &hotline_durable::Store,
+        catalogue: Arc<Catalogue>,
+        policy: Policy,
+    ) -> Result<Self> {
+        let db = Db::open_store(
+            store,
             &[
                 SCHEMA,
                 outbox::SCHEMA,

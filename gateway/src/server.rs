@@ -72,18 +72,9 @@ pub async fn serve_with_http(
             "no holiday calendar for this year: deadlines count only weekends as days off; add one in [deadlines] calendars"
         );
     }
-    let ledger = Ledger::open(
-        &config.data_dir.join("gateway.db"),
-        catalogue.clone(),
-        policy,
-    )?;
-    let failed = ledger.db().write(recorder::fail_unfinished).await?;
-    if failed > 0 {
-        tracing::warn!(
-            failed,
-            "transfers live when the gateway stopped have failed"
-        );
-    }
+    let store = config.store()?;
+    tracing::info!(store = %store.describe(), "ledger");
+    let ledger = Ledger::open_store(&store, catalogue.clone(), policy)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let nodes = config.nodes.clone().into_iter().collect();
@@ -99,6 +90,16 @@ pub async fn serve_with_http(
         recorder,
         Duration::from_millis(config.transfer_completion_ms),
     );
+    // Alone on its ledger, the gateway holds the switchboard from the start;
+    // a replica takes it when the lease comes to it.
+    if ledger.db().holds(LEADER) {
+        take_over(&ledger, &switchboard).await?;
+    }
+    tasks.spawn(leadership(
+        ledger.clone(),
+        switchboard.clone(),
+        stop_rx.clone(),
+    ));
     tasks.spawn(sweep(switchboard.clone(), stop_rx.clone()));
     tasks.spawn(sweep_overdue(ledger.clone(), stop_rx));
     let (closing_tx, closing_rx) = watch::channel(false);
@@ -204,6 +205,50 @@ pub async fn serve_with_http(
     Ok(())
 }
 
+/// The lease of the replica that holds the call-transfer switchboard and
+/// runs the sweeps: on a shared ledger one replica at a time (see
+/// `hotline_durable::lease`); alone on SQLite, the gateway.
+pub const LEADER: &str = "leader";
+
+/// Becomes the switchboard: what the ledger still shows live was lost with
+/// the replica (or the process) that held it before, and fails.
+async fn take_over(ledger: &Ledger, switchboard: &Switchboard) -> anyhow::Result<()> {
+    let failed = ledger.db().write(recorder::fail_unfinished).await?;
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            "transfers live when the gateway (or the replica holding the switchboard) stopped have failed"
+        );
+    }
+    switchboard.take_over();
+    if ledger.db().is_shared() {
+        tracing::info!("this replica now holds the transfer switchboard and runs the sweeps");
+    }
+    Ok(())
+}
+
+/// Follows the leader lease: takes the switchboard over when the lease comes
+/// here, gives it up (ending every stream, so the nodes go to the replica
+/// that has it) when the lease is lost.
+async fn leadership(ledger: Ledger, switchboard: Switchboard, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(hotline_durable::lease::ROUND);
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => continue,
+        }
+        let holds = ledger.db().holds(LEADER);
+        if holds && !switchboard.is_held() {
+            if let Err(e) = take_over(&ledger, &switchboard).await {
+                tracing::warn!(error = %e, "cannot take the switchboard over yet");
+            }
+        } else if !holds && switchboard.is_held() {
+            tracing::warn!("this replica lost the leader lease: the switchboard moves to another");
+            switchboard.step_down();
+        }
+    }
+}
+
 /// Ends transfers past their deadlines, ten times a second.
 async fn sweep(switchboard: Switchboard, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -222,6 +267,9 @@ async fn sweep_overdue(ledger: Ledger, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => continue,
+        }
+        if !ledger.db().holds(LEADER) {
+            continue;
         }
         let now = hotline_proto::time::now_ms();
         let p = ledger.policy().clone();
@@ -253,6 +301,9 @@ async fn prune_flow_log(ledger: Ledger, hours: u32, mut stop: watch::Receiver<bo
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => continue,
+        }
+        if !ledger.db().holds(LEADER) {
+            continue;
         }
         let cutoff = hotline_proto::time::now_ms() - i64::from(hours) * 3_600_000;
         loop {

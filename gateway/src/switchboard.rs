@@ -56,6 +56,9 @@ pub struct Switchboard {
     /// Set when the gateway stops: the nodes' streams end, so that the
     /// server's graceful shutdown is not held by them.
     closing: Arc<watch::Sender<bool>>,
+    /// Whether this process holds the switchboard: alone on its ledger from
+    /// the start; among replicas, the one holding the leader lease.
+    held: Arc<watch::Sender<bool>>,
 }
 
 fn send(links: &HashMap<String, Link>, city: &str, t: &Transfer) -> bool {
@@ -86,7 +89,36 @@ impl Switchboard {
             recorder,
             completion_allowance,
             closing: Arc::new(watch::channel(false).0),
+            held: Arc::new(watch::channel(false).0),
         }
+    }
+
+    /// Whether this process holds the switchboard now.
+    pub fn is_held(&self) -> bool {
+        *self.held.borrow()
+    }
+
+    /// Turns false when this process gives the switchboard up.
+    pub fn held(&self) -> watch::Receiver<bool> {
+        self.held.subscribe()
+    }
+
+    /// This process holds the switchboard from now on.
+    pub fn take_over(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Another replica holds the switchboard now: every live transfer here
+    /// fails (told to both cities while their streams are open) and every
+    /// stream ends, so the nodes reconnect to the replica that holds it.
+    pub fn step_down(&self) {
+        self.held.send_replace(false);
+        let mut st = self.lock();
+        let live: Vec<String> = st.live.keys().cloned().collect();
+        for id in live {
+            self.end(&mut st, &id, TransferState::Failed, "switchboard-moved");
+        }
+        st.links.clear();
     }
 
     /// Resolves once the gateway is stopping; each stream's reader waits on

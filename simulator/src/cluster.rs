@@ -78,6 +78,8 @@ impl Cluster {
         let gw_config = GatewayConfig {
             listen: gateway,
             data_dir: data_dir.join("gateway"),
+            store: None,
+            store_schema: "hotline".into(),
             nodes: nodes
                 .iter()
                 .map(|(c, a)| (c.clone(), format!("http://{a}")))

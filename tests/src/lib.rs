@@ -61,6 +61,27 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
+/// The gateway's store in the tests: SQLite, or with
+/// `HOTLINE_TEST_STORE=postgres` a fresh schema of the PostgreSQL server
+/// (`HOTLINE_TEST_POSTGRES`, else the local one), so that the same tests
+/// run against both backends. A test that sets `store` itself keeps it.
+pub fn test_store(gateway_extra: &str) -> String {
+    if gateway_extra.contains("store =") || !postgres_tests() {
+        return String::new();
+    }
+    match hotline_durable::testing::postgres_store("gw") {
+        hotline_durable::Store::Postgres { url, schema } => {
+            format!("store = \"{url}\"\nstore_schema = \"{schema}\"\n")
+        }
+        hotline_durable::Store::Sqlite(_) => String::new(),
+    }
+}
+
+/// Whether the gateways of this test run keep their ledger in PostgreSQL.
+pub fn postgres_tests() -> bool {
+    std::env::var("HOTLINE_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
 /// A free port on loopback for a process to bind right after (see
 /// `simulator::spawn::free_addr`).
 pub fn free_addr() -> SocketAddr {
@@ -186,8 +207,9 @@ impl Federation {
         std::fs::write(
             &gw_config,
             format!(
-                "listen = \"{gateway_addr}\"\nhttp_listen = \"{dashboard}\"\ndata_dir = \"{}\"\n{gateway_extra}\n{nodes_toml}\n{}\n{}",
+                "listen = \"{gateway_addr}\"\nhttp_listen = \"{dashboard}\"\ndata_dir = \"{}\"\n{}{gateway_extra}\n{nodes_toml}\n{}\n{}",
                 dir.path().join("gateway").display(),
+                test_store(gateway_extra),
                 pki.toml(&Identity::Gateway),
                 // The tests' tickets all say the same thing: merging is for
                 // the tests that ask for it with a [supervision] of their own.
