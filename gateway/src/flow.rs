@@ -81,6 +81,10 @@ pub fn transfer(c: &Connection, at_ms: i64, t: &Transfer) -> Result<(), GatewayE
     )
 }
 
+/// How long a gap in the flow log's numbers may be a write still being
+/// committed by another replica.
+pub const GAP_GRACE_MS: i64 = 3_000;
+
 /// Up to `limit` events after `cursor`, in order.
 pub fn after(c: &Connection, cursor: u64, limit: usize) -> Result<Vec<FlowEvent>, GatewayError> {
     let mut stmt =
@@ -89,8 +93,26 @@ pub fn after(c: &Connection, cursor: u64, limit: usize) -> Result<Vec<FlowEvent>
         Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
     })?;
     let mut out = Vec::new();
+    // On a shared ledger another replica may have taken a number it has not
+    // committed yet: stop at a gap until it fills, or until it is old enough
+    // to be a rolled-back write's. One writer (SQLite) leaves no such gaps.
+    let shared = c.is_postgres();
+    let settled_before = time::now_ms() - GAP_GRACE_MS;
+    let mut expected = cursor + 1;
     for row in rows {
         let (seq, body) = row?;
+        let n = u64::try_from(seq).unwrap_or(0);
+        if shared && cursor > 0 && n != expected {
+            let at_ms = FlowEvent::decode(body.as_slice())
+                .ok()
+                .and_then(|e| e.time)
+                .map(|t| time::to_unix_ms(&t))
+                .unwrap_or(0);
+            if at_ms > settled_before {
+                break;
+            }
+        }
+        expected = n + 1;
         let mut e = FlowEvent::decode(body.as_slice())
             .map_err(|e| GatewayError::Corrupt(format!("flow event {seq}"), e.to_string()))?;
         e.cursor = u64::try_from(seq).unwrap_or(0);

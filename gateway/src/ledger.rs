@@ -292,7 +292,7 @@ fn load(c: &Connection, id: &str) -> Result<Option<Row>> {
         .prepare_cached(
             "SELECT origin, handler, category, urgent, status, seq, created_ms, due_ms, overdue,
                     kind, stage, resolve_due_ms, late_ms
-             FROM tickets WHERE id = ?1",
+             FROM tickets WHERE id = ?1 /*FOR UPDATE*/",
         )?
         .query_row([id], |r| {
             Ok((
@@ -1230,7 +1230,7 @@ fn assign(
 fn count_overdue(c: &Connection, city: &str, category: &str, n: i64) -> Result<()> {
     c.prepare_cached(
         "INSERT INTO overdue_open (city, category, n) VALUES (?1, ?2, ?3)
-         ON CONFLICT (city, category) DO UPDATE SET n = n + excluded.n",
+         ON CONFLICT (city, category) DO UPDATE SET n = overdue_open.n + excluded.n",
     )?
     .execute(params![city, category, n])?;
     Ok(())
@@ -1356,7 +1356,7 @@ pub fn coordination(
                 reject_ms, assigned_city, assign_ms,
                 CASE WHEN t.stage = 'assign' THEN t.due_ms END
          FROM coordination LEFT JOIN tickets t ON t.id = coordination.ticket_id
-         WHERE pos > ?1 AND (?2 OR assigned_city IS NULL)
+         WHERE pos > ?1 AND (?2 = 1 OR assigned_city IS NULL)
          ORDER BY pos LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![after, include_assigned, (limit + 1) as i64], |r| {

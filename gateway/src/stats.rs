@@ -49,7 +49,7 @@ pub fn move_status(
 ) -> Result<(), GatewayError> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO city_status (city, direction, status, n) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (city, direction, status) DO UPDATE SET n = n + excluded.n",
+         ON CONFLICT (city, direction, status) DO UPDATE SET n = city_status.n + excluded.n",
     )?;
     if let Some(from) = from {
         stmt.execute(params![city, direction, status_key(from), -1])?;
@@ -73,7 +73,7 @@ pub fn move_both(
         "INSERT INTO city_status (city, direction, status, n) VALUES
            (?1, 'sent', ?3, -1), (?1, 'sent', ?4, 1),
            (?2, 'received', ?3, -1), (?2, 'received', ?4, 1)
-         ON CONFLICT (city, direction, status) DO UPDATE SET n = n + excluded.n",
+         ON CONFLICT (city, direction, status) DO UPDATE SET n = city_status.n + excluded.n",
     )?
     .execute(params![origin, handler, status_key(from), status_key(to)])?;
     Ok(())

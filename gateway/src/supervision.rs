@@ -32,9 +32,10 @@ ALTER TABLE tickets ADD COLUMN stage TEXT;
 ALTER TABLE tickets ADD COLUMN resolve_due_ms INTEGER;
 ALTER TABLE tickets ADD COLUMN late_ms INTEGER;
 CREATE INDEX tickets_late ON tickets (late_ms) WHERE late_ms IS NOT NULL;
--- The key of the citizens' keyed hash: made once, never leaves the database.
+-- The key of the citizens' keyed hash: made at its first use (by
+-- `citizen_key`), never leaves the database. Databases made before it was
+-- made in Rust have it from this migration's first version.
 CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-INSERT INTO secrets (name, value) VALUES ('citizen-key', randomblob(32));
 -- The reports of the recent past (the longest window of the rules): their
 -- fingerprints, matter, citizen. Older ones are pruned.
 CREATE TABLE recent (
@@ -413,9 +414,25 @@ pub fn citizen_key(c: &Connection, phone: &str, ticket_id: &str) -> Result<Strin
     if digits.is_empty() {
         return Ok(format!("ticket:{ticket_id}"));
     }
-    let secret: Vec<u8> = c
-        .prepare_cached("SELECT value FROM secrets WHERE name = 'citizen-key'")?
-        .query_row((), |r| r.get(0))?;
+    let read = |c: &Connection| {
+        c.prepare_cached("SELECT value FROM secrets WHERE name = 'citizen-key'")?
+            .query_row((), |r| r.get::<_, Vec<u8>>(0))
+            .optional()
+    };
+    let secret = match read(c)? {
+        Some(s) => s,
+        None => {
+            let mut fresh = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+                .map_err(|_| GatewayError::FailedPrecondition("no system randomness".into()))?;
+            // Another replica may make it at the same moment: the first kept.
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES ('citizen-key', ?1)",
+            )?
+            .execute([fresh.as_slice()])?;
+            read(c)?.unwrap_or_else(|| fresh.to_vec())
+        }
+    };
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
     let tag = ring::hmac::sign(&key, digits.as_bytes());
     Ok(tag.as_ref()[..16]
@@ -453,7 +470,7 @@ pub fn find_match(
     // without reading them all, and a bucket full of other addresses is
     // passed over in its index.
     let mut bands = c.prepare_cached(
-        "SELECT w FROM (SELECT w, num FROM recent_bands WHERE key = ?1 ORDER BY w DESC LIMIT 256)
+        "SELECT w FROM (SELECT w, num FROM recent_bands WHERE key = ?1 ORDER BY w DESC LIMIT 256) AS b
          WHERE num = 0 OR ?2 = 0 OR num = ?2 LIMIT 64",
     )?;
     let num = matter::numbers_key(&fp.place);
@@ -574,7 +591,7 @@ pub fn record(
     let month = crate::windows::month_of(r.created_ms);
     let mut count = c.prepare_cached(
         "INSERT INTO matter_months (month, city, root, n) VALUES (?1, ?2, ?3, 1)
-         ON CONFLICT (month, city, root) DO UPDATE SET n = n + 1",
+         ON CONFLICT (month, city, root) DO UPDATE SET n = matter_months.n + 1",
     )?;
     count.execute(params![month, handler, r.root])?;
     count.execute(params![month, "", r.root])?;
@@ -843,7 +860,7 @@ pub fn list(
             .collect::<Result<_, _>>()?,
         None => c
             .prepare_cached(
-                "SELECT n FROM escalations WHERE n < ?1 AND (?2 OR state = 1) AND (?3 = 0 OR rule = ?3)
+                "SELECT n FROM escalations WHERE n < ?1 AND (?2 = 1 OR state = 1) AND (?3 = 0 OR rule = ?3)
                  ORDER BY n DESC",
             )?
             .query_map(

@@ -319,7 +319,7 @@ pub fn count(
         "INSERT INTO window_counts (grain, period, city, category, metric, detail, n) VALUES
            (?1, ?2, ?9, ?10, ?11, ?12, ?13), (?3, ?4, ?9, ?10, ?11, ?12, ?13),
            (?5, ?6, ?9, ?10, ?11, ?12, ?13), (?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT (grain, period, city, category, metric, detail) DO UPDATE SET n = n + excluded.n",
+         ON CONFLICT (grain, period, city, category, metric, detail) DO UPDATE SET n = window_counts.n + excluded.n",
         at_ms,
         [&city, &category, &(metric as i64), &detail, &n],
     )
@@ -351,7 +351,7 @@ pub fn observe(
         "INSERT INTO window_hist (grain, period, city, category, metric, bucket, n) VALUES
            (?1, ?2, ?9, ?10, ?11, ?12, ?13), (?3, ?4, ?9, ?10, ?11, ?12, ?13),
            (?5, ?6, ?9, ?10, ?11, ?12, ?13), (?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT (grain, period, city, category, metric, bucket) DO UPDATE SET n = n + excluded.n",
+         ON CONFLICT (grain, period, city, category, metric, bucket) DO UPDATE SET n = window_hist.n + excluded.n",
         at_ms,
         [&city, &category, &(what as i64), &bucket_of(ms), &1i64],
     )
