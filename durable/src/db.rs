@@ -300,7 +300,8 @@ impl Db {
         rx.await.map_err(|_| E::from(DbError::WriterGone))?
     }
 
-    /// Runs `f` on a reader connection, off the async threads.
+    /// Runs `f` on a reader connection, off the async threads, in one read
+    /// transaction: everything it reads is of one moment.
     pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
@@ -315,7 +316,19 @@ impl Db {
                 Some(c) => c,
                 None => open_connection(&store)?,
             };
+            // One snapshot for the whole read: a ticket and its history, read
+            // by two statements, are of the same moment.
+            let begin = if conn.is_postgres() {
+                "BEGIN ISOLATION LEVEL REPEATABLE READ"
+            } else {
+                "BEGIN"
+            };
+            conn.execute_batch(begin)
+                .map_err(|e| E::from(DbError::from(e)))?;
             let out = f(&conn);
+            if conn.execute_batch("COMMIT").is_err() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
             // A connection the server dropped is not pooled again.
             if !conn.is_closed()
                 && let Ok(mut v) = readers.lock()

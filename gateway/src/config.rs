@@ -149,8 +149,9 @@ impl GatewayConfig {
                         "store_schema: {schema:?} is not a schema name (lower-case letters, digits and _, at most 63)"
                     );
                 }
-                hotline_durable::db::check_url(url)
-                    .map_err(|e| anyhow::anyhow!("store: not a PostgreSQL connection string: {e}"))?;
+                hotline_durable::db::check_url(url).map_err(|e| {
+                    anyhow::anyhow!("store: not a PostgreSQL connection string: {e}")
+                })?;
                 Ok(hotline_durable::Store::Postgres {
                     url: url.to_owned(),
                     schema: schema.clone(),

@@ -56,11 +56,6 @@ impl Federation for FederationService {
         if self.switchboard.is_closing() {
             return Err(Status::unavailable("the gateway is stopping"));
         }
-        if !self.switchboard.is_held() {
-            return Err(Status::unavailable(
-                "this gateway replica does not hold the transfer switchboard now: another replica does",
-            ));
-        }
         let certified = hotline_tls::caller_city(&request)?;
         let mut inbound = request.into_inner();
         let city = match inbound.message().await?.and_then(|m| m.signal) {
@@ -82,6 +77,11 @@ impl Federation for FederationService {
         };
         validate::city("signal.hello_city", &city, self.ledger.catalogue())
             .map_err(Status::from)?;
+        if !self.switchboard.is_held() {
+            return Err(Status::unavailable(
+                "this gateway replica does not hold the transfer switchboard now: another replica does",
+            ));
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let link = self.switchboard.connect(&city, tx);
         let switchboard = self.switchboard.clone();

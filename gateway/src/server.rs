@@ -91,8 +91,17 @@ pub async fn serve_with_http(
         Duration::from_millis(config.transfer_completion_ms),
     );
     // Alone on its ledger, the gateway holds the switchboard from the start;
-    // a replica takes it when the lease comes to it.
-    if ledger.db().holds(LEADER) {
+    // a replica takes it when the lease comes to it. The first replica up
+    // takes it before it serves (the keeper takes a free lease in a round).
+    let mut first = ledger.db().holds(LEADER);
+    for _ in 0..5 {
+        if first || !ledger.db().is_shared() {
+            break;
+        }
+        tokio::time::sleep(hotline_durable::lease::ROUND).await;
+        first = ledger.db().holds(LEADER);
+    }
+    if first {
         take_over(&ledger, &switchboard).await?;
     }
     tasks.spawn(leadership(

@@ -37,6 +37,7 @@ pub mod operators;
 pub mod peers;
 pub mod pki;
 pub mod plan;
+pub mod replbench;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -208,6 +208,25 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
+    /// A benchmark of the gateway's stores (issue #9): tickets/s through
+    /// the gateway on SQLite, on PostgreSQL with one replica, and on
+    /// PostgreSQL with two replicas sharing the load, over real processes.
+    /// See docs/benchmarks.md.
+    BenchReplicas {
+        /// One short round instead of three full ones.
+        #[arg(long)]
+        quick: bool,
+        /// The PostgreSQL server; a fresh schema is made on it.
+        #[arg(
+            long,
+            env = "HOTLINE_BENCH_POSTGRES",
+            default_value = "postgres://postgres@127.0.0.1:5432/test"
+        )]
+        postgres: String,
+        /// Write the JSON figures here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
 }
 
 /// The exit code of a command that either finishes or fails with an error.
@@ -381,6 +400,18 @@ fn main() -> ExitCode {
                 report,
             };
             finished(runtime.block_on(simulator::flood::run(opts)))
+        }
+        Command::BenchReplicas {
+            quick,
+            postgres,
+            report,
+        } => {
+            let opts = simulator::replbench::ReplicaBenchOptions {
+                quick,
+                report,
+                postgres,
+            };
+            finished(runtime.block_on(simulator::replbench::run(opts)))
         }
         Command::BenchTransfers {
             samples,

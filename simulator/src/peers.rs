@@ -242,7 +242,7 @@ fn delivered_ticket() -> Ticket {
 }
 
 #[derive(Clone)]
-enum Caller {
+pub(crate) enum Caller {
     Node(CityNodeClient<Channel>),
     Gateway(FederationClient<Channel>),
 }
@@ -285,16 +285,20 @@ pub(crate) async fn received(observatory: &ObservatoryClient<Channel>) -> anyhow
         .unwrap_or(0))
 }
 
-struct Target<'a> {
-    name: &'static str,
-    callers: Vec<Caller>,
+pub(crate) struct Target<'a> {
+    pub(crate) name: &'static str,
+    pub(crate) callers: Vec<Caller>,
     /// The processes on the path, whose CPU time is counted.
-    pids: Vec<(&'static str, u32)>,
+    pub(crate) pids: Vec<(&'static str, u32)>,
     /// For the gateway: count a ticket only once the target holds it.
-    observatory: Option<&'a ObservatoryClient<Channel>>,
+    pub(crate) observatory: Option<&'a ObservatoryClient<Channel>>,
 }
 
-async fn run_path(t: &Target<'_>, latency_n: usize, window: Duration) -> anyhow::Result<Run> {
+pub(crate) async fn run_path(
+    t: &Target<'_>,
+    latency_n: usize,
+    window: Duration,
+) -> anyhow::Result<Run> {
     // One at a time.
     let caller = &t.callers[0];
     for _ in 0..latency_n / 10 {
@@ -425,7 +429,7 @@ fn ledger_counts(log: &Path) -> (Option<u64>, Option<u64>) {
     (field("writes"), field("commits"))
 }
 
-fn median_run(runs: &[Run], path: &str) -> Option<Run> {
+pub(crate) fn median_run(runs: &[Run], path: &str) -> Option<Run> {
     let mut of: Vec<Run> = runs.iter().filter(|r| r.path == path).cloned().collect();
     if of.is_empty() {
         return None;

@@ -70,6 +70,25 @@ pub struct Spawned {
     pub links: BTreeMap<String, Links>,
 }
 
+/// A second gateway replica (see [`Spawned::start_replica`]).
+pub struct Replica {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Replica {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The directory of the running executable, where cargo puts the other
 /// binaries of the workspace.
 fn bin_dir() -> anyhow::Result<PathBuf> {
@@ -493,6 +512,58 @@ impl Spawned {
         } else {
             self.pki.channel(addr, who, server)
         }
+    }
+
+    /// Moves the gateway to another store: stops it, puts `top` (top-level
+    /// lines such as `store = "postgres://…"`) at the head of its file, and
+    /// starts it again. For a federation whose ledger holds nothing yet.
+    pub async fn move_gateway_store(&mut self, top: &str) -> anyhow::Result<()> {
+        self.stop_gateway()?;
+        let text = std::fs::read_to_string(&self.gateway_config)?;
+        std::fs::write(&self.gateway_config, format!("{top}{text}"))?;
+        self.restart(&Target::Gateway)?;
+        self.wait_ready().await
+    }
+
+    /// Another replica of the gateway, with its configuration (and so its
+    /// ledger, which must be a shared store) on an address of its own;
+    /// answering when this returns. It is killed when dropped.
+    pub async fn start_replica(&self) -> anyhow::Result<Replica> {
+        let addr = free_addr()?;
+        let text = std::fs::read_to_string(&self.gateway_config)?;
+        let listen = format!("listen = \"{}\"", self.gateway);
+        if !text.contains(&listen) {
+            bail!("the gateway's file has no {listen}");
+        }
+        let config = self.dir.join("gateway-replica.toml");
+        std::fs::write(
+            &config,
+            text.replace(&listen, &format!("listen = \"{addr}\"")),
+        )?;
+        let child = start(
+            &[],
+            &bin_dir()?.join("gateway"),
+            &config,
+            &self.dir.join("gateway-replica.log"),
+        )?;
+        let replica = Replica { addr, child };
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut observatory =
+            ObservatoryClient::new(self.channel(addr, &Identity::Province, &Identity::Gateway)?);
+        while observatory
+            .get_city_stats(GetCityStatsRequest::default())
+            .await
+            .is_err()
+        {
+            if Instant::now() > until {
+                bail!(
+                    "the gateway replica at {addr} did not answer; see {}",
+                    self.dir.join("gateway-replica.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(replica)
     }
 
     /// Stops the gateway gracefully (SIGTERM) and waits for it.

@@ -164,6 +164,9 @@ pub struct Federation {
     /// The gateway's dashboard and `/metrics` (plain HTTP on loopback).
     pub dashboard: SocketAddr,
     pub nodes: BTreeMap<String, Proc>,
+    /// More replicas of the gateway on the same ledger (issue #9), added by
+    /// [`Federation::add_gateway_replica`].
+    pub replicas: Vec<Proc>,
 }
 
 impl Federation {
@@ -262,6 +265,7 @@ impl Federation {
             gateway,
             dashboard,
             nodes,
+            replicas: Vec::new(),
         };
         f.gateway.start();
         for p in f.nodes.values_mut() {
@@ -310,6 +314,64 @@ impl Federation {
         self.wait_healthy(&Identity::Gateway).await;
     }
 
+    /// Another gateway replica on `addr`, with the gateway's configuration
+    /// (and so its ledger: a shared PostgreSQL store) but for its addresses.
+    /// Not started: see [`Federation::start_replica`].
+    pub fn add_gateway_replica(&mut self, addr: SocketAddr) -> usize {
+        let n = self.replicas.len() + 1;
+        let text = std::fs::read_to_string(&self.gateway.config).unwrap();
+        let listen = format!("listen = \"{}\"", self.gateway.addr);
+        assert!(text.contains(&listen), "{text}");
+        let http = format!("http_listen = \"{}\"", self.dashboard);
+        let text = text
+            .replace(&listen, &format!("listen = \"{addr}\""))
+            .replace(&http, &format!("http_listen = \"{}\"", free_addr()));
+        let config = self.dir.path().join(format!("gateway-{n}.toml"));
+        std::fs::write(&config, text).unwrap();
+        self.replicas.push(Proc {
+            name: format!("gateway-{n}"),
+            bin: "gateway",
+            config,
+            log: self.dir.path().join(format!("gateway-{n}.log")),
+            addr,
+            child: None,
+            env: self.gateway.env.clone(),
+        });
+        n - 1
+    }
+
+    /// Starts replica `i` and waits until it answers its health check.
+    pub async fn start_replica(&mut self, i: usize) {
+        self.replicas[i].start();
+        let channel = self
+            .pki
+            .channel(
+                self.replicas[i].addr,
+                &Identity::Province,
+                &Identity::Gateway,
+            )
+            .unwrap();
+        if !wait_healthy(channel).await {
+            panic!(
+                "gateway replica {i} did not become healthy\n{}",
+                self.logs()
+            );
+        }
+    }
+
+    /// The Observatory at gateway replica `i`.
+    pub fn observatory_at(&self, i: usize) -> ObservatoryClient<Channel> {
+        ObservatoryClient::new(
+            self.pki
+                .channel(
+                    self.replicas[i].addr,
+                    &Identity::Province,
+                    &Identity::Gateway,
+                )
+                .unwrap(),
+        )
+    }
+
     pub async fn start_node(&mut self, city: &str) {
         self.node(city).start();
         self.wait_healthy(&Identity::City(city.into())).await;
@@ -334,7 +396,10 @@ impl Federation {
     /// Every process's log, for a failing test's message.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for p in std::iter::once(&self.gateway).chain(self.nodes.values()) {
+        for p in std::iter::once(&self.gateway)
+            .chain(&self.replicas)
+            .chain(self.nodes.values())
+        {
             let text = std::fs::read_to_string(&p.log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
             out.push_str(&format!("----- {} -----\n", p.name));
