@@ -528,7 +528,7 @@ impl Pg {
 
 enum Inner {
     Sqlite(rusqlite::Connection),
-    Pg(RefCell<Pg>),
+    Pg(Box<RefCell<Pg>>),
 }
 
 impl Drop for Pg {
@@ -576,10 +576,10 @@ impl Connection {
 
     pub fn postgres(client: postgres::Client) -> Self {
         Self {
-            inner: Inner::Pg(RefCell::new(Pg {
+            inner: Inner::Pg(Box::new(RefCell::new(Pg {
                 client: Some(client),
                 statements: HashMap::new(),
-            })),
+            }))),
         }
     }
 
