@@ -503,6 +503,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 495);
+        if let Store::Postgres { url, schema } = &store {
+            crate::testing::drop_schema(url, schema);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,6 +528,9 @@ mod tests {
         assert!(a.holds("outbox/yibin"));
         drop(a);
         assert!(wait(b.clone()).await, "the lease did not pass on");
+        if let Store::Postgres { url, schema } = &store {
+            crate::testing::drop_schema(url, schema);
+        }
     }
 
     async fn concurrent_writes(db: Db) {

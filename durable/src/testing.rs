@@ -27,3 +27,15 @@ pub fn postgres_store(prefix: &str) -> Store {
         schema,
     }
 }
+
+/// Drops a test's `schema` and everything in it. On a thread of its own:
+/// the PostgreSQL client may not run on an async thread.
+pub fn drop_schema(url: &str, schema: &str) {
+    let (url, schema) = (url.to_owned(), schema.to_owned());
+    let _ = std::thread::spawn(move || {
+        if let Ok(mut c) = crate::db::connect_postgres(&url, "public") {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
+        }
+    })
+    .join();
+}

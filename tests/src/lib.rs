@@ -65,15 +65,16 @@ pub fn bin_dir() -> &'static Path {
 /// `HOTLINE_TEST_STORE=postgres` a fresh schema of the PostgreSQL server
 /// (`HOTLINE_TEST_POSTGRES`, else the local one), so that the same tests
 /// run against both backends. A test that sets `store` itself keeps it.
-pub fn test_store(gateway_extra: &str) -> String {
+pub fn test_store(gateway_extra: &str) -> (String, Option<(String, String)>) {
     if gateway_extra.contains("store =") || !postgres_tests() {
-        return String::new();
+        return (String::new(), None);
     }
     match hotline_durable::testing::postgres_store("gw") {
-        hotline_durable::Store::Postgres { url, schema } => {
-            format!("store = \"{url}\"\nstore_schema = \"{schema}\"\n")
-        }
-        hotline_durable::Store::Sqlite(_) => String::new(),
+        hotline_durable::Store::Postgres { url, schema } => (
+            format!("store = \"{url}\"\nstore_schema = \"{schema}\"\n"),
+            Some((url, schema)),
+        ),
+        hotline_durable::Store::Sqlite(_) => (String::new(), None),
     }
 }
 
@@ -167,6 +168,22 @@ pub struct Federation {
     /// More replicas of the gateway on the same ledger (issue #9), added by
     /// [`Federation::add_gateway_replica`].
     pub replicas: Vec<Proc>,
+    /// The PostgreSQL schema of the gateway's ledger (URL, schema), dropped
+    /// with the federation.
+    pub schema: Option<(String, String)>,
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        if let Some((url, schema)) = self.schema.take() {
+            // The gateways first: their sessions hold the schema's tables.
+            self.gateway.kill();
+            for r in &mut self.replicas {
+                r.kill();
+            }
+            hotline_durable::testing::drop_schema(&url, &schema);
+        }
+    }
 }
 
 impl Federation {
@@ -206,13 +223,14 @@ impl Federation {
         for (city, addr) in &node_addrs {
             nodes_toml.push_str(&format!("{city} = \"http://{addr}\"\n"));
         }
+        let (store, schema) = test_store(gateway_extra);
         let gw_config = dir.path().join("gateway.toml");
         std::fs::write(
             &gw_config,
             format!(
                 "listen = \"{gateway_addr}\"\nhttp_listen = \"{dashboard}\"\ndata_dir = \"{}\"\n{}{gateway_extra}\n{nodes_toml}\n{}\n{}",
                 dir.path().join("gateway").display(),
-                test_store(gateway_extra),
+                store,
                 pki.toml(&Identity::Gateway),
                 // The tests' tickets all say the same thing: merging is for
                 // the tests that ask for it with a [supervision] of their own.
@@ -266,6 +284,7 @@ impl Federation {
             dashboard,
             nodes,
             replicas: Vec::new(),
+            schema,
         };
         f.gateway.start();
         for p in f.nodes.values_mut() {
