@@ -408,6 +408,20 @@ mod tests {
             &[SCHEMA, SCHEMA_IN_ORDER, SCHEMA_TRACE],
         )
         .unwrap();
+        in_order_despite_failures(db).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_same_on_postgres_under_the_destinations_lease() {
+        let store = crate::testing::postgres_store("outbox");
+        let db = Db::open_store(&store, &[SCHEMA, SCHEMA_IN_ORDER, SCHEMA_TRACE]).unwrap();
+        in_order_despite_failures(db).await;
+        if let crate::Store::Postgres { url, schema } = &store {
+            crate::testing::drop_schema(url, schema);
+        }
+    }
+
+    async fn in_order_despite_failures(db: Db) {
         let outbox = Outbox::new();
         db.write(|c| {
             for t in 0..5 {
