@@ -18,9 +18,16 @@ pub struct NodeConfig {
     /// Where the gRPC services listen.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Where the store (`node.db`) lives.
+    /// Where the store (`node.db`) lives, when `store` is SQLite.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The node's store: `"sqlite"` (the default: `data_dir/node.db`) or a
+    /// PostgreSQL connection string (`"postgres://user@host/db"`).
+    #[serde(default)]
+    pub store: Option<String>,
+    /// The PostgreSQL schema of the node's store (made if missing).
+    #[serde(default = "default_store_schema")]
+    pub store_schema: String,
     /// Mutual TLS: this process's certificate and key, the CA bundle, the
     /// revocation list. Relative paths are taken from the file's directory.
     #[serde(default)]
@@ -60,11 +67,25 @@ fn default_transfer_deadline_ms() -> u64 {
     60_000
 }
 
+fn default_store_schema() -> String {
+    "hotline_node".into()
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data/node")
 }
 
 impl NodeConfig {
+    /// Where the node's store lives.
+    pub fn store(&self) -> anyhow::Result<hotline_durable::Store> {
+        hotline_durable::Store::from_config(
+            self.store.as_deref(),
+            &self.store_schema,
+            self.data_dir.join("node.db"),
+        )
+        .map_err(anyhow::Error::msg)
+    }
+
     /// Every address of the gateway, `gateway` first.
     pub fn gateway_addresses(&self) -> Vec<String> {
         std::iter::once(self.gateway.clone())
@@ -82,6 +103,7 @@ impl NodeConfig {
         config.tls = config.tls.map(|t| t.relative_to(base));
         config.apply_env(env)?;
         config.catalogue()?;
+        config.store()?;
         Ok(config)
     }
 
@@ -97,6 +119,9 @@ impl NodeConfig {
         }
         if let Some(v) = env.get("HOTLINE_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env.get("HOTLINE_STORE") {
+            self.store = Some(v.clone());
         }
         if let Some(v) = env.get("HOTLINE_GATEWAY") {
             // One address, or several separated by commas.

@@ -36,8 +36,10 @@ pub async fn serve(
     let catalogue = Arc::new(config.catalogue()?);
     let (server_tls, client_tls) =
         hotline_tls::transport(config.tls.as_ref(), config.insecure, listener.local_addr()?)?;
-    let db = Db::open(
-        &config.data_dir.join("node.db"),
+    let store = config.store()?;
+    tracing::info!(store = %store.describe(), "store");
+    let db = Db::open_store(
+        &store,
         &[
             store::SCHEMA,
             outbox::SCHEMA,

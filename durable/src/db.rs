@@ -74,6 +74,38 @@ pub enum Store {
 }
 
 impl Store {
+    /// The store a configuration names: `store` absent or `"sqlite"` for
+    /// the SQLite file `sqlite`, or a PostgreSQL connection string and
+    /// `schema`. The error names the field.
+    pub fn from_config(store: Option<&str>, schema: &str, sqlite: PathBuf) -> Result<Self, String> {
+        match store {
+            None | Some("sqlite") => Ok(Store::Sqlite(sqlite)),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let valid = !schema.is_empty()
+                    && schema.len() <= 63
+                    && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && schema
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !valid {
+                    return Err(format!(
+                        "store_schema: {schema:?} is not a schema name (lower-case letters, digits and _, at most 63)"
+                    ));
+                }
+                check_url(url)
+                    .map_err(|e| format!("store: not a PostgreSQL connection string: {e}"))?;
+                Ok(Store::Postgres {
+                    url: url.to_owned(),
+                    schema: schema.to_owned(),
+                })
+            }
+            Some(other) => Err(format!(
+                "store: {:?} is neither \"sqlite\" nor a postgres:// connection string",
+                other.split('@').next_back().unwrap_or("")
+            )),
+        }
+    }
+
     /// What the store is, without its credentials.
     pub fn describe(&self) -> String {
         match self {
@@ -591,5 +623,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(v, "a");
+    }
+}
+#[cfg(test)]
+mod probe {
+    #[test]
+    #[ignore]
+    fn round_trips() {
+        let store = crate::testing::postgres_store("probe");
+        let crate::Store::Postgres { url, schema } = &store else {
+            return;
+        };
+        let client = crate::db::connect_postgres(url, "public").unwrap();
+        let c = crate::sql::Connection::postgres(client);
+        let t = std::time::Instant::now();
+        for i in 0..2000i64 {
+            let _: i64 = c.query_row("SELECT ?1 + 1", [i], |r| r.get(0)).unwrap();
+        }
+        eprintln!("per query: {:?}", t.elapsed() / 2000);
+        let _ = schema;
     }
 }

@@ -132,36 +132,12 @@ impl GatewayConfig {
 
     /// Where the ledger lives.
     pub fn store(&self) -> anyhow::Result<hotline_durable::Store> {
-        match self.store.as_deref() {
-            None | Some("sqlite") => Ok(hotline_durable::Store::Sqlite(
-                self.data_dir.join("gateway.db"),
-            )),
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                let schema = &self.store_schema;
-                let valid = !schema.is_empty()
-                    && schema.len() <= 63
-                    && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                    && schema
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-                if !valid {
-                    bail!(
-                        "store_schema: {schema:?} is not a schema name (lower-case letters, digits and _, at most 63)"
-                    );
-                }
-                hotline_durable::db::check_url(url).map_err(|e| {
-                    anyhow::anyhow!("store: not a PostgreSQL connection string: {e}")
-                })?;
-                Ok(hotline_durable::Store::Postgres {
-                    url: url.to_owned(),
-                    schema: schema.clone(),
-                })
-            }
-            Some(other) => bail!(
-                "store: {:?} is neither \"sqlite\" nor a postgres:// connection string",
-                other.split('@').next_back().unwrap_or("")
-            ),
-        }
+        hotline_durable::Store::from_config(
+            self.store.as_deref(),
+            &self.store_schema,
+            self.data_dir.join("gateway.db"),
+        )
+        .map_err(anyhow::Error::msg)
     }
 
     /// The catalogue, checked against the node list: every member city needs

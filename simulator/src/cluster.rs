@@ -114,6 +114,8 @@ impl Cluster {
                 city: city.clone(),
                 listen: addr,
                 data_dir: data_dir.join(&city),
+                store: None,
+                store_schema: "hotline_node".into(),
                 gateway: format!("http://{gateway}"),
                 tls: Some(pki.files(&Identity::City(city.clone()))),
                 insecure: false,

@@ -61,7 +61,7 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
-/// The gateway's store in the tests: SQLite, or with
+/// The store of a gateway or node in the tests: SQLite, or with
 /// `HOTLINE_TEST_STORE=postgres` a fresh schema of the PostgreSQL server
 /// (`HOTLINE_TEST_POSTGRES`, else the local one), so that the same tests
 /// run against both backends. A test that sets `store` itself keeps it.
@@ -168,20 +168,22 @@ pub struct Federation {
     /// More replicas of the gateway on the same ledger (issue #9), added by
     /// [`Federation::add_gateway_replica`].
     pub replicas: Vec<Proc>,
-    /// The PostgreSQL schema of the gateway's ledger (URL, schema), dropped
-    /// with the federation.
-    pub schema: Option<(String, String)>,
+    /// The PostgreSQL schemas of the stores (URL, schema), dropped with the
+    /// federation.
+    pub schemas: Vec<(String, String)>,
 }
 
 impl Drop for Federation {
     fn drop(&mut self) {
-        if let Some((url, schema)) = self.schema.take() {
-            // The gateways first: their sessions hold the schema's tables.
+        if !self.schemas.is_empty() {
+            // The processes first: their sessions hold the schemas' tables.
             self.gateway.kill();
-            for r in &mut self.replicas {
-                r.kill();
+            for p in self.replicas.iter_mut().chain(self.nodes.values_mut()) {
+                p.kill();
             }
-            hotline_durable::testing::drop_schema(&url, &schema);
+            for (url, schema) in self.schemas.drain(..) {
+                hotline_durable::testing::drop_schema(&url, &schema);
+            }
         }
     }
 }
@@ -224,6 +226,7 @@ impl Federation {
             nodes_toml.push_str(&format!("{city} = \"http://{addr}\"\n"));
         }
         let (store, schema) = test_store(gateway_extra);
+        let mut schemas: Vec<(String, String)> = schema.into_iter().collect();
         let gw_config = dir.path().join("gateway.toml");
         std::fs::write(
             &gw_config,
@@ -254,10 +257,12 @@ impl Federation {
         let mut nodes = BTreeMap::new();
         for (city, addr) in &node_addrs {
             let config = dir.path().join(format!("{city}.toml"));
+            let (store, schema) = test_store(node_extra);
+            schemas.extend(schema);
             std::fs::write(
                 &config,
                 format!(
-                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway_addr}\"\n{node_extra}\n{}",
+                    "city = \"{city}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ngateway = \"http://{gateway_addr}\"\n{store}{node_extra}\n{}",
                     dir.path().join(city).display(),
                     pki.toml(&Identity::City(city.clone()))
                 ),
@@ -284,7 +289,7 @@ impl Federation {
             dashboard,
             nodes,
             replicas: Vec::new(),
-            schema,
+            schemas,
         };
         f.gateway.start();
         for p in f.nodes.values_mut() {

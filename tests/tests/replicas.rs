@@ -47,7 +47,7 @@ async fn replicated() -> Federation {
         &format!("{NODE}gateways = [\"http://{second}\"]\n"),
     )
     .await;
-    f.schema = Some((url, schema));
+    f.schemas.push((url, schema));
     let i = f.add_gateway_replica(second);
     f.start_replica(i).await;
     f
