@@ -163,6 +163,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_provincial_file_lists_both_replicas() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/province/city-node.toml");
+        let c = NodeConfig::load(&path, &HashMap::new()).unwrap();
+        assert_eq!(c.gateway_addresses().len(), 2);
+        assert!(matches!(c.store().unwrap(), hotline_durable::Store::Sqlite(_)));
+        let env = HashMap::from([(
+            "HOTLINE_STORE".to_owned(),
+            "postgres://hotline@db/hotline".to_owned(),
+        )]);
+        let c = NodeConfig::load(&path, &env).unwrap();
+        assert!(matches!(
+            c.store().unwrap(),
+            hotline_durable::Store::Postgres { ref schema, .. } if schema == "hotline_node"
+        ));
+    }
+
+    #[test]
     fn the_example_file_loads_and_the_environment_overrides_it() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/city-node.example.toml");
         let env = HashMap::from([("HOTLINE_GATEWAY".to_owned(), "127.0.0.1:1".to_owned())]);

@@ -218,6 +218,33 @@ mod tests {
     }
 
     #[test]
+    fn the_provincial_files_load_and_the_store_is_checked() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/province");
+        let c = GatewayConfig::load(&dir.join("gateway.toml"), &HashMap::new()).unwrap();
+        assert!(matches!(
+            c.store().unwrap(),
+            hotline_durable::Store::Postgres { ref schema, .. } if schema == "hotline"
+        ));
+        // The password may come from the environment instead of the file.
+        let env = HashMap::from([(
+            "HOTLINE_STORE".to_owned(),
+            "postgres://hotline:secret@db:5432/hotline".to_owned(),
+        )]);
+        let c = GatewayConfig::load(&dir.join("gateway.toml"), &env).unwrap();
+        assert!(!c.store().unwrap().describe().contains("secret"));
+        // Errors name the field.
+        let mut bad = c.clone();
+        bad.store_schema = "Hotline; DROP".into();
+        assert!(bad.store().unwrap_err().to_string().contains("store_schema"));
+        bad.store = Some("mysql://x".into());
+        assert!(bad.store().unwrap_err().to_string().starts_with("store:"));
+        bad.store = None;
+        assert!(matches!(bad.store().unwrap(), hotline_durable::Store::Sqlite(_)));
+        let node = std::fs::read_to_string(dir.join("city-node.toml")).unwrap();
+        assert!(node.contains("gateways = ["));
+    }
+
+    #[test]
     fn environment_overrides_and_bad_keys() {
         let text = r#"
             [nodes]
