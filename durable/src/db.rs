@@ -20,6 +20,14 @@ use crate::sql::{self, Connection};
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 1024;
 
+/// Most writes committed in one PostgreSQL transaction. Each update of a
+/// row there makes a new version of it, which the next update of the same
+/// row in that transaction walks to, and the batch holds its rows locked
+/// against the other replicas until it commits: a smaller batch keeps both
+/// short. (At the loads measured, the round trips dominate either way:
+/// docs/benchmarks.md.)
+pub const MAX_BATCH_POSTGRES: usize = 64;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
     #[error("database: {0}")]
@@ -404,10 +412,15 @@ fn writer(
     } else {
         "BEGIN IMMEDIATE"
     };
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let max_batch = if conn.is_postgres() {
+        MAX_BATCH_POSTGRES
+    } else {
+        MAX_BATCH
+    };
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,

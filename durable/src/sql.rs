@@ -485,7 +485,8 @@ impl Row<'_> {
 /// A PostgreSQL session and its prepared statements.
 pub struct Pg {
     client: Option<postgres::Client>,
-    statements: HashMap<(String, Vec<Type>), postgres::Statement>,
+    /// Prepared statements by their SQL text, then their parameters' types.
+    statements: HashMap<String, Vec<(Vec<Type>, postgres::Statement)>>,
 }
 
 impl Pg {
@@ -495,13 +496,19 @@ impl Pg {
 
     fn statement(&mut self, sql: &str, values: &[PgValue]) -> Result<postgres::Statement> {
         let types: Vec<Type> = values.iter().map(PgValue::ty).collect();
-        let key = (sql.to_owned(), types);
-        if let Some(s) = self.statements.get(&key) {
-            return Ok(s.clone());
+        if let Some(s) = self
+            .statements
+            .get(sql)
+            .and_then(|v| v.iter().find(|(t, _)| *t == types))
+        {
+            return Ok(s.1.clone());
         }
         let translated = translate(sql);
-        let s = self.client()?.prepare_typed(&translated, &key.1)?;
-        self.statements.insert(key, s.clone());
+        let s = self.client()?.prepare_typed(&translated, &types)?;
+        self.statements
+            .entry(sql.to_owned())
+            .or_default()
+            .push((types, s.clone()));
         Ok(s)
     }
 
