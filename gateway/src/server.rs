@@ -75,6 +75,17 @@ pub async fn serve_with_http(
     let store = config.store()?;
     tracing::info!(store = %store.describe(), "ledger");
     let ledger = Ledger::open_store(&store, catalogue.clone(), policy)?;
+    if ledger.db().is_shared() {
+        let autovacuum: Result<String, crate::GatewayError> = ledger
+            .db()
+            .read(|c| Ok(c.query_row("SELECT current_setting('autovacuum')", (), |r| r.get(0))?))
+            .await;
+        if autovacuum.is_ok_and(|v| v != "on") {
+            tracing::warn!(
+                "the database runs without autovacuum: the ledger's counters leave dead rows and its planner statistics go stale; turn it on or run VACUUM ANALYZE often (docs/operations.md)"
+            );
+        }
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let nodes = config.nodes.clone().into_iter().collect();

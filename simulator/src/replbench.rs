@@ -103,8 +103,26 @@ pub async fn run(opts: ReplicaBenchOptions) -> anyhow::Result<ReplicaBench> {
             .unwrap_or(0)
     };
 
+    // Statistics for the planner, as autovacuum keeps them on a server
+    // that runs it (this machine's has it off): taken again before each
+    // round, after the ledger has grown.
+    let analyze = {
+        let (url, schema) = (opts.postgres.clone(), schema.clone());
+        move || {
+            let (url, schema) = (url.clone(), schema.clone());
+            async move {
+                tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                    let mut c = hotline_durable::db::connect_postgres(&url, &schema)?;
+                    c.batch_execute("VACUUM ANALYZE")?;
+                    Ok(())
+                })
+                .await?
+            }
+        }
+    };
     let mut runs = Vec::new();
     for rep in 0..reps {
+        analyze().await.context("VACUUM ANALYZE")?;
         let one = Target {
             name: "sqlite, 1 replica",
             callers: callers(&sqlite, &[sqlite.gateway])?,
