@@ -103,9 +103,9 @@ pub async fn run(opts: ReplicaBenchOptions) -> anyhow::Result<ReplicaBench> {
             .unwrap_or(0)
     };
 
-    // Statistics for the planner, as autovacuum keeps them on a server
-    // that runs it (this machine's has it off): taken again before each
-    // round, after the ledger has grown.
+    // Dead rows vacuumed and statistics for the planner taken, as
+    // autovacuum does on a server that runs it (this machine's has it off):
+    // before each round, after the ledger has grown.
     let analyze = {
         let (url, schema) = (opts.postgres.clone(), schema.clone());
         move || {
@@ -120,6 +120,15 @@ pub async fn run(opts: ReplicaBenchOptions) -> anyhow::Result<ReplicaBench> {
             }
         }
     };
+    // A warm-up, not counted, so that the first statistics are of a ledger
+    // with tickets in it.
+    let warm = Target {
+        name: "warm-up",
+        callers: callers(&pg, &[pg.gateway])?,
+        pids: Vec::new(),
+        observatory: Some(&pg_obs),
+    };
+    run_path(&warm, latency_n / 10, Duration::from_secs(2)).await?;
     let mut runs = Vec::new();
     for rep in 0..reps {
         analyze().await.context("VACUUM ANALYZE")?;
