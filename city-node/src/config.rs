@@ -167,7 +167,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/province/city-node.toml");
         let c = NodeConfig::load(&path, &HashMap::new()).unwrap();
         assert_eq!(c.gateway_addresses().len(), 2);
-        assert!(matches!(c.store().unwrap(), hotline_durable::Store::Sqlite(_)));
+        assert!(matches!(
+            c.store().unwrap(),
+            hotline_durable::Store::Sqlite(_)
+        ));
         let env = HashMap::from([(
             "HOTLINE_STORE".to_owned(),
             "postgres://hotline@db/hotline".to_owned(),

@@ -235,11 +235,19 @@ mod tests {
         // Errors name the field.
         let mut bad = c.clone();
         bad.store_schema = "Hotline; DROP".into();
-        assert!(bad.store().unwrap_err().to_string().contains("store_schema"));
+        assert!(
+            bad.store()
+                .unwrap_err()
+                .to_string()
+                .contains("store_schema")
+        );
         bad.store = Some("mysql://x".into());
         assert!(bad.store().unwrap_err().to_string().starts_with("store:"));
         bad.store = None;
-        assert!(matches!(bad.store().unwrap(), hotline_durable::Store::Sqlite(_)));
+        assert!(matches!(
+            bad.store().unwrap(),
+            hotline_durable::Store::Sqlite(_)
+        ));
         let node = std::fs::read_to_string(dir.join("city-node.toml")).unwrap();
         assert!(node.contains("gateways = ["));
     }

@@ -247,8 +247,25 @@ pub(crate) enum Caller {
     Gateway(FederationClient<Channel>),
 }
 
+/// Dispatches the gateway answered `ABORTED` (a write that lost a race with
+/// another replica's), each tried again as a node does.
+pub(crate) static CONFLICTS: AtomicU64 = AtomicU64::new(0);
+
 impl Caller {
     async fn one(&self) -> Result<(), tonic::Status> {
+        let mut tries = 0;
+        loop {
+            match self.once().await {
+                Err(e) if e.code() == tonic::Code::Aborted && tries < 10 => {
+                    tries += 1;
+                    CONFLICTS.fetch_add(1, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn once(&self) -> Result<(), tonic::Status> {
         match self {
             Caller::Node(c) => c
                 .clone()

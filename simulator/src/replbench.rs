@@ -168,11 +168,14 @@ pub async fn run(opts: ReplicaBenchOptions) -> anyhow::Result<ReplicaBench> {
             ],
             observatory: Some(&pg_obs),
         };
+        let before = crate::peers::CONFLICTS.load(std::sync::atomic::Ordering::Relaxed);
         runs.push(report(
             rep,
             reps,
             run_path(&pg_two, latency_n, window).await?,
         ));
+        let conflicts = crate::peers::CONFLICTS.load(std::sync::atomic::Ordering::Relaxed) - before;
+        println!("        conflicts between the replicas (ABORTED, tried again): {conflicts}");
         drop(replica);
     }
     let medians = [
