@@ -515,22 +515,22 @@ impl Pg {
     fn run(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<postgres::Row>> {
         let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
         let stmt = self.statement(sql, &values)?;
-        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = values
-            .iter()
-            .map(|v| v as &(dyn postgres::types::ToSql + Sync))
-            .collect();
-        Ok(self.client()?.query(&stmt, &refs)?)
+        Ok(self.client()?.query(&stmt, &bound(&values))?)
     }
 
     fn execute(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<usize> {
         let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
         let stmt = self.statement(sql, &values)?;
-        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = values
-            .iter()
-            .map(|v| v as &(dyn postgres::types::ToSql + Sync))
-            .collect();
-        Ok(self.client()?.execute(&stmt, &refs)? as usize)
+        Ok(self.client()?.execute(&stmt, &bound(&values))? as usize)
     }
+}
+
+/// The values as the client binds them.
+fn bound(values: &[PgValue]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    values
+        .iter()
+        .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+        .collect()
 }
 
 enum Inner {

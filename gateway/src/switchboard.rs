@@ -113,10 +113,16 @@ impl Switchboard {
     /// stream ends, so the nodes reconnect to the replica that holds it.
     pub fn step_down(&self) {
         self.held.send_replace(false);
+        self.fail_all("switchboard-moved");
+    }
+
+    /// Every live transfer fails (recorded, and told to both cities while
+    /// their streams are still open), then every stream ends.
+    fn fail_all(&self, reason: &str) {
         let mut st = self.lock();
         let live: Vec<String> = st.live.keys().cloned().collect();
         for id in live {
-            self.end(&mut st, &id, TransferState::Failed, "switchboard-moved");
+            self.end(&mut st, &id, TransferState::Failed, reason);
         }
         st.links.clear();
     }
@@ -136,12 +142,7 @@ impl Switchboard {
     /// stream ends.
     pub fn close_all(&self) {
         self.closing.send_replace(true);
-        let mut st = self.lock();
-        let live: Vec<String> = st.live.keys().cloned().collect();
-        for id in live {
-            self.end(&mut st, &id, TransferState::Failed, "gateway-stopping");
-        }
-        st.links.clear();
+        self.fail_all("gateway-stopping");
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -446,6 +446,23 @@ fn ledger_counts(log: &Path) -> (Option<u64>, Option<u64>) {
     (field("writes"), field("commits"))
 }
 
+/// One run's line of progress, its path's name `width` wide.
+pub(crate) fn print_run(rep: usize, reps: usize, width: usize, r: &Run) {
+    println!(
+        "[{}/{reps}] {:<width$} {:>8.0} tickets/s  p50 {:>6} µs  p99 {:>6} µs  cpu/ticket {}",
+        rep + 1,
+        r.path,
+        r.tps,
+        r.p50_us,
+        r.p99_us,
+        r.cpu_us_per_ticket
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1} µs"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
 pub(crate) fn median_run(runs: &[Run], path: &str) -> Option<Run> {
     let mut of: Vec<Run> = runs.iter().filter(|r| r.path == path).cloned().collect();
     if of.is_empty() {
@@ -556,19 +573,7 @@ pub async fn run(opts: PeersOptions) -> anyhow::Result<PeersReport> {
     for rep in 0..reps {
         for t in &targets {
             let r = run_path(t, latency_n, window).await?;
-            println!(
-                "[{}/{reps}] {:<8} {:>8.0} tickets/s  p50 {:>6} µs  p99 {:>6} µs  cpu/ticket {}",
-                rep + 1,
-                r.path,
-                r.tps,
-                r.p50_us,
-                r.p99_us,
-                r.cpu_us_per_ticket
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v:.1} µs"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            print_run(rep, reps, 8, &r);
             runs.push(r);
         }
     }

@@ -195,18 +195,6 @@ pub async fn run(opts: ReplicaBenchOptions) -> anyhow::Result<ReplicaBench> {
 }
 
 fn report(rep: usize, reps: usize, r: Run) -> Run {
-    println!(
-        "[{}/{reps}] {:<22} {:>8.0} tickets/s  p50 {:>6} µs  p99 {:>6} µs  cpu/ticket {}",
-        rep + 1,
-        r.path,
-        r.tps,
-        r.p50_us,
-        r.p99_us,
-        r.cpu_us_per_ticket
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.1} µs"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    crate::peers::print_run(rep, reps, 22, &r);
     r
 }
