@@ -68,6 +68,9 @@ pub struct Spawned {
     node_configs: Vec<PathBuf>,
     /// Fault proxies on each city's links, when started with them.
     pub links: BTreeMap<String, Links>,
+    /// The gateway's PostgreSQL schema (URL, schema) when
+    /// `HOTLINE_SPAWN_POSTGRES` gave one, dropped with the federation.
+    schema: Option<(String, String)>,
 }
 
 /// A second gateway replica (see [`Spawned::start_replica`]).
@@ -310,11 +313,27 @@ impl Spawned {
                 .unwrap_or(*addr);
             table.push_str(&format!("{city} = \"http://{addr}\"\n"));
         }
+        // The test suite's PostgreSQL pass puts the gateway's ledger on a
+        // fresh schema of the server `HOTLINE_SPAWN_POSTGRES` names.
+        let schema = match std::env::var("HOTLINE_SPAWN_POSTGRES") {
+            Ok(url) if !url.is_empty() => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                Some((url, format!("spawn_{}_{nanos}", std::process::id())))
+            }
+            _ => None,
+        };
+        let store = match &schema {
+            Some((url, name)) => format!("store = \"{url}\"\nstore_schema = \"{name}\"\n"),
+            None => String::new(),
+        };
         let gw_config = dir.join("gateway.toml");
         std::fs::write(
             &gw_config,
             format!(
-                "listen = \"{gateway}\"\ndata_dir = \"{}\"\n{top}{table}\n{}\n{gateway_extra}\n{members}\n{}",
+                "{store}listen = \"{gateway}\"\ndata_dir = \"{}\"\n{top}{table}\n{}\n{gateway_extra}\n{members}\n{}",
                 dir.join("gateway").display(),
                 transport(&Identity::Gateway, &pki),
                 // The planned requests are each a matter of their own, in
@@ -366,6 +385,7 @@ impl Spawned {
             gateway_config: gw_config,
             node_configs,
             links,
+            schema,
         };
         let mut spawned = spawned;
         spawned.wait_ready().await?;
@@ -612,6 +632,9 @@ impl Drop for Spawned {
         {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some((url, schema)) = self.schema.take() {
+            hotline_durable::testing::drop_schema(&url, &schema);
         }
     }
 }

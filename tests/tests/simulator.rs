@@ -14,12 +14,22 @@ use serde_json::Value;
 /// Runs the simulator with `args`, in `dir`, with more environment.
 fn simulator(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Output, Value) {
     let report = dir.join("report.json");
+    // In the PostgreSQL pass, the gateways it spawns keep their ledger there.
+    let store: Vec<(String, String)> = if postgres_tests() {
+        vec![(
+            "HOTLINE_SPAWN_POSTGRES".into(),
+            hotline_durable::testing::postgres_url(),
+        )]
+    } else {
+        Vec::new()
+    };
     let out = Command::new(bin_dir().join("simulator"))
         .arg("run")
         .args(args)
         .arg("--report")
         .arg(&report)
         .envs(env.iter().copied())
+        .envs(store)
         .output()
         .unwrap();
     let json = std::fs::read_to_string(&report)
