@@ -113,9 +113,17 @@ pub fn history(c: &Connection, id: &str) -> Result<Vec<TicketEvent>> {
 
 /// The ticket with its history.
 pub fn full(c: &Connection, id: &str) -> Result<Ticket> {
-    let mut t = require(c, id)?.ticket;
-    t.history = history(c, id)?;
-    Ok(t)
+    // A reader outside a transaction may see a write land between the two
+    // reads: read again until the ticket and its history agree.
+    let mut tries = 0;
+    loop {
+        let mut t = require(c, id)?.ticket;
+        t.history = history(c, id)?;
+        tries += 1;
+        if t.history.len() as u64 == t.seq || tries >= 5 {
+            return Ok(t);
+        }
+    }
 }
 
 /// Applies the next event of a ticket: checks its number and the state
@@ -243,6 +251,10 @@ pub fn list(
         let mut t = Ticket::decode(body.as_slice()).map_err(|e| corrupt(&id, e))?;
         if with_history {
             t.history = history(c, &id)?;
+            if t.history.len() as u64 != t.seq {
+                // Changed since the list was read.
+                t = full(c, &id)?;
+            }
         }
         out.push(t);
     }

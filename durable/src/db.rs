@@ -358,15 +358,15 @@ impl Db {
             };
             // One snapshot for the whole read: a ticket and its history, read
             // by two statements, are of the same moment.
-            let begin = if conn.is_postgres() {
-                "BEGIN ISOLATION LEVEL REPEATABLE READ"
-            } else {
-                "BEGIN"
-            };
-            conn.execute_batch(begin)
-                .map_err(|e| E::from(DbError::from(e)))?;
+            // (On PostgreSQL; SQLite reads as it always has, one
+            // statement at a time.)
+            let snapshot = conn.is_postgres();
+            if snapshot {
+                conn.execute_batch("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                    .map_err(|e| E::from(DbError::from(e)))?;
+            }
             let out = f(&conn);
-            if conn.execute_batch("COMMIT").is_err() {
+            if snapshot && conn.execute_batch("COMMIT").is_err() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
             // A connection the server dropped is not pooled again.
