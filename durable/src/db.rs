@@ -60,7 +60,35 @@ impl From<rusqlite::Error> for DbError {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), DbError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+/// What a database's owner does around each commit of the writer: write
+/// what the batch's writes folded together ([`Hooks::before_commit`], in the
+/// same transaction), then learn whether the batch was committed, to publish
+/// or drop what it staged in memory. Both run on the writer's thread.
+pub trait Hooks: Send + Sync {
+    /// Runs after every write of a batch, before COMMIT. An error rolls the
+    /// whole batch back.
+    fn before_commit(&self, conn: &Connection) -> Result<(), DbError>;
+    /// Runs once the batch is committed (`true`) or rolled back (`false`),
+    /// before any caller is answered.
+    fn after_commit(&self, committed: bool);
+    /// A write of the batch starts (in its savepoint).
+    fn write_started(&self) {}
+    /// That write failed and its savepoint was rolled back: what it staged
+    /// must go too.
+    fn write_failed(&self) {}
+}
+
+/// No hooks.
+struct NoHooks;
+
+impl Hooks for NoHooks {
+    fn before_commit(&self, _: &Connection) -> Result<(), DbError> {
+        Ok(())
+    }
+    fn after_commit(&self, _: bool) {}
+}
+type Job = Box<dyn FnOnce(&Connection, &dyn Hooks) -> Completion + Send>;
 
 /// Counters of the writer, for benchmarks and metrics.
 #[derive(Debug, Default)]
@@ -235,6 +263,16 @@ impl Db {
     /// On PostgreSQL the schema is made if missing, and replicas starting
     /// together migrate it one at a time.
     pub fn open_store(store: &Store, migrations: &[&str]) -> Result<Self, DbError> {
+        Self::open_with_hooks(store, migrations, Arc::new(NoHooks))
+    }
+
+    /// Opens `store` as [`Db::open_store`] does, with `hooks` run around
+    /// each commit of the writer.
+    pub fn open_with_hooks(
+        store: &Store,
+        migrations: &[&str],
+        hooks: Arc<dyn Hooks>,
+    ) -> Result<Self, DbError> {
         if let Store::Sqlite(path) = store
             && let Some(dir) = path.parent()
         {
@@ -261,7 +299,7 @@ impl Db {
                 match opened {
                     Ok(conn) => {
                         let _ = ready_tx.send(Ok(()));
-                        writer(conn, &writer_store, rx, &writer_stats);
+                        writer(conn, &writer_store, rx, &writer_stats, hooks.as_ref());
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -323,8 +361,8 @@ impl Db {
         // The caller's span goes with its work to the writer thread, so what
         // the work logs, and the trace context it queues, are the caller's.
         let span = tracing::Span::current();
-        let job: Job = Box::new(move |conn: &Connection| {
-            let result = span.in_scope(|| in_savepoint(conn, f));
+        let job: Job = Box::new(move |conn: &Connection, hooks: &dyn Hooks| {
+            let result = span.in_scope(|| in_savepoint(conn, hooks, f));
             Box::new(move |committed: Result<(), DbError>| {
                 let out = match (committed, result) {
                     (Ok(()), r) => r,
@@ -384,6 +422,7 @@ impl Db {
 
 fn in_savepoint<T, E: From<DbError>>(
     conn: &Connection,
+    hooks: &dyn Hooks,
     f: impl FnOnce(&Connection) -> Result<T, E>,
 ) -> Result<T, E> {
     // Prepared once per connection, not parsed for every job.
@@ -392,12 +431,17 @@ fn in_savepoint<T, E: From<DbError>>(
         Ok(())
     };
     run("SAVEPOINT job")?;
+    hooks.write_started();
     let result = catch_unwind(AssertUnwindSafe(|| f(conn)))
         .unwrap_or_else(|_| Err(E::from(DbError::Panicked)));
     if result.is_err() {
+        hooks.write_failed();
         run("ROLLBACK TO job")?;
     }
-    run("RELEASE job")?;
+    if let Err(e) = run("RELEASE job") {
+        hooks.write_failed();
+        return Err(e.into());
+    }
     result
 }
 
@@ -406,6 +450,7 @@ fn writer(
     store: &Store,
     mut rx: mpsc::UnboundedReceiver<Job>,
     stats: &DbStats,
+    hooks: &dyn Hooks,
 ) {
     let begin = if conn.is_postgres() {
         "BEGIN"
@@ -444,8 +489,11 @@ fn writer(
             }
             continue;
         }
-        let completions: Vec<Completion> = batch.drain(..).map(|job| job(&conn)).collect();
-        let committed = conn.execute_batch("COMMIT").map_err(DbError::from);
+        let completions: Vec<Completion> = batch.drain(..).map(|job| job(&conn, hooks)).collect();
+        let committed = catch_unwind(AssertUnwindSafe(|| hooks.before_commit(&conn)))
+            .unwrap_or(Err(DbError::Panicked))
+            .and_then(|()| conn.execute_batch("COMMIT").map_err(DbError::from));
+        hooks.after_commit(committed.is_ok());
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         } else {

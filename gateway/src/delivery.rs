@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hotline_durable::outbox::{Item, Outcome, Sender};
+use hotline_proto::pb::EventKind;
 use hotline_proto::pb::city_node_client::CityNodeClient;
-use hotline_proto::pb::{DeliverEventRequest, DeliverLinkRequest, DeliverTicketRequest, EventKind};
-use prost::Message;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::ledger::{self, DELIVER_EVENT, DELIVER_LINK, DELIVER_TICKET};
+use crate::ledger::{self, Message};
+use crate::working::{Work, Working};
 
 /// How long one delivery may take before it counts as failed and is retried.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,6 +23,7 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct NodeSender {
     clients: HashMap<String, CityNodeClient<Channel>>,
     policy: crate::supervision::Policy,
+    working: Arc<Working>,
     bell: crate::flow::Bell,
 }
 
@@ -44,6 +45,7 @@ impl NodeSender {
         Ok(Self {
             clients,
             policy: ledger.policy().clone(),
+            working: ledger.working_set(),
             bell: ledger.bell().clone(),
         })
     }
@@ -61,11 +63,12 @@ impl Sender for NodeSender {
             return Outcome::Retry(format!("no node address for city {:?}", item.dest));
         };
         let mut client = client.clone();
-        match item.kind.as_str() {
-            DELIVER_TICKET => {
-                let Ok(req) = DeliverTicketRequest::decode(item.payload.as_slice()) else {
-                    return Outcome::Refused("payload does not decode".into());
-                };
+        let message = match Message::decode(&item.kind, &item.payload) {
+            Ok(m) => m,
+            Err(why) => return Outcome::Refused(why),
+        };
+        match message {
+            Message::DeliverTicket(req) => {
                 let delivered = req
                     .ticket
                     .as_ref()
@@ -76,13 +79,19 @@ impl Sender for NodeSender {
                     return Outcome::Refused("delivery without its DELIVERED event".into());
                 };
                 let p = self.policy.clone();
+                let working = self.working.clone();
                 match client.deliver_ticket(hotline_telemetry::traced(req)).await {
                     Ok(_) => {
                         // Rung a moment before the commit: watchers also look
                         // again on their own a little later.
                         self.bell.ring();
                         Outcome::Delivered(Some(Box::new(move |c| {
-                            match ledger::mark_delivered(c, &delivered, &p) {
+                            let recorded = Work::new(c, &p, &working).and_then(|mut w| {
+                                let wake = ledger::mark_delivered(&mut w, &delivered)?;
+                                w.finish();
+                                Ok(wake)
+                            });
+                            match recorded {
                                 Ok(wake) => Ok(wake),
                                 Err(crate::GatewayError::Db(e)) => Err(e),
                                 Err(e) => {
@@ -96,25 +105,18 @@ impl Sender for NodeSender {
                     Err(status) => outcome_of(&status),
                 }
             }
-            DELIVER_EVENT => {
-                let Ok(req) = DeliverEventRequest::decode(item.payload.as_slice()) else {
-                    return Outcome::Refused("payload does not decode".into());
-                };
+            Message::DeliverEvent(req) => {
                 match client.deliver_event(hotline_telemetry::traced(req)).await {
                     Ok(_) => Outcome::Delivered(None),
                     Err(status) => outcome_of(&status),
                 }
             }
-            DELIVER_LINK => {
-                let Ok(req) = DeliverLinkRequest::decode(item.payload.as_slice()) else {
-                    return Outcome::Refused("payload does not decode".into());
-                };
+            Message::DeliverLink(req) => {
                 match client.deliver_link(hotline_telemetry::traced(req)).await {
                     Ok(_) => Outcome::Delivered(None),
                     Err(status) => outcome_of(&status),
                 }
             }
-            other => Outcome::Refused(format!("unknown outbox kind {other:?}")),
         }
     }
 }

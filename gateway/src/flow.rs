@@ -1,6 +1,6 @@
 //! The flow log: every ticket event and transfer move, in the order the
 //! gateway committed them, written in the same transaction, with personal
-//! data left out. `WatchFlow` reads it from a cursor, so a watcher that
+//! data left out (folded per commit, [`crate::fold`]). `WatchFlow` reads it from a cursor, so a watcher that
 //! reconnects with the last cursor it saw misses nothing and sees nothing
 //! twice. A bell rings after each commit so watchers need not poll.
 
@@ -30,55 +30,33 @@ pub struct TicketSide<'a> {
     pub urgent: bool,
 }
 
-fn append(c: &Connection, at_ms: i64, change: Change) -> Result<(), GatewayError> {
-    let body = FlowEvent {
-        cursor: 0,
-        time: Some(time::from_unix_ms(at_ms)),
-        change: Some(change),
-    }
-    .encode_to_vec();
-    c.prepare_cached("INSERT INTO flow_log (at_ms, body) VALUES (?1, ?2)")?
-        .execute(params![at_ms, body])?;
-    Ok(())
+/// A ticket event's flow entry (the commit's fold writes it:
+/// [`crate::fold::Fold::flow`]).
+pub fn ticket(side: TicketSide<'_>, event: &TicketEvent) -> Change {
+    Change::Ticket(TicketFlow {
+        ticket_id: event.ticket_id.clone(),
+        origin_city: side.origin.to_owned(),
+        handling_city: side.handler.to_owned(),
+        category: side.category.to_owned(),
+        seq: event.seq,
+        kind: event.kind,
+        status: event.status,
+        urgent: side.urgent,
+        actor: event.actor.clone(),
+    })
 }
 
-pub fn ticket(
-    c: &Connection,
-    at_ms: i64,
-    side: TicketSide<'_>,
-    event: &TicketEvent,
-) -> Result<(), GatewayError> {
-    append(
-        c,
-        at_ms,
-        Change::Ticket(TicketFlow {
-            ticket_id: event.ticket_id.clone(),
-            origin_city: side.origin.to_owned(),
-            handling_city: side.handler.to_owned(),
-            category: side.category.to_owned(),
-            seq: event.seq,
-            kind: event.kind,
-            status: event.status,
-            urgent: side.urgent,
-            actor: event.actor.clone(),
-        }),
-    )
-}
-
-pub fn transfer(c: &Connection, at_ms: i64, t: &Transfer) -> Result<(), GatewayError> {
-    append(
-        c,
-        at_ms,
-        Change::Transfer(TransferFlow {
-            transfer_id: t.id.clone(),
-            origin_city: t.origin_city.clone(),
-            target_city: t.target_city.clone(),
-            category: t.category.clone(),
-            mode: t.mode,
-            state: t.state,
-            reason: t.reason.clone(),
-        }),
-    )
+/// A transfer move's flow entry.
+pub fn transfer(t: &Transfer) -> Change {
+    Change::Transfer(TransferFlow {
+        transfer_id: t.id.clone(),
+        origin_city: t.origin_city.clone(),
+        target_city: t.target_city.clone(),
+        category: t.category.clone(),
+        mode: t.mode,
+        state: t.state,
+        reason: t.reason.clone(),
+    })
 }
 
 /// How long a gap in the flow log's numbers may be a write still being

@@ -6,6 +6,13 @@
 //! caller is answered. The ledger is the one order of a ticket's events:
 //! an event is accepted only as the next number after the last one, by the
 //! party the state machine names for it.
+//!
+//! Each step loads the ticket's row and the facts its rules need, lets
+//! [`crate::rules`] decide (pure functions, unit-tested there), and writes
+//! what they decided. The counters a step moves go into the commit's fold
+//! ([`crate::fold`]), written once per commit; the merge candidates, the
+//! open escalations and the citizens' key come from the working set in
+//! memory ([`crate::working`]).
 
 use std::sync::Arc;
 
@@ -17,14 +24,16 @@ use hotline_proto::pb::{
 };
 use hotline_proto::state::{self, Actor};
 use hotline_proto::{Catalogue, ContractError, time};
-use prost::Message;
+use prost::Message as _;
 
 use crate::error::GatewayError;
 use crate::flow::{self, Bell, TicketSide};
 use crate::matter;
+use crate::rules::{self, Effect, ReportFacts, Row, Verdict};
 use crate::stats::{self, RECEIVED, SENT};
-use crate::supervision::{self, ACCEPT, ASSIGN, Policy, RESOLVE};
-use crate::windows::{self, DAY_MS, Duration, HOUR_MS, Metric};
+use crate::supervision::{self, Policy};
+use crate::windows::{self, DAY_MS, HOUR_MS, Metric};
+use crate::working::{Work, Working};
 
 /// Outbox kinds.
 pub const DELIVER_TICKET: &str = "deliver-ticket";
@@ -114,26 +123,7 @@ pub struct Ledger {
     catalogue: Arc<Catalogue>,
     policy: Policy,
     bell: Bell,
-}
-
-/// A ticket's row: what the ledger decides on.
-struct Row {
-    origin: String,
-    handler: String,
-    category: String,
-    urgent: bool,
-    kind: i32,
-    status: TicketStatus,
-    seq: u64,
-    created_ms: i64,
-    /// The deadline of the stage the ticket is in, and which stage.
-    due_ms: Option<i64>,
-    stage: Option<String>,
-    /// Counted in `overdue_open` now.
-    overdue: bool,
-    /// When it must be resolved by, and when it is long unresolved.
-    resolve_due_ms: Option<i64>,
-    late_ms: Option<i64>,
+    working: Arc<Working>,
 }
 
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
@@ -154,7 +144,8 @@ impl Ledger {
         catalogue: Arc<Catalogue>,
         policy: Policy,
     ) -> Result<Self> {
-        let db = Db::open_store(
+        let working = Arc::new(Working::default());
+        let db = Db::open_with_hooks(
             store,
             &[
                 SCHEMA,
@@ -169,7 +160,9 @@ impl Ledger {
                 DROP_CUMULATIVE,
                 outbox::SCHEMA_TRACE,
                 supervision::SCHEMA,
+                supervision::SCHEMA_WORKING_SET,
             ],
+            working.clone(),
         )?;
         Ok(Self {
             db,
@@ -177,7 +170,37 @@ impl Ledger {
             catalogue,
             policy,
             bell: Bell::default(),
+            working,
         })
+    }
+
+    /// Runs `f` as one write of the ledger, in the writer's next
+    /// transaction: with the working set, and what `f` stages handed to it
+    /// once `f` has succeeded.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut Work<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let p = self.policy.clone();
+        let working = self.working.clone();
+        self.db
+            .write(move |c| {
+                let mut w = Work::new(c, &p, &working)?;
+                let out = f(&mut w)?;
+                w.finish();
+                Ok(out)
+            })
+            .await
+    }
+
+    /// The working set, for benchmarks that probe the rules' lookups.
+    pub fn working(&self) -> &Working {
+        &self.working
+    }
+
+    pub(crate) fn working_set(&self) -> Arc<Working> {
+        self.working.clone()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -204,8 +227,7 @@ impl Ledger {
     /// Commits a dispatched ticket (already validated) and queues it for its
     /// target. A retry of the same ticket returns the same DISPATCHED event.
     pub async fn dispatch(&self, ticket: Ticket) -> Result<TicketEvent> {
-        let p = self.policy.clone();
-        let (event, wake) = self.db.write(move |c| dispatch(c, ticket, &p)).await?;
+        let (event, wake) = self.write(move |w| dispatch(w, ticket)).await?;
         if !wake.is_empty() {
             for dest in wake {
                 self.outbox.wake(&dest);
@@ -217,8 +239,7 @@ impl Ledger {
 
     /// Commits an event a city reports and queues it for the other side.
     pub async fn report(&self, city: String, event: TicketEvent) -> Result<Vec<TicketEvent>> {
-        let p = self.policy.clone();
-        let (events, wake) = self.db.write(move |c| report(c, &city, event, &p)).await?;
+        let (events, wake) = self.write(move |w| report(w, &city, event)).await?;
         for dest in wake {
             self.outbox.wake(&dest);
         }
@@ -233,10 +254,8 @@ impl Ledger {
         owner: String,
         note: String,
     ) -> Result<TicketEvent> {
-        let p = self.policy.clone();
         let (event, wake) = self
-            .db
-            .write(move |c| assign(c, &ticket_id, &owner, &note, &p))
+            .write(move |w| assign(w, &ticket_id, &owner, &note))
             .await?;
         for dest in wake {
             self.outbox.wake(&dest);
@@ -276,7 +295,7 @@ impl Ledger {
     }
 }
 
-fn decode<M: Message + Default>(id: &str, bytes: &[u8]) -> Result<M> {
+fn decode<M: prost::Message + Default>(id: &str, bytes: &[u8]) -> Result<M> {
     M::decode(bytes).map_err(|e| GatewayError::Corrupt(id.to_owned(), e.to_string()))
 }
 
@@ -391,11 +410,43 @@ fn snapshot(c: &Connection, id: &str) -> Result<Option<Ticket>> {
     Ok(Some(t))
 }
 
+/// Writes what the rules decided an event moves on the ticket `row` (of
+/// `id`): the counters into the commit's fold, an escalation when it
+/// became long unresolved.
+fn apply(w: &mut Work<'_>, id: &str, row: &Row, effects: Vec<Effect>, now: i64) -> Result<()> {
+    for e in effects {
+        match e {
+            Effect::Count {
+                city,
+                metric,
+                detail,
+                n,
+            } => {
+                w.st.fold
+                    .count(now, &city, &row.category, metric, &detail, n)
+            }
+            Effect::Observe { city, what, ms } => {
+                w.st.fold.observe(now, &city, &row.category, what, ms)
+            }
+            Effect::Status {
+                city,
+                direction,
+                from,
+                to,
+            } => w.st.fold.status(&city, direction, from, to),
+            Effect::Overdue { city, n } => w.st.fold.overdue(&city, &row.category, n),
+            Effect::LongUnresolved => escalate_long_unresolved(w, id, row, now)?,
+        }
+    }
+    Ok(())
+}
+
 /// Appends an event and moves the ticket, its deadline, the statistics and
-/// the flow log with it.
-fn append(c: &Connection, row: &mut Row, id: &str, event: &TicketEvent, p: &Policy) -> Result<()> {
+/// the flow log with it, as [`rules::step`] decides.
+fn append(w: &mut Work<'_>, row: &mut Row, id: &str, event: &TicketEvent) -> Result<()> {
     let to = status_of(id, i64::from(event.status))?;
     let now = time::now_ms();
+    let c = w.c;
     c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![
             id,
@@ -403,106 +454,14 @@ fn append(c: &Connection, row: &mut Row, id: &str, event: &TicketEvent, p: &Poli
             event.kind,
             event.encode_to_vec()
         ])?;
-    stats::move_both(c, &row.origin, &row.handler, row.status, to)?;
     let kind = EventKind::try_from(event.kind).unwrap_or(EventKind::Unspecified);
-    let count = |city: &str, m: Metric, detail: &str| {
-        windows::count(c, now, city, &row.category, m, detail, 1)
-    };
-    // The deadline of each stage: accept (from the request, or from the
-    // hand-over by coordination), resolve, and coordination's own.
-    let mut due = (row.due_ms, row.stage.clone());
-    let mut resolve_due = row.resolve_due_ms;
-    match kind {
-        EventKind::Dispatched => {
-            count(&row.origin, Metric::Sent, &row.handler)?;
-            if row.urgent && now - row.created_ms > p.urgent_dispatch_ms() {
-                count(&row.origin, Metric::DispatchedLate, &row.handler)?;
-            }
-            let r = p.resolve_due(row.created_ms, row.urgent, row.kind, &row.category);
-            resolve_due = Some(r);
-            let a = p.accept_due(row.created_ms, row.urgent, &row.category, r);
-            due = (Some(a), Some(ACCEPT.to_owned()));
-        }
-        EventKind::Assigned => {
-            let r = p.resolve_due(now, row.urgent, row.kind, &row.category);
-            resolve_due = Some(r);
-            let a = p.accept_due(now, row.urgent, &row.category, r);
-            due = (Some(a), Some(ACCEPT.to_owned()));
-        }
-        EventKind::Accepted => {
-            count(&row.handler, Metric::Accepted, "")?;
-            let waited = (now - row.created_ms).max(0);
-            windows::observe(
-                c,
-                now,
-                &row.handler,
-                &row.category,
-                Duration::ToAccept,
-                waited,
-            )?;
-            due = (resolve_due, Some(RESOLVE.to_owned()));
-        }
-        EventKind::Rejected => {
-            count(&row.handler, Metric::Rejected, "")?;
-            due = (Some(p.assign_due(now)), Some(ASSIGN.to_owned()));
-        }
-        EventKind::Resolved => {
-            count(&row.handler, Metric::Resolved, "")?;
-            let late = row.resolve_due_ms.is_some_and(|d| now > d);
-            let verdict = if late {
-                Metric::ResolvedOverdue
-            } else {
-                Metric::ResolvedOnTime
-            };
-            count(&row.handler, verdict, "")?;
-            let took = (now - row.created_ms).max(0);
-            windows::observe(
-                c,
-                now,
-                &row.handler,
-                &row.category,
-                Duration::ToResolve,
-                took,
-            )?;
-            due = (None, None);
-        }
-        EventKind::Closed => {
-            let verdict = match Satisfaction::try_from(event.satisfaction) {
-                Ok(Satisfaction::Satisfied) => Some(Metric::Satisfied),
-                Ok(Satisfaction::BasicallySatisfied) => Some(Metric::BasicallySatisfied),
-                Ok(Satisfaction::Unsatisfied) => Some(Metric::Unsatisfied),
-                _ => None,
-            };
-            if let Some(m) = verdict {
-                count(&row.handler, m, "")?;
-            }
-            due = (None, None);
-        }
-        EventKind::Reopened => {
-            count(&row.handler, Metric::Reopened, "")?;
-            let r = p.resolve_due(now, row.urgent, row.kind, &row.category);
-            resolve_due = Some(r);
-            due = (Some(r), Some(RESOLVE.to_owned()));
-        }
-        _ => {}
-    }
-    if due != (row.due_ms, row.stage.clone()) {
-        move_due(c, row, due.0, due.1, now)?;
-    }
-    row.resolve_due_ms = resolve_due;
-    // Long unresolved (久拖不决): open in the city's hands, past the
-    // resolution deadline by the margin.
-    let in_hand = matches!(row.stage.as_deref(), Some(ACCEPT | RESOLVE));
-    let late = resolve_due.filter(|_| in_hand).map(|r| p.late(r));
-    if late != row.late_ms {
-        row.late_ms = late;
-        if late.is_some_and(|l| l <= now) {
-            escalate_long_unresolved(c, p, id, row, now)?;
-        }
-    }
+    let step = rules::step(row, kind, to, event.satisfaction, now, w.p);
+    apply(w, id, &step.row, step.effects, now)?;
+    *row = step.row;
+    row.seq = event.seq;
     c.prepare_cached(
         "UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4, due_ms = ?5, overdue = ?6,
-           stage = ?7, resolve_due_ms = ?8, late_ms = ?9
+           stage = ?7, resolve_due_ms = ?8, late_ms = ?9, handler = ?10
          WHERE id = ?1",
     )?
     .execute(params![
@@ -514,44 +473,38 @@ fn append(c: &Connection, row: &mut Row, id: &str, event: &TicketEvent, p: &Poli
         row.overdue,
         row.stage,
         row.resolve_due_ms,
-        row.late_ms
+        row.late_ms,
+        row.handler
     ])?;
-    row.status = to;
-    row.seq = event.seq;
-    flow::ticket(
-        c,
+    w.st.fold.flow(
         now,
-        TicketSide {
-            origin: &row.origin,
-            handler: &row.handler,
-            category: &row.category,
-            urgent: row.urgent,
-        },
-        event,
-    )?;
+        flow::ticket(
+            TicketSide {
+                origin: &row.origin,
+                handler: &row.handler,
+                category: &row.category,
+                urgent: row.urgent,
+            },
+            event,
+        ),
+    );
     Ok(())
 }
 
-fn escalate_long_unresolved(
-    c: &Connection,
-    p: &Policy,
-    id: &str,
-    row: &Row,
-    now: i64,
-) -> Result<()> {
+fn escalate_long_unresolved(w: &mut Work<'_>, id: &str, row: &Row, now: i64) -> Result<()> {
     let due = row.resolve_due_ms.unwrap_or(now);
     let days = (now - due).max(0) / DAY_MS;
-    let subject = subject_of(c, id)?;
+    let subject = subject_of(w.c, id)?;
+    let reason = format!(
+        "open {days} days past its resolution deadline (the rule: {} working days past it)",
+        w.p.rules().long_unresolved_working_days
+    );
     supervision::escalate(
-        c,
-        p,
+        w,
         &supervision::Subject {
             rule: EscalationRule::LongUnresolved,
             key: id,
-            reason: format!(
-                "open {days} days past its resolution deadline (the rule: {} working days past it)",
-                p.rules().long_unresolved_working_days
-            ),
+            reason,
             category: &row.category,
             handler: &row.handler,
             subject: &subject,
@@ -570,26 +523,73 @@ fn subject_of(c: &Connection, id: &str) -> Result<String> {
     Ok(decode::<Ticket>(id, &body)?.subject)
 }
 
-fn enqueue_event(c: &Connection, dest: &str, row: &Row, event: &TicketEvent) -> Result<()> {
-    let payload = DeliverEventRequest {
-        event: Some(event.clone()),
+/// What the ledger owes a city, as the outbox keeps it.
+pub enum Message {
+    /// A ticket to its handler, with the DELIVERED event it will have once
+    /// the handler commits it.
+    DeliverTicket(DeliverTicketRequest),
+    /// An event to the other side of a ticket.
+    DeliverEvent(DeliverEventRequest),
+    /// A report merged into a ticket, to its origin and handler.
+    DeliverLink(DeliverLinkRequest),
+}
+
+impl Message {
+    fn kind(&self) -> &'static str {
+        match self {
+            Message::DeliverTicket(_) => DELIVER_TICKET,
+            Message::DeliverEvent(_) => DELIVER_EVENT,
+            Message::DeliverLink(_) => DELIVER_LINK,
+        }
     }
-    .encode_to_vec();
-    outbox::enqueue(
-        c,
-        dest,
-        &event.ticket_id,
-        DELIVER_EVENT,
-        &payload,
-        row.urgent,
-    )?;
+
+    fn payload(&self) -> Vec<u8> {
+        match self {
+            Message::DeliverTicket(m) => m.encode_to_vec(),
+            Message::DeliverEvent(m) => m.encode_to_vec(),
+            Message::DeliverLink(m) => m.encode_to_vec(),
+        }
+    }
+
+    /// Reads an outbox item back.
+    pub fn decode(kind: &str, payload: &[u8]) -> std::result::Result<Self, String> {
+        let bad = |e: prost::DecodeError| format!("payload does not decode: {e}");
+        match kind {
+            DELIVER_TICKET => Ok(Message::DeliverTicket(
+                DeliverTicketRequest::decode(payload).map_err(bad)?,
+            )),
+            DELIVER_EVENT => Ok(Message::DeliverEvent(
+                DeliverEventRequest::decode(payload).map_err(bad)?,
+            )),
+            DELIVER_LINK => Ok(Message::DeliverLink(
+                DeliverLinkRequest::decode(payload).map_err(bad)?,
+            )),
+            other => Err(format!("unknown outbox kind {other:?}")),
+        }
+    }
+}
+
+/// Queues `m` for `dest` about ticket `id`.
+fn send(c: &Connection, dest: &str, id: &str, m: &Message, urgent: bool) -> Result<()> {
+    outbox::enqueue(c, dest, id, m.kind(), &m.payload(), urgent)?;
     Ok(())
 }
 
+fn enqueue_event(c: &Connection, dest: &str, row: &Row, event: &TicketEvent) -> Result<()> {
+    let m = Message::DeliverEvent(DeliverEventRequest {
+        event: Some(event.clone()),
+    });
+    send(c, dest, &event.ticket_id, &m, row.urgent)
+}
+
 /// Queues the ticket for its handler, with the DELIVERED event it will have
-/// once the handler commits it.
-fn enqueue_delivery(c: &Connection, id: &str, row: &Row) -> Result<()> {
-    let mut ticket = snapshot(c, id)?.ok_or_else(|| GatewayError::UnknownTicket(id.to_owned()))?;
+/// once the handler commits it. `known` is the ticket as the ledger holds
+/// it when the caller has it at hand (a dispatch); else it is read.
+fn enqueue_delivery(c: &Connection, id: &str, row: &Row, known: Option<Ticket>) -> Result<()> {
+    let mut ticket = match known {
+        Some(t) => t,
+        None => snapshot(c, id)?.ok_or_else(|| GatewayError::UnknownTicket(id.to_owned()))?,
+    };
     let mut delivered = state::event(
         id,
         row.seq + 1,
@@ -601,19 +601,18 @@ fn enqueue_delivery(c: &Connection, id: &str, row: &Row) -> Result<()> {
     ticket.history.push(delivered);
     ticket.status = TicketStatus::Delivered as i32;
     ticket.seq = row.seq + 1;
-    let payload = DeliverTicketRequest {
+    let m = Message::DeliverTicket(DeliverTicketRequest {
         ticket: Some(ticket),
-    }
-    .encode_to_vec();
-    outbox::enqueue(c, &row.handler, id, DELIVER_TICKET, &payload, row.urgent)?;
-    Ok(())
+    });
+    send(c, &row.handler, id, &m, row.urgent)
 }
 
 /// Commits a dispatched ticket: merged into an open ticket about the same
 /// matter (合并派单), or queued for its target; then the escalation rules it
 /// sets off. Returns the event to answer with and the destinations to wake
 /// (none for a retry).
-fn dispatch(c: &Connection, mut ticket: Ticket, p: &Policy) -> Result<(TicketEvent, Vec<String>)> {
+fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<String>)> {
+    let c = w.c;
     let id = ticket.id.clone();
     let created = ticket
         .history
@@ -658,16 +657,15 @@ fn dispatch(c: &Connection, mut ticket: Ticket, p: &Policy) -> Result<(TicketEve
         .as_ref()
         .map(|c| c.phone.as_str())
         .unwrap_or("");
-    let citizen = supervision::citizen_key(c, phone, &id)?;
-    let rules = p.rules().clone();
+    let citizen = supervision::citizen_key(w, phone, &id)?;
+    let rules = w.p.rules().clone();
     let found = if ticket.parent_id.is_empty() {
         supervision::find_match(
-            c,
-            p,
+            w,
             &target,
             &ticket.category,
             &fingerprint,
-            created_ms - supervision::horizon_ms(p),
+            created_ms - supervision::horizon_ms(w.p),
         )?
     } else {
         // A part of parallel handling is one city's share of a ticket, not
@@ -743,12 +741,14 @@ fn dispatch(c: &Connection, mut ticket: Ticket, p: &Policy) -> Result<(TicketEve
         .unwrap_or_else(|| id.clone());
     let (answer, mut wake, handler) = match merge_into {
         Some((into, primary)) => {
-            let (event, wake) = merge(c, &ticket, &mut row, &into, &primary, now)?;
+            let (event, wake) = merge(w, &ticket, &mut row, &into, &primary, now)?;
             (event, wake, primary.handler)
         }
         None => {
-            stats::move_status(c, &row.origin, SENT, None, Some(TicketStatus::Pending))?;
-            stats::move_status(c, &row.handler, RECEIVED, None, Some(TicketStatus::Pending))?;
+            w.st.fold
+                .status(&row.origin, SENT, None, Some(TicketStatus::Pending));
+            w.st.fold
+                .status(&row.handler, RECEIVED, None, Some(TicketStatus::Pending));
             let mut dispatched = state::event(
                 &id,
                 2,
@@ -757,8 +757,14 @@ fn dispatch(c: &Connection, mut ticket: Ticket, p: &Policy) -> Result<(TicketEve
                 TicketStatus::Dispatched,
             );
             dispatched.city = target.clone();
-            append(c, &mut row, &id, &dispatched, p)?;
-            enqueue_delivery(c, &id, &row)?;
+            append(w, &mut row, &id, &dispatched)?;
+            // The ticket as the ledger now holds it, without reading it back.
+            let mut held = ticket.clone();
+            held.handling_city = row.handler.clone();
+            held.status = row.status as i32;
+            held.seq = row.seq;
+            held.history = vec![created, dispatched.clone()];
+            enqueue_delivery(c, &id, &row, Some(held))?;
             (dispatched, vec![target.clone()], target.clone())
         }
     };
@@ -766,11 +772,11 @@ fn dispatch(c: &Connection, mut ticket: Ticket, p: &Policy) -> Result<(TicketEve
     if !ticket.parent_id.is_empty() {
         // A part is one city's share of one request: the request counts
         // once, in its emergency if it is one, not as a report per city.
-        emergency(c, p, &ticket, &ticket.parent_id, &handler, now)?;
+        emergency(w, &ticket, &ticket.parent_id, &handler, now)?;
         return Ok((answer, wake));
     }
     supervision::record(
-        c,
+        w,
         &supervision::Report {
             ticket_id: &id,
             target: &target,
@@ -785,7 +791,7 @@ fn dispatch(c: &Connection, mut ticket: Ticket, p: &Policy) -> Result<(TicketEve
         &ticket.subject,
         &ticket.location,
     )?;
-    apply_report_rules(c, p, &ticket, &root, &citizen, &handler, created_ms, now)?;
+    apply_report_rules(w, &ticket, &root, &citizen, &handler, created_ms, now)?;
     wake.dedup();
     Ok((answer, wake))
 }
@@ -794,13 +800,14 @@ fn dispatch(c: &Connection, mut ticket: Ticket, p: &Policy) -> Result<(TicketEve
 /// dispatching it (合并派单): the report ends MERGED at seq 2; the ticket's
 /// origin and handler are sent the linked report.
 fn merge(
-    c: &Connection,
+    w: &mut Work<'_>,
     ticket: &Ticket,
     row: &mut Row,
     into: &str,
     primary: &Row,
     now: i64,
 ) -> Result<(TicketEvent, Vec<String>)> {
+    let c = w.c;
     let id = &ticket.id;
     let mut merged = state::event(id, 2, EventKind::Merged, "gateway", TicketStatus::Merged);
     merged.linked_ticket_id = into.to_owned();
@@ -813,38 +820,38 @@ fn merge(
         ])?;
     c.prepare_cached("UPDATE tickets SET status = ?2, seq = 2, updated_ms = ?3 WHERE id = ?1")?
         .execute(params![id, TicketStatus::Merged as i32, now])?;
-    stats::move_status(c, &row.origin, SENT, None, Some(TicketStatus::Merged))?;
-    windows::count(
-        c,
+    let fold = &mut w.st.fold;
+    fold.status(&row.origin, SENT, None, Some(TicketStatus::Merged));
+    fold.count(
         now,
         &row.origin,
         &row.category,
         Metric::Merged,
         &primary.handler,
         1,
-    )?;
-    windows::count(
-        c,
+    );
+    fold.count(
         now,
         &primary.handler,
         &primary.category,
         Metric::Linked,
         &row.origin,
         1,
-    )?;
+    );
     row.status = TicketStatus::Merged;
     row.seq = 2;
-    flow::ticket(
-        c,
+    fold.flow(
         now,
-        TicketSide {
-            origin: &row.origin,
-            handler: &primary.handler,
-            category: &row.category,
-            urgent: row.urgent,
-        },
-        &merged,
-    )?;
+        flow::ticket(
+            TicketSide {
+                origin: &row.origin,
+                handler: &primary.handler,
+                category: &row.category,
+                urgent: row.urgent,
+            },
+            &merged,
+        ),
+    );
     let report = LinkedReport {
         ticket_id: id.clone(),
         origin_city: ticket.origin_city.clone(),
@@ -858,29 +865,14 @@ fn merge(
          VALUES (?1, (SELECT count(*) FROM links WHERE ticket_id = ?1), ?2)",
     )?
     .execute(params![into, report.encode_to_vec()])?;
-    let payload = DeliverLinkRequest {
+    let m = Message::DeliverLink(DeliverLinkRequest {
         ticket_id: into.to_owned(),
         report: Some(report),
-    }
-    .encode_to_vec();
+    });
     let mut wake = vec![primary.origin.clone()];
-    outbox::enqueue(
-        c,
-        &primary.origin,
-        into,
-        DELIVER_LINK,
-        &payload,
-        primary.urgent,
-    )?;
+    send(c, &primary.origin, into, &m, primary.urgent)?;
     if primary.handler != primary.origin {
-        outbox::enqueue(
-            c,
-            &primary.handler,
-            into,
-            DELIVER_LINK,
-            &payload,
-            primary.urgent,
-        )?;
+        send(c, &primary.handler, into, &m, primary.urgent)?;
         wake.push(primary.handler.clone());
     }
     tracing::info!(ticket = %id, into = %into, "report merged into an open ticket about the same matter");
@@ -889,10 +881,8 @@ fn merge(
 
 /// The rules a new report can set off: many citizens on one matter (多人一诉),
 /// one citizen on many (一人多诉), an emergency category.
-#[allow(clippy::too_many_arguments)]
 fn apply_report_rules(
-    c: &Connection,
-    p: &Policy,
+    w: &mut Work<'_>,
     ticket: &Ticket,
     root: &str,
     citizen: &str,
@@ -900,18 +890,17 @@ fn apply_report_rules(
     created_ms: i64,
     now: i64,
 ) -> Result<()> {
-    let rules = p.rules();
+    let rules = w.p.rules().clone();
     let hours = i64::from(rules.cluster_window_hours);
     let many = EscalationRule::ManyReportsOneMatter;
-    let (citizens, tickets) = if supervision::join(c, many, root, &ticket.id)? {
+    let (citizens, tickets) = if supervision::join(w, many, root, &ticket.id)? {
         (0, Vec::new())
     } else {
-        supervision::citizens_of(c, root, created_ms - hours * HOUR_MS)?
+        supervision::citizens(w, root, created_ms - hours * HOUR_MS)?
     };
     if !tickets.is_empty() && citizens >= u64::from(rules.cluster_citizens) {
         supervision::escalate(
-            c,
-            p,
+            w,
             &supervision::Subject {
                 rule: EscalationRule::ManyReportsOneMatter,
                 key: root,
@@ -929,15 +918,14 @@ fn apply_report_rules(
     }
     let days = i64::from(rules.repeat_window_days);
     let one = EscalationRule::OneCitizenManyRequests;
-    let reports = if supervision::join(c, one, citizen, &ticket.id)? {
+    let reports = if supervision::join(w, one, citizen, &ticket.id)? {
         Vec::new()
     } else {
-        supervision::reports_of(c, citizen, created_ms - days * DAY_MS)?
+        supervision::reports(w, citizen, created_ms - days * DAY_MS)?
     };
     if !reports.is_empty() && reports.len() as u64 >= u64::from(rules.repeat_reports) {
         supervision::escalate(
-            c,
-            p,
+            w,
             &supervision::Subject {
                 rule: EscalationRule::OneCitizenManyRequests,
                 key: citizen,
@@ -954,22 +942,14 @@ fn apply_report_rules(
             now,
         )?;
     }
-    emergency(c, p, ticket, root, handler, now)
+    emergency(w, ticket, root, handler, now)
 }
 
 /// An emergency category is taken up at once, one escalation per matter.
-fn emergency(
-    c: &Connection,
-    p: &Policy,
-    ticket: &Ticket,
-    key: &str,
-    handler: &str,
-    now: i64,
-) -> Result<()> {
-    if p.is_emergency(&ticket.category) {
+fn emergency(w: &mut Work<'_>, ticket: &Ticket, key: &str, handler: &str, now: i64) -> Result<()> {
+    if w.p.is_emergency(&ticket.category) {
         supervision::escalate(
-            c,
-            p,
+            w,
             &supervision::Subject {
                 rule: EscalationRule::Emergency,
                 key,
@@ -990,7 +970,8 @@ fn emergency(
 
 /// Records that the handler committed the ticket (its DELIVERED event), once.
 /// Returns the destinations to wake.
-pub fn mark_delivered(c: &Connection, delivered: &TicketEvent, p: &Policy) -> Result<Vec<String>> {
+pub fn mark_delivered(w: &mut Work<'_>, delivered: &TicketEvent) -> Result<Vec<String>> {
+    let c = w.c;
     let id = &delivered.ticket_id;
     let Some(mut row) = load(c, id)? else {
         return Err(GatewayError::UnknownTicket(id.clone()));
@@ -1007,69 +988,64 @@ pub fn mark_delivered(c: &Connection, delivered: &TicketEvent, p: &Policy) -> Re
             row.seq
         )));
     }
-    append(c, &mut row, id, delivered, p)?;
+    append(w, &mut row, id, delivered)?;
     let first_time = c
         .prepare_cached("INSERT OR IGNORE INTO deliveries (ticket_id, city) VALUES (?1, ?2)")?
         .execute(params![id, row.handler])?
         == 1;
     if first_time {
-        windows::count(
-            c,
+        w.st.fold.count(
             time::now_ms(),
             &row.handler,
             &row.category,
             Metric::Received,
             &row.origin,
             1,
-        )?;
+        );
     }
     enqueue_event(c, &row.origin, &row, delivered)?;
     Ok(vec![row.origin])
 }
 
 fn report(
-    c: &Connection,
+    w: &mut Work<'_>,
     city: &str,
     mut event: TicketEvent,
-    p: &Policy,
 ) -> Result<(Vec<TicketEvent>, Vec<String>)> {
+    let c = w.c;
     let id = event.ticket_id.clone();
     let Some(mut row) = load(c, &id)? else {
         return Err(GatewayError::UnknownTicket(id));
     };
     let kind = EventKind::try_from(event.kind)
         .map_err(|_| ContractError::invalid("event.kind", "unknown value"))?;
-    let actor = state::actor_of(kind);
-    let allowed = match actor {
-        Actor::Origin => row.origin == city,
-        Actor::Handler => row.handler == city,
-        Actor::Gateway | Actor::Province => false,
+    let facts = ReportFacts {
+        assigned_to: if kind == EventKind::Rejected {
+            assigned_to(c, &id)?
+        } else {
+            None
+        },
     };
-    if !allowed {
-        return Err(GatewayError::PermissionDenied(format!(
-            "{city} is not the {} of ticket {id}; only it may report {}",
-            actor.name(),
-            kind.as_str_name()
-        )));
-    }
-    if event.seq <= row.seq {
-        // A retry: the same event again is fine; another one is a conflict.
-        return match stored_event(c, &id, event.seq)? {
-            Some(stored) if stored.kind == event.kind && stored.actor == city => {
-                Ok((vec![stored], Vec::new()))
-            }
-            _ => Err(GatewayError::FailedPrecondition(format!(
-                "ticket {id} already has a different event at seq {}",
-                event.seq
-            ))),
-        };
-    }
+    let (proves, to) = match rules::check_report(&id, &row, city, kind, event.seq, &facts)? {
+        Verdict::Retry => {
+            // The same event again, by the city that made it, is fine (even
+            // after coordination handed the ticket on); another one is a
+            // conflict.
+            return match stored_event(c, &id, event.seq)? {
+                Some(stored) if stored.kind == event.kind && stored.actor == city => {
+                    Ok((vec![stored], Vec::new()))
+                }
+                _ => Err(GatewayError::FailedPrecondition(format!(
+                    "ticket {id} already has a different event at seq {}",
+                    event.seq
+                ))),
+            };
+        }
+        Verdict::Apply { proves, to } => (proves, to),
+    };
     let mut committed = Vec::new();
     let mut wake = Vec::new();
-    if actor == Actor::Handler && row.status == TicketStatus::Dispatched && event.seq == row.seq + 2
-    {
-        // The handler acts on a ticket whose delivery acknowledgement has
-        // not been recorded yet: its report proves the delivery.
+    if proves {
         let mut delivered = state::event(
             &id,
             row.seq + 1,
@@ -1078,32 +1054,19 @@ fn report(
             TicketStatus::Delivered,
         );
         delivered.city = row.handler.clone();
-        wake.extend(mark_delivered(c, &delivered, p)?);
+        wake.extend(mark_delivered(w, &delivered)?);
         row.status = TicketStatus::Delivered;
         row.seq += 1;
         committed.push(delivered);
-    }
-    if event.seq != row.seq + 1 {
-        return Err(GatewayError::SequenceGap {
-            ticket: id,
-            have: row.seq,
-            got: event.seq,
-        });
-    }
-    let to = state::next(row.status, kind)?;
-    if kind == EventKind::Rejected && assigned_to(c, &id)?.as_deref() == Some(city) {
-        return Err(GatewayError::FailedPrecondition(format!(
-            "ticket {id} was assigned to {city} by provincial coordination; its owner cannot reject it"
-        )));
     }
     event.status = to as i32;
     event.actor = city.to_owned();
     if event.time.is_none() {
         event.time = Some(time::now());
     }
-    append(c, &mut row, &id, &event, p)?;
+    append(w, &mut row, &id, &event)?;
     if matches!(kind, EventKind::Closed | EventKind::Reopened) {
-        still_unsatisfied(c, p, &id, &row, &event)?;
+        still_unsatisfied(w, &id, &row, kind, event.satisfaction)?;
     }
     if kind == EventKind::Rejected {
         c.prepare_cached(
@@ -1123,7 +1086,7 @@ fn report(
         ])?;
         tracing::info!(ticket = %id, rejected_by = %city, "ticket sent to coordination");
     }
-    let dest = if actor == Actor::Origin {
+    let dest = if state::actor_of(kind) == Actor::Origin {
         row.handler.clone()
     } else {
         row.origin.clone()
@@ -1137,30 +1100,22 @@ fn report(
 /// Re-handled (重办) the configured number of times and the citizen still
 /// unsatisfied: reopened once more, or closed unsatisfied.
 fn still_unsatisfied(
-    c: &Connection,
-    p: &Policy,
+    w: &mut Work<'_>,
     id: &str,
     row: &Row,
-    event: &TicketEvent,
+    kind: EventKind,
+    satisfaction: i32,
 ) -> Result<()> {
-    let reopened: i64 = c
-        .prepare_cached("SELECT count(*) FROM events WHERE ticket_id = ?1 AND kind = ?2")?
-        .query_row(params![id, EventKind::Reopened as i32], |r| r.get(0))?;
-    let k = i64::from(p.rules().rehandled_times);
-    let rehandled = if event.kind == EventKind::Reopened as i32 {
-        reopened - 1
-    } else if event.satisfaction == Satisfaction::Unsatisfied as i32 {
-        reopened
-    } else {
+    let reopened: i64 =
+        w.c.prepare_cached("SELECT count(*) FROM events WHERE ticket_id = ?1 AND kind = ?2")?
+            .query_row(params![id, EventKind::Reopened as i32], |r| r.get(0))?;
+    let k = w.p.rules().rehandled_times;
+    let Some(rehandled) = rules::still_unsatisfied(kind, satisfaction, reopened, k) else {
         return Ok(());
     };
-    if rehandled < k {
-        return Ok(());
-    }
-    let subject = subject_of(c, id)?;
+    let subject = subject_of(w.c, id)?;
     supervision::escalate(
-        c,
-        p,
+        w,
         &supervision::Subject {
             rule: EscalationRule::StillUnsatisfied,
             key: id,
@@ -1188,13 +1143,13 @@ fn assigned_to(c: &Connection, id: &str) -> Result<Option<String>> {
 }
 
 fn assign(
-    c: &Connection,
+    w: &mut Work<'_>,
     id: &str,
     owner: &str,
     note: &str,
-    p: &Policy,
 ) -> Result<(TicketEvent, Vec<String>)> {
-    let Some(mut row) = load(c, id)? else {
+    let c = w.c;
+    let Some(row) = load(c, id)? else {
         return Err(GatewayError::UnknownTicket(id.to_owned()));
     };
     if owner == row.origin {
@@ -1210,73 +1165,26 @@ fn assign(
     event.note = note.to_owned();
     // The old handler lets go of it; the owner takes it, with deadlines of
     // its own from now.
-    stats::move_status(c, &row.handler, RECEIVED, Some(row.status), None)?;
-    stats::move_status(c, owner, RECEIVED, None, Some(row.status))?;
-    move_due(c, &mut row, None, None, time::now_ms())?;
-    c.prepare_cached("UPDATE tickets SET handler = ?2 WHERE id = ?1")?
-        .execute(params![id, owner])?;
-    row.handler = owner.to_owned();
-    append(c, &mut row, id, &event, p)?;
+    let now = time::now_ms();
+    let mut effects = Vec::new();
+    let mut row = rules::hand_over(&row, owner, now, &mut effects);
+    apply(w, id, &row, effects, now)?;
+    append(w, &mut row, id, &event)?;
     c.prepare_cached(
         "UPDATE coordination SET assigned_city = ?2, assign_ms = ?3 WHERE ticket_id = ?1",
     )?
     .execute(params![id, owner, time::now_ms()])?;
     enqueue_event(c, &row.origin, &row, &event)?;
-    enqueue_delivery(c, id, &row)?;
+    enqueue_delivery(c, id, &row, None)?;
     tracing::info!(ticket = %id, owner = %owner, "coordination named an owner");
     Ok((event, vec![row.origin.clone(), owner.to_owned()]))
-}
-
-fn count_overdue(c: &Connection, city: &str, category: &str, n: i64) -> Result<()> {
-    c.prepare_cached(
-        "INSERT INTO overdue_open (city, category, n) VALUES (?1, ?2, ?3)
-         ON CONFLICT (city, category) DO UPDATE SET n = overdue_open.n + excluded.n",
-    )?
-    .execute(params![city, category, n])?;
-    Ok(())
-}
-
-/// Whose overdue count a ticket past its deadline is in: the handler's, or
-/// the province's while coordination owes it an owner.
-fn overdue_city<'a>(stage: Option<&str>, handler: &'a str) -> &'a str {
-    if stage == Some(ASSIGN) {
-        "province"
-    } else {
-        handler
-    }
-}
-
-/// Gives a ticket a new deadline and stage (or none, once resolved), and
-/// keeps the overdue counts: a ticket counted overdue stops counting; one
-/// whose new deadline has already passed counts at once (the sweep only
-/// looks ahead of where it has been). The caller writes `row`'s deadline
-/// and flag with the rest of the ticket's row.
-fn move_due(
-    c: &Connection,
-    row: &mut Row,
-    due: Option<i64>,
-    stage: Option<String>,
-    now: i64,
-) -> Result<()> {
-    if row.overdue {
-        let city = overdue_city(row.stage.as_deref(), &row.handler);
-        count_overdue(c, city, &row.category, -1)?;
-    }
-    let overdue = due.is_some_and(|d| d <= now);
-    if overdue {
-        let city = overdue_city(stage.as_deref(), &row.handler);
-        count_overdue(c, city, &row.category, 1)?;
-    }
-    row.due_ms = due;
-    row.stage = stage;
-    row.overdue = overdue;
-    Ok(())
 }
 
 /// Counts the open tickets whose deadline passed since the last sweep, up
 /// to `now_ms`; returns how many. Reads only that stretch of the deadline
 /// index.
-pub fn sweep_overdue(c: &Connection, now_ms: i64) -> Result<usize> {
+pub fn sweep_overdue(w: &mut Work<'_>, now_ms: i64) -> Result<usize> {
+    let c = w.c;
     let since = swept(c, "overdue")?;
     let due: Vec<(String, String, String, Option<String>)> = c
         .prepare_cached(
@@ -1288,7 +1196,8 @@ pub fn sweep_overdue(c: &Connection, now_ms: i64) -> Result<usize> {
         })?
         .collect::<Result<_, _>>()?;
     for (id, handler, category, stage) in &due {
-        count_overdue(c, overdue_city(stage.as_deref(), handler), category, 1)?;
+        let city = rules::overdue_city(stage.as_deref(), handler);
+        w.st.fold.overdue(city, category, 1);
         c.prepare_cached("UPDATE tickets SET overdue = 1 WHERE id = ?1")?
             .execute([id])?;
     }
@@ -1317,7 +1226,8 @@ fn sweep_to(c: &Connection, name: &str, now_ms: i64) -> Result<()> {
 /// Escalates the open tickets that became long unresolved (久拖不决) since
 /// the last sweep, and forgets the reports older than the rules' longest
 /// window. Returns how many it escalated.
-pub fn sweep_supervision(c: &Connection, p: &Policy, now_ms: i64) -> Result<usize> {
+pub fn sweep_supervision(w: &mut Work<'_>, now_ms: i64) -> Result<usize> {
+    let c = w.c;
     let since = swept(c, "late")?;
     let late: Vec<String> = c
         .prepare_cached(
@@ -1327,11 +1237,13 @@ pub fn sweep_supervision(c: &Connection, p: &Policy, now_ms: i64) -> Result<usiz
         .collect::<Result<_, _>>()?;
     for id in &late {
         if let Some(row) = load(c, id)? {
-            escalate_long_unresolved(c, p, id, &row, now_ms)?;
+            escalate_long_unresolved(w, id, &row, now_ms)?;
         }
     }
     sweep_to(c, "late", now_ms)?;
-    supervision::prune(c, now_ms - supervision::horizon_ms(p))?;
+    let horizon = now_ms - supervision::horizon_ms(w.p);
+    supervision::prune(c, horizon)?;
+    w.w.prune(horizon);
     Ok(late.len())
 }
 
@@ -1401,11 +1313,11 @@ pub enum Fate {
 /// the served path (dispatch, delivery, the target's and the origin's
 /// events), all of `tickets` in the caller's one transaction; the outbox
 /// they fill is emptied as if every city had acknowledged at once.
-pub fn bulk_load(c: &Connection, tickets: Vec<(Ticket, Fate)>, p: &Policy) -> Result<()> {
+pub fn bulk_load(w: &mut Work<'_>, tickets: Vec<(Ticket, Fate)>) -> Result<()> {
     for (ticket, fate) in tickets {
         let origin = ticket.origin_city.clone();
         let target = ticket.target_cities.first().cloned().unwrap_or_default();
-        let (dispatched, _) = dispatch(c, ticket, p)?;
+        let (dispatched, _) = dispatch(w, ticket)?;
         if dispatched.kind == EventKind::Merged as i32 {
             continue;
         }
@@ -1418,35 +1330,33 @@ pub fn bulk_load(c: &Connection, tickets: Vec<(Ticket, Fate)>, p: &Policy) -> Re
             TicketStatus::Delivered,
         );
         delivered.city = target.clone();
-        mark_delivered(c, &delivered, p)?;
+        mark_delivered(w, &delivered)?;
         let by = |seq, kind, status| state::event(&id, seq, kind, "", status);
         match fate {
             Fate::Open => {}
             Fate::Rejected => {
                 let mut e = by(4, EventKind::Rejected, TicketStatus::InCoordination);
                 e.reason = "非本市事项".into();
-                report(c, &target, e, p)?;
+                report(w, &target, e)?;
             }
             Fate::Closed => {
                 report(
-                    c,
+                    w,
                     &target,
                     by(4, EventKind::Accepted, TicketStatus::Accepted),
-                    p,
                 )?;
                 report(
-                    c,
+                    w,
                     &target,
                     by(5, EventKind::Resolved, TicketStatus::Resolved),
-                    p,
                 )?;
                 let mut e = by(6, EventKind::Closed, TicketStatus::Closed);
                 e.satisfaction = Satisfaction::Satisfied as i32;
-                report(c, &origin, e, p)?;
+                report(w, &origin, e)?;
             }
         }
     }
-    c.execute("DELETE FROM outbox", ())?;
+    w.c.execute("DELETE FROM outbox", ())?;
     Ok(())
 }
 
@@ -1500,44 +1410,44 @@ mod tests {
             policy.clone(),
         )
         .unwrap();
-        let deadlines = policy.clone();
         let now = time::now_ms();
         let t = ticket("luzhou", "yibin", now);
         let id = t.id.clone();
         // One made two hours ago is overdue as soon as it is dispatched.
         let old = ticket("luzhou", "yibin", now - 2 * 3_600_000);
         ledger
-            .db()
-            .write(move |c| bulk_load(c, vec![(t, Fate::Open), (old, Fate::Open)], &deadlines))
+            .write(move |w| bulk_load(w, vec![(t, Fate::Open), (old, Fate::Open)]))
             .await
             .unwrap();
-        let r = ledger
-            .db()
-            .write(move |c| {
-                let before = overdue_at(c, "yibin");
-                let first = sweep_overdue(c, now + 30 * 60_000)?;
-                let second = sweep_overdue(c, now + 2 * 3_600_000)?;
-                let third = sweep_overdue(c, now + 3 * 3_600_000)?;
-                let after = overdue_at(c, "yibin");
-                let resolved = report(
-                    c,
-                    "yibin",
-                    state::event(&id, 4, EventKind::Accepted, "", TicketStatus::Accepted),
-                    &policy,
-                )
-                .and_then(|_| {
-                    report(
-                        c,
-                        "yibin",
-                        state::event(&id, 5, EventKind::Resolved, "", TicketStatus::Resolved),
-                        &policy,
-                    )
-                })
-                .map(|_| overdue_at(c, "yibin"))?;
-                Ok::<_, GatewayError>((before, first, second, third, after, resolved))
-            })
-            .await
-            .unwrap();
-        assert_eq!(r, (1, 0, 1, 0, 2, 1));
+        // Each step its own commit: the counts are written at commit.
+        let step = |f: Box<dyn FnOnce(&mut Work<'_>) -> Result<usize> + Send>| {
+            let ledger = ledger.clone();
+            async move {
+                ledger.write(f).await.unwrap();
+                ledger
+                    .db()
+                    .read(|c| Ok::<_, GatewayError>(overdue_at(c, "yibin")))
+                    .await
+                    .unwrap()
+            }
+        };
+        let before = step(Box::new(|_| Ok(0))).await;
+        let first = step(Box::new(move |w| sweep_overdue(w, now + 30 * 60_000))).await;
+        let second = step(Box::new(move |w| sweep_overdue(w, now + 2 * 3_600_000))).await;
+        let accepted = step(Box::new(move |w| {
+            report(
+                w,
+                "yibin",
+                state::event(&id, 4, EventKind::Accepted, "", TicketStatus::Accepted),
+            )?;
+            report(
+                w,
+                "yibin",
+                state::event(&id, 5, EventKind::Resolved, "", TicketStatus::Resolved),
+            )?;
+            Ok(0)
+        }))
+        .await;
+        assert_eq!((before, first, second, accepted), (1, 1, 2, 1));
     }
 }

@@ -14,7 +14,12 @@
 //! Call transfers (一键互转, 三方通话) are live signalling: the
 //! [`switchboard`] holds each transfer, orders its moves and relays them
 //! over one long-lived stream per node; the [`recorder`] writes every move
-//! and the transfer figures to the ledger off that path.
+//! and the transfer figures to the ledger before the move is relayed.
+//!
+//! The ledger's shape is decide, then persist: [`rules`] holds its rules as
+//! pure functions, [`ledger`] loads what they need and writes what they
+//! decide, [`fold`] sums the counters of a whole commit, and [`working`]
+//! keeps the merge candidates and open escalations in memory.
 //!
 //! - [`limits`]: a rate per caller, so that one city cannot starve the
 //!   others.
@@ -28,6 +33,7 @@ pub mod delivery;
 pub mod error;
 pub mod federation;
 pub mod flow;
+pub mod fold;
 pub mod http;
 pub mod ledger;
 pub mod limits;
@@ -35,11 +41,13 @@ pub mod matter;
 pub mod observatory;
 pub mod recorder;
 pub mod roles;
+pub mod rules;
 pub mod server;
 pub mod stats;
 pub mod supervision;
 pub mod switchboard;
 pub mod windows;
+pub mod working;
 
 pub use config::GatewayConfig;
 pub use error::GatewayError;

@@ -437,9 +437,8 @@ impl Observatory for ObservatoryService {
         }
         let escalation = self
             .ledger
-            .db()
-            .write(move |c| {
-                supervision::act(c, n, kind, &req.note, &req.department, time::now_ms())
+            .write(move |w| {
+                supervision::act(w, n, kind, &req.note, &req.department, time::now_ms())
             })
             .await
             .map_err(|e: GatewayError| Status::from(e))?;

@@ -1,24 +1,28 @@
 //! Records every transfer's moves in the ledger, and the transfer
-//! statistics with them, off the signalling path: the switchboard relays a
-//! move at once and hands it here; one task writes what has gathered in one
-//! transaction, in the order the switchboard made the moves.
+//! statistics with them, on the signalling path: the switchboard decides a
+//! move under its lock and hands it here with the messages that relay it;
+//! one task writes what has gathered in one transaction, in the order the
+//! switchboard made the moves, and sends the messages only once that
+//! transaction is committed. A move a city hears of is in the ledger, so a
+//! SIGKILL of the gateway loses no move and no count; the price is one
+//! group commit on each hop of the signalling (docs/benchmarks.md).
 //!
-//! Signalling is live state: what a crash loses of the last moves does not
-//! matter, because a restarted gateway fails every transfer its ledger
-//! still shows live ([`fail_unfinished`]), and the nodes fail theirs when
-//! the stream drops.
+//! A restarted gateway fails every transfer its ledger still shows live
+//! ([`fail_unfinished`]), and the nodes fail theirs when the stream drops.
 
-use hotline_durable::Db;
-use hotline_durable::sql::{Connection, params};
-use hotline_proto::pb::{Transfer, TransferState};
+use hotline_durable::sql::params;
+use hotline_proto::pb::{Transfer, TransferSignalsResponse, TransferState};
 use hotline_proto::time;
 use hotline_proto::transfer::{is_terminal, state_key};
 use prost::Message;
 use tokio::sync::mpsc;
+use tonic::Status;
 
 use crate::error::GatewayError;
-use crate::flow::{self, Bell};
-use crate::windows::{self, Metric};
+use crate::flow;
+use crate::ledger::Ledger;
+use crate::windows::Metric;
+use crate::working::Work;
 
 pub const SCHEMA: &str = "
 CREATE TABLE transfers (
@@ -59,39 +63,106 @@ CREATE TABLE transfer_answers (
 
 type Move = (TransferState, Transfer);
 
+/// Where a relayed message goes: a node's signalling stream.
+pub type Tx = mpsc::UnboundedSender<Result<TransferSignalsResponse, Status>>;
+
+/// What one decision of the switchboard owes: the moves to record, then the
+/// messages that relay them.
+#[derive(Default)]
+pub struct Entry {
+    moves: Vec<Move>,
+    sends: Vec<(Tx, Transfer)>,
+}
+
+impl Entry {
+    /// Records that `t` moved from `from` to its state now.
+    pub fn record(&mut self, from: TransferState, t: Transfer) {
+        self.moves.push((from, t));
+    }
+
+    /// Relays `t` on `tx` once what this entry records is committed.
+    pub fn send(&mut self, tx: &Tx, t: Transfer) {
+        self.sends.push((tx.clone(), t));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.moves.is_empty() && self.sends.is_empty()
+    }
+}
+
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::UnboundedSender<Move>,
+    tx: mpsc::UnboundedSender<Entry>,
 }
+
+/// How long the recorder keeps trying to write one batch before it gives
+/// its messages up (the transfers then end by their deadlines).
+const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Recorder {
     /// Starts the writing task.
-    pub fn start(db: Db, bell: Bell) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(ledger: Ledger) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, tokio::spawn(run(db, rx, bell)))
+        (Self { tx }, tokio::spawn(run(ledger, rx)))
     }
 
-    /// Records that `t` moved from `from` to its state now.
-    pub fn record(&self, from: TransferState, t: Transfer) {
-        let _ = self.tx.send((from, t));
+    /// Queues a decision's moves and messages, behind every earlier one.
+    /// Called under the switchboard's lock, so the order is the
+    /// switchboard's.
+    pub fn submit(&self, entry: Entry) {
+        if !entry.is_empty() {
+            let _ = self.tx.send(entry);
+        }
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<Move>, bell: Bell) {
+async fn run(ledger: Ledger, mut rx: mpsc::UnboundedReceiver<Entry>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
-        let moves = std::mem::take(&mut batch);
-        let result = db
-            .write(move |c| {
-                for (from, t) in &moves {
-                    write(c, *from, t)?;
+        let entries = std::mem::take(&mut batch);
+        let moves: Vec<Move> = entries.iter().flat_map(|e| e.moves.clone()).collect();
+        if !moves.is_empty() && !persist(&ledger, moves).await {
+            // Not in the ledger: relayed to no one.
+            continue;
+        }
+        if entries.iter().any(|e| !e.moves.is_empty()) {
+            ledger.bell().ring();
+        }
+        for entry in entries {
+            for (tx, t) in entry.sends {
+                let _ = tx.send(Ok(TransferSignalsResponse { transfer: Some(t) }));
+            }
+        }
+    }
+}
+
+/// Writes `moves` in one transaction, trying again after a passing failure
+/// until [`GIVE_UP`]; says whether they are committed.
+async fn persist(ledger: &Ledger, moves: Vec<Move>) -> bool {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        let batch = moves.clone();
+        let result = ledger
+            .write(move |w| {
+                for (from, t) in &batch {
+                    write(w, *from, t)?;
                 }
-                Ok::<_, GatewayError>(())
+                Ok(())
             })
             .await;
         match result {
-            Ok(()) => bell.ring(),
-            Err(e) => tracing::error!(error = %e, "cannot record transfer moves"),
+            Ok(()) => return true,
+            Err(e) if started.elapsed() < GIVE_UP => {
+                tracing::warn!(error = %e, "cannot record transfer moves yet; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, moves = moves.len(),
+                    "cannot record transfer moves: they are not relayed, and end by their deadlines");
+                return false;
+            }
         }
     }
 }
@@ -100,7 +171,8 @@ fn ms(t: &Option<prost_types::Timestamp>) -> Option<i64> {
     t.as_ref().map(time::to_unix_ms)
 }
 
-fn write(c: &Connection, from: TransferState, t: &Transfer) -> Result<(), GatewayError> {
+fn write(w: &mut Work<'_>, from: TransferState, t: &Transfer) -> Result<(), GatewayError> {
+    let c = w.c;
     let to = TransferState::try_from(t.state).unwrap_or(TransferState::Unspecified);
     let now = time::now_ms();
     let ended = is_terminal(to).then(|| ms(&t.end_time).unwrap_or(now));
@@ -122,32 +194,34 @@ fn write(c: &Connection, from: TransferState, t: &Transfer) -> Result<(), Gatewa
         ended,
         t.encode_to_vec()
     ])?;
-    let count = |city: &str, m: Metric, detail: &str, n: i64| {
-        windows::count(c, now, city, &t.category, m, detail, n)
+    let fold = &mut w.st.fold;
+    let mut count = |city: &str, m: Metric, detail: &str, n: i64| {
+        fold.count(now, city, &t.category, m, detail, n)
     };
     if from == TransferState::Initiated {
-        count(&t.origin_city, Metric::TransfersOut, &t.target_city, 1)?;
-        count(&t.target_city, Metric::TransfersIn, &t.origin_city, 1)?;
+        count(&t.origin_city, Metric::TransfersOut, &t.target_city, 1);
+        count(&t.target_city, Metric::TransfersIn, &t.origin_city, 1);
     }
     if to == TransferState::Answered {
         let waited = ms(&t.answer_time)
             .unwrap_or(now)
             .saturating_sub(ms(&t.create_time).unwrap_or(now))
             .max(0);
-        count(&t.target_city, Metric::TransfersAnswered, "", 1)?;
-        count(&t.target_city, Metric::AnswerMsSum, "", waited)?;
+        count(&t.target_city, Metric::TransfersAnswered, "", 1);
+        count(&t.target_city, Metric::AnswerMsSum, "", waited);
     }
     if is_terminal(to) {
-        count(&t.target_city, Metric::TransferOutcome, state_key(to), 1)?;
+        count(&t.target_city, Metric::TransferOutcome, state_key(to), 1);
     }
-    flow::transfer(c, now, t)?;
+    w.st.fold.flow(now, flow::transfer(t));
     Ok(())
 }
 
 /// At start: every transfer the ledger still shows live ended with the
 /// gateway that held it.
-pub fn fail_unfinished(c: &Connection) -> Result<usize, GatewayError> {
-    let mut stmt = c.prepare("SELECT body FROM transfers WHERE ended_ms IS NULL")?;
+pub fn fail_unfinished(w: &mut Work<'_>) -> Result<usize, GatewayError> {
+    let mut stmt =
+        w.c.prepare("SELECT body FROM transfers WHERE ended_ms IS NULL")?;
     let bodies: Vec<Vec<u8>> = stmt
         .query_map((), |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -163,7 +237,7 @@ pub fn fail_unfinished(c: &Connection) -> Result<usize, GatewayError> {
         t.state = TransferState::Failed as i32;
         t.reason = "gateway-restart".into();
         t.end_time = Some(time::now());
-        write(c, from, &t)?;
+        write(w, from, &t)?;
         n += 1;
     }
     Ok(n)

@@ -90,7 +90,7 @@ pub async fn serve_with_http(
     let mut tasks = JoinSet::new();
     let nodes = config.nodes.clone().into_iter().collect();
     delivery::spawn_workers(&ledger, &nodes, &client_tls, &mut tasks, stop_rx.clone())?;
-    let (recorder, recording) = Recorder::start(ledger.db().clone(), ledger.bell().clone());
+    let (recorder, recording) = Recorder::start(ledger.clone());
     tasks.spawn(prune_flow_log(
         ledger.clone(),
         config.watch_retention_hours,
@@ -233,7 +233,7 @@ pub const LEADER: &str = "leader";
 /// Becomes the switchboard: what the ledger still shows live was lost with
 /// the replica (or the process) that held it before, and fails.
 async fn take_over(ledger: &Ledger, switchboard: &Switchboard) -> anyhow::Result<()> {
-    let failed = ledger.db().write(recorder::fail_unfinished).await?;
+    let failed = ledger.write(recorder::fail_unfinished).await?;
     if failed > 0 {
         tracing::warn!(
             failed,
@@ -292,12 +292,10 @@ async fn sweep_overdue(ledger: Ledger, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let now = hotline_proto::time::now_ms();
-        let p = ledger.policy().clone();
         let swept = ledger
-            .db()
-            .write(move |c| {
-                let overdue = crate::ledger::sweep_overdue(c, now)?;
-                let late = crate::ledger::sweep_supervision(c, &p, now)?;
+            .write(move |w| {
+                let overdue = crate::ledger::sweep_overdue(w, now)?;
+                let late = crate::ledger::sweep_supervision(w, now)?;
                 Ok((overdue, late))
             })
             .await;

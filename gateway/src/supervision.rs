@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::calendar::Calendar;
 use crate::error::GatewayError;
 use crate::matter::{self, Fingerprint};
+use crate::working::{Match, Recent, Work};
 
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
 
@@ -120,6 +121,14 @@ CREATE TABLE escalation_actions (
     PRIMARY KEY (n, pos)
 ) WITHOUT ROWID;
 CREATE INDEX escalation_actions_at ON escalation_actions (at_ms);
+";
+
+/// The merge detector's buckets live in the working set now, made from the
+/// signatures at start; a replica reads the reports other replicas filed in
+/// a bucket by this index.
+pub const SCHEMA_WORKING_SET: &str = "
+DROP TABLE recent_bands;
+CREATE INDEX recent_bucket ON recent (target, category, w);
 ";
 
 /// How long each stage of a ticket may take (`[deadlines]`).
@@ -409,28 +418,39 @@ impl Policy {
 /// a key that never leaves the ledger, so that one person's reports can be
 /// counted without the number being kept. A report with no number is its own
 /// citizen.
-pub fn citizen_key(c: &Connection, phone: &str, ticket_id: &str) -> Result<String> {
+pub fn citizen_key(w: &mut Work<'_>, phone: &str, ticket_id: &str) -> Result<String> {
     let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
     if digits.is_empty() {
         return Ok(format!("ticket:{ticket_id}"));
     }
-    let read = |c: &Connection| {
-        c.prepare_cached("SELECT value FROM secrets WHERE name = 'citizen-key'")?
-            .query_row((), |r| r.get::<_, Vec<u8>>(0))
-            .optional()
-    };
-    let secret = match read(c)? {
+    let secret = match w.w.secret() {
         Some(s) => s,
         None => {
-            let mut fresh = [0u8; 32];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
-                .map_err(|_| GatewayError::FailedPrecondition("no system randomness".into()))?;
-            // Another replica may make it at the same moment: the first kept.
-            c.prepare_cached(
-                "INSERT OR IGNORE INTO secrets (name, value) VALUES ('citizen-key', ?1)",
-            )?
-            .execute([fresh.as_slice()])?;
-            read(c)?.unwrap_or_else(|| fresh.to_vec())
+            let c = w.c;
+            let read = || {
+                c.prepare_cached("SELECT value FROM secrets WHERE name = 'citizen-key'")?
+                    .query_row((), |r| r.get::<_, Vec<u8>>(0))
+                    .optional()
+            };
+            let secret = match read()? {
+                Some(s) => s,
+                None => {
+                    let mut fresh = [0u8; 32];
+                    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+                        .map_err(|_| {
+                            GatewayError::FailedPrecondition("no system randomness".into())
+                        })?;
+                    // Another replica may make it at the same moment: the
+                    // first kept.
+                    c.prepare_cached(
+                        "INSERT OR IGNORE INTO secrets (name, value) VALUES ('citizen-key', ?1)",
+                    )?
+                    .execute([fresh.as_slice()])?;
+                    read()?.unwrap_or_else(|| fresh.to_vec())
+                }
+            };
+            w.st.secret(secret.clone());
+            secret
         }
     };
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
@@ -441,95 +461,32 @@ pub fn citizen_key(c: &Connection, phone: &str, ticket_id: &str) -> Result<Strin
         .collect())
 }
 
-/// A recent report the new one matches.
-#[derive(Debug, Clone)]
-pub struct Match {
-    pub ticket_id: String,
-    pub root: String,
-    pub merged_into: Option<String>,
-    pub created_ms: i64,
-    pub score: f64,
-}
-
 /// The best-matching recent report about the same matter (same target city
-/// and category, similar words, similar place), made after `since_ms`.
+/// and category, similar words, similar place), made after `since_ms`: from
+/// the working set, after reading what other replicas filed in its bucket.
 pub fn find_match(
-    c: &Connection,
-    p: &Policy,
+    w: &Work<'_>,
     target: &str,
     category: &str,
     fp: &Fingerprint,
     since_ms: i64,
 ) -> Result<Option<Match>> {
-    let rules = p.rules();
-    let keys = matter::band_keys(target, category, &fp.signature);
-    let mut seen = std::collections::HashSet::new();
-    let mut best: Option<Match> = None;
-    // The newest few of each bucket at the same house number or none: a
-    // matter reported thousands of times is found by its latest reports
-    // without reading them all, and a bucket full of other addresses is
-    // passed over in its index.
-    let mut bands = c.prepare_cached(
-        "SELECT w FROM (SELECT w, num FROM recent_bands WHERE key = ?1 ORDER BY w DESC LIMIT 256) AS b
-         WHERE num = 0 OR ?2 = 0 OR num = ?2 LIMIT 64",
-    )?;
-    let num = matter::numbers_key(&fp.place);
-    let mut row = c.prepare_cached(
-        "SELECT ticket_id, target, category, created_ms, signature, place, root, merged_into
-         FROM recent WHERE w = ?1",
-    )?;
-    for key in keys {
-        let ws: Vec<i64> = bands
-            .query_map(params![key, num], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for w in ws {
-            if !seen.insert(w) {
-                continue;
-            }
-            let Some((id, t, cat, created, sig, place, root, into)) = row
-                .query_row([w], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, Vec<u8>>(4)?,
-                        r.get::<_, String>(5)?,
-                        r.get::<_, String>(6)?,
-                        r.get::<_, Option<String>>(7)?,
-                    ))
-                })
-                .optional()?
-            else {
-                continue;
-            };
-            if t != target || cat != category || created < since_ms {
-                continue;
-            }
-            let Some(sig) = matter::decode(&sig) else {
-                continue;
-            };
-            let score = matter::similarity(&fp.signature, &sig);
-            if score < rules.text_similarity
-                || matter::place_similarity(&fp.place, &place) < rules.place_similarity
-            {
-                continue;
-            }
-            let better = best
-                .as_ref()
-                .is_none_or(|b| score > b.score || (score == b.score && created > b.created_ms));
-            if better {
-                best = Some(Match {
-                    ticket_id: id,
-                    root,
-                    merged_into: into,
-                    created_ms: created,
-                    score,
-                });
-            }
-        }
+    if fp.place.is_empty() {
+        // A report with no place matches nothing.
+        return Ok(None);
     }
-    Ok(best)
+    if w.shared {
+        w.w.tail(w.c, target, category)?;
+    }
+    let rules = w.p.rules();
+    Ok(w.w.find_match(
+        rules.text_similarity,
+        rules.place_similarity,
+        target,
+        category,
+        fp,
+        since_ms,
+    ))
 }
 
 /// A report as the rules see it.
@@ -546,13 +503,14 @@ pub struct Report<'a> {
 
 /// Files a report among the recent ones and counts it for its matter.
 pub fn record(
-    c: &Connection,
+    w: &mut Work<'_>,
     r: &Report<'_>,
     handler: &str,
     subject: &str,
     location: &str,
 ) -> Result<()> {
-    let w = c.prepare_cached(
+    let c = w.c;
+    let row = c.prepare_cached(
         "INSERT INTO recent (ticket_id, target, category, created_ms, signature, place, root, merged_into, citizen)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING w",
     )?
@@ -570,18 +528,6 @@ pub fn record(
         ],
         |row| row.get::<_, i64>(0),
     )?;
-    // A merged report is found through the ticket it was merged into: only
-    // dispatched tickets are filed in the buckets, which stay as small as
-    // the number of distinct recent matters.
-    if r.merged_into.is_none() {
-        let mut band = c.prepare_cached(
-            "INSERT OR IGNORE INTO recent_bands (key, w, num) VALUES (?1, ?2, ?3)",
-        )?;
-        let num = matter::numbers_key(&r.fingerprint.place);
-        for key in matter::band_keys(r.target, r.category, &r.fingerprint.signature) {
-            band.execute(params![key, w, num])?;
-        }
-    }
     if r.root == r.ticket_id {
         c.prepare_cached(
             "INSERT OR IGNORE INTO matters (root, category, handler, subject, place) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -589,12 +535,22 @@ pub fn record(
         .execute(params![r.root, r.category, handler, subject, location])?;
     }
     let month = crate::windows::month_of(r.created_ms);
-    let mut count = c.prepare_cached(
-        "INSERT INTO matter_months (month, city, root, n) VALUES (?1, ?2, ?3, 1)
-         ON CONFLICT (month, city, root) DO UPDATE SET n = matter_months.n + 1",
-    )?;
-    count.execute(params![month, handler, r.root])?;
-    count.execute(params![month, "", r.root])?;
+    w.st.fold.matter(month, handler, r.root);
+    w.st.fold.matter(month, "", r.root);
+    // The working set files it in its buckets: a merged report is found
+    // through the ticket it was merged into, so only dispatched ones are.
+    w.st.report(Recent {
+        w: row,
+        ticket_id: r.ticket_id.to_owned(),
+        target: r.target.to_owned(),
+        category: r.category.to_owned(),
+        created_ms: r.created_ms,
+        signature: r.fingerprint.signature,
+        place: r.fingerprint.place.clone(),
+        root: r.root.to_owned(),
+        merged_into: r.merged_into.map(str::to_owned),
+        citizen: r.citizen.to_owned(),
+    });
     Ok(())
 }
 
@@ -605,8 +561,6 @@ pub fn prune(c: &Connection, before_ms: i64) -> Result<usize> {
         .query_map([before_ms], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for w in &ws {
-        c.prepare_cached("DELETE FROM recent_bands WHERE w = ?1")?
-            .execute([w])?;
         c.prepare_cached("DELETE FROM recent WHERE w = ?1")?
             .execute([w])?;
     }
@@ -627,8 +581,24 @@ pub fn horizon_ms(p: &Policy) -> i64 {
 pub const MAX_SCAN: u32 = 1000;
 
 /// How many citizens reported a matter since `since_ms` (reading at most
-/// [`MAX_SCAN`] reports), and the reports.
-pub fn citizens_of(c: &Connection, root: &str, since_ms: i64) -> Result<(u64, Vec<String>)> {
+/// [`MAX_SCAN`] reports), and the reports: from the working set, or on a
+/// shared ledger from the store (the rule spans the replicas' buckets).
+pub fn citizens(w: &Work<'_>, root: &str, since_ms: i64) -> Result<(u64, Vec<String>)> {
+    if w.shared {
+        return citizens_of(w.c, root, since_ms);
+    }
+    Ok(w.w.citizens_of(root, since_ms, MAX_SCAN as usize))
+}
+
+/// The reports one citizen made since `since_ms` (see [`citizens`]).
+pub fn reports(w: &Work<'_>, citizen: &str, since_ms: i64) -> Result<Vec<String>> {
+    if w.shared {
+        return reports_of(w.c, citizen, since_ms);
+    }
+    Ok(w.w.reports_of(citizen, since_ms, MAX_SCAN as usize))
+}
+
+fn citizens_of(c: &Connection, root: &str, since_ms: i64) -> Result<(u64, Vec<String>)> {
     let rows: Vec<(String, String)> = c
         .prepare_cached(
             "SELECT ticket_id, citizen FROM recent WHERE root = ?1 AND created_ms >= ?2 ORDER BY w LIMIT 1000",
@@ -642,8 +612,7 @@ pub fn citizens_of(c: &Connection, root: &str, since_ms: i64) -> Result<(u64, Ve
     ))
 }
 
-/// The reports one citizen made since `since_ms`.
-pub fn reports_of(c: &Connection, citizen: &str, since_ms: i64) -> Result<Vec<String>> {
+fn reports_of(c: &Connection, citizen: &str, since_ms: i64) -> Result<Vec<String>> {
     Ok(c.prepare_cached(
         "SELECT ticket_id FROM recent WHERE citizen = ?1 AND created_ms >= ?2 ORDER BY w LIMIT 1000",
     )?
@@ -666,13 +635,13 @@ pub struct Subject<'a> {
 /// Opens an escalation, or adds the tickets to the one open for the same
 /// rule and key. Returns the escalation's number and whether it is new.
 pub fn escalate(
-    c: &Connection,
-    p: &Policy,
+    w: &mut Work<'_>,
     s: &Subject<'_>,
     tickets: &[String],
     now_ms: i64,
 ) -> Result<(i64, bool)> {
-    let (n, fresh) = match open_escalation(c, s.rule, s.key)? {
+    let (c, p) = (w.c, w.p);
+    let (n, fresh) = match open(w, s.rule, s.key)? {
         Some(n) => {
             c.prepare_cached("UPDATE escalations SET reason = ?2 WHERE n = ?1")?
                 .execute(params![n, s.reason])?;
@@ -696,15 +665,15 @@ pub fn escalate(
                 ],
                 |row| row.get::<_, i64>(0),
             )?;
-            crate::windows::count(
-                c,
+            w.st.fold.count(
                 now_ms,
                 s.handler,
                 s.category,
                 crate::windows::Metric::Escalated,
                 s.rule.as_str_name(),
                 1,
-            )?;
+            );
+            w.st.opened(s.rule as i32, s.key, n);
             tracing::info!(escalation = n, rule = s.rule.as_str_name(), category = %s.category,
                 handler = %s.handler, "escalated to the province");
             (n, true)
@@ -739,7 +708,19 @@ fn add_ticket(c: &Connection, n: i64, ticket_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The escalation of `rule` open for `key`, if one is.
+/// The escalation of `rule` open for `key`, if one is: from the working
+/// set (or what this write opened), or on a shared ledger from the store.
+fn open(w: &Work<'_>, rule: EscalationRule, key: &str) -> Result<Option<i64>> {
+    if let Some(n) = w.st.opened_now(rule as i32, key) {
+        return Ok(Some(n));
+    }
+    if w.shared {
+        return open_escalation(w.c, rule, key);
+    }
+    Ok(w.w.open_escalation(rule as i32, key))
+}
+
+/// The escalation of `rule` open for `key` in the store, if one is.
 fn open_escalation(c: &Connection, rule: EscalationRule, key: &str) -> Result<Option<i64>> {
     Ok(c.prepare_cached(
         "SELECT n FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1",
@@ -750,11 +731,11 @@ fn open_escalation(c: &Connection, rule: EscalationRule, key: &str) -> Result<Op
 
 /// Adds a report to the escalation open for `rule` and `key`, if one is:
 /// then it needs no counting again. Returns whether it joined one.
-pub fn join(c: &Connection, rule: EscalationRule, key: &str, ticket_id: &str) -> Result<bool> {
-    let Some(n) = open_escalation(c, rule, key)? else {
+pub fn join(w: &Work<'_>, rule: EscalationRule, key: &str, ticket_id: &str) -> Result<bool> {
+    let Some(n) = open(w, rule, key)? else {
         return Ok(false);
     };
-    add_ticket(c, n, ticket_id)?;
+    add_ticket(w.c, n, ticket_id)?;
     Ok(true)
 }
 
@@ -900,13 +881,14 @@ pub fn list(
 
 /// Records an action of the province on an escalation.
 pub fn act(
-    c: &Connection,
+    w: &mut Work<'_>,
     n: i64,
     kind: EscalationActionKind,
     note: &str,
     department: &str,
     now_ms: i64,
 ) -> Result<Escalation> {
+    let c = w.c;
     let Some(e) = read_escalation(c, n)? else {
         return Err(GatewayError::NotFound(format!(
             "escalation {} is not in the supervision ledger",
@@ -931,6 +913,10 @@ pub fn act(
     if kind == EscalationActionKind::Closed {
         c.prepare_cached("UPDATE escalations SET state = 2, close_ms = ?2 WHERE n = ?1")?
             .execute(params![n, now_ms])?;
+        let key: String = c
+            .prepare_cached("SELECT subject_key FROM escalations WHERE n = ?1")?
+            .query_row([n], |r| r.get(0))?;
+        w.st.closed(e.rule, &key);
     }
     read_escalation(c, n)?.ok_or_else(|| GatewayError::NotFound(escalation_id(n)))
 }

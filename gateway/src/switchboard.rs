@@ -5,9 +5,10 @@
 //! in memory and is the one order of each transfer's moves: a node proposes
 //! a move by sending the transfer as it now sees it; the switchboard checks
 //! it against the state machine of the contract crate (who may make which
-//! move), applies it, relays it to the other city, and has it recorded in
-//! the ledger. A move it cannot take is answered with the transfer as it
-//! stands, which the proposer adopts.
+//! move), applies it, has it recorded in the ledger, and relays it to the
+//! other city once it is committed ([`crate::recorder`]). A move it cannot
+//! take is answered with the transfer as it stands, which the proposer
+//! adopts.
 //!
 //! Every transfer ends by a deadline whatever crashes: a lost stream fails
 //! the live transfers of its city and tells the other city; a sweep times
@@ -19,20 +20,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hotline_proto::pb::{Transfer, TransferMode, TransferSignalsResponse, TransferState};
+use hotline_proto::pb::{Transfer, TransferMode, TransferState};
 use hotline_proto::transfer::{self, Party};
 use hotline_proto::{Catalogue, time};
-use tokio::sync::{mpsc, watch};
-use tonic::Status;
+use tokio::sync::watch;
 
-use crate::recorder::Recorder;
+use crate::recorder::{Entry, Recorder, Tx};
 
 /// The longest a node may ask a transfer to wait for an answer.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(600);
 /// How long terminal transfers are remembered, to answer late signals.
 const KEEP_FINISHED: Duration = Duration::from_secs(120);
-
-type Tx = mpsc::UnboundedSender<Result<TransferSignalsResponse, Status>>;
 
 struct Link {
     id: u64,
@@ -61,15 +59,15 @@ pub struct Switchboard {
     held: Arc<watch::Sender<bool>>,
 }
 
-fn send(links: &HashMap<String, Link>, city: &str, t: &Transfer) -> bool {
+/// Relays `t` to `city` once `out` is committed; false when the city has no
+/// open stream.
+fn send(out: &mut Entry, links: &HashMap<String, Link>, city: &str, t: &Transfer) -> bool {
     match links.get(city) {
-        Some(link) => link
-            .tx
-            .send(Ok(TransferSignalsResponse {
-                transfer: Some(t.clone()),
-            }))
-            .is_ok(),
-        None => false,
+        Some(link) if !link.tx.is_closed() => {
+            out.send(&link.tx, t.clone());
+            true
+        }
+        _ => false,
     }
 }
 
@@ -120,11 +118,14 @@ impl Switchboard {
     /// their streams are still open), then every stream ends.
     fn fail_all(&self, reason: &str) {
         let mut st = self.lock();
+        let mut out = Entry::default();
         let live: Vec<String> = st.live.keys().cloned().collect();
         for id in live {
-            self.end(&mut st, &id, TransferState::Failed, reason);
+            self.end(&mut st, &mut out, &id, TransferState::Failed, reason);
         }
+        // The streams end once the recorder has sent what they are owed.
         st.links.clear();
+        self.recorder.submit(out);
     }
 
     /// Resolves once the gateway is stopping; each stream's reader waits on
@@ -160,7 +161,9 @@ impl Switchboard {
         let id = st.next_link;
         let replaced = st.links.insert(city.to_owned(), Link { id, tx }).is_some();
         if replaced {
-            self.fail_city(&mut st, city, &format!("{city}-lost"));
+            let mut out = Entry::default();
+            self.fail_city(&mut st, &mut out, city, &format!("{city}-lost"));
+            self.recorder.submit(out);
         }
         tracing::info!(city, "transfer signalling stream open");
         id
@@ -178,11 +181,13 @@ impl Switchboard {
             } else {
                 tracing::warn!(city, "transfer signalling stream lost");
             }
-            self.fail_city(&mut st, city, &format!("{city}-lost"));
+            let mut out = Entry::default();
+            self.fail_city(&mut st, &mut out, city, &format!("{city}-lost"));
+            self.recorder.submit(out);
         }
     }
 
-    fn fail_city(&self, st: &mut State, city: &str, reason: &str) {
+    fn fail_city(&self, st: &mut State, out: &mut Entry, city: &str, reason: &str) {
         let ids: Vec<String> = st
             .live
             .values()
@@ -190,13 +195,13 @@ impl Switchboard {
             .map(|t| t.id.clone())
             .collect();
         for id in ids {
-            self.end(st, &id, TransferState::Failed, reason);
+            self.end(st, out, &id, TransferState::Failed, reason);
         }
     }
 
     /// Moves a live transfer to a terminal state made by the gateway and
     /// tells both cities.
-    fn end(&self, st: &mut State, id: &str, to: TransferState, reason: &str) {
+    fn end(&self, st: &mut State, out: &mut Entry, id: &str, to: TransferState, reason: &str) {
         let Some(mut t) = st.live.remove(id) else {
             return;
         };
@@ -204,23 +209,31 @@ impl Switchboard {
         t.state = to as i32;
         t.reason = reason.to_owned();
         t.end_time = Some(time::now());
-        send(&st.links, &t.origin_city, &t);
-        send(&st.links, &t.target_city, &t);
-        self.recorder.record(from, t.clone());
+        out.record(from, t.clone());
+        send(out, &st.links, &t.origin_city, &t);
+        send(out, &st.links, &t.target_city, &t);
         st.finished.insert(t.id.clone(), (t, time::now_ms()));
     }
 
     /// A transfer as `city` now sees it.
     pub fn signal(&self, city: &str, incoming: Transfer) {
         let mut st = self.lock();
+        let mut out = Entry::default();
+        self.decide(&mut st, &mut out, city, incoming);
+        // Under the lock: the recorder takes the decisions in their order.
+        self.recorder.submit(out);
+    }
+
+    fn decide(&self, st: &mut State, out: &mut Entry, city: &str, incoming: Transfer) {
         let to = state_of(&incoming);
         let Some(current) = st.live.get(&incoming.id).cloned() else {
             if let Some((done, _)) = st.finished.get(&incoming.id) {
                 // Too late: it has ended. Tell the sender how.
-                send(&st.links, city, &done.clone());
+                let done = done.clone();
+                send(out, &st.links, city, &done);
                 return;
             }
-            self.offer(&mut st, city, incoming);
+            self.offer(st, out, city, incoming);
             return;
         };
         let party = if city == current.origin_city {
@@ -237,7 +250,7 @@ impl Switchboard {
             let mut t = current;
             t.target_operator = incoming.target_operator;
             t.attempts = incoming.attempts;
-            send(&st.links, &t.origin_city, &t);
+            send(out, &st.links, &t.origin_city, &t);
             st.live.insert(t.id.clone(), t);
             return;
         }
@@ -247,7 +260,7 @@ impl Switchboard {
         if !transfer::may_move(party, from, to) {
             // Not this party's move, or too late for it: the sender adopts
             // the transfer as it stands.
-            send(&st.links, city, &current);
+            send(out, &st.links, city, &current);
             return;
         }
         let mut t = current;
@@ -266,8 +279,8 @@ impl Switchboard {
         } else {
             t.origin_city.clone()
         };
-        send(&st.links, &other, &t);
-        self.recorder.record(from, t.clone());
+        out.record(from, t.clone());
+        send(out, &st.links, &other, &t);
         if transfer::is_terminal(to) {
             st.live.remove(&t.id);
             t.end_time = Some(time::now());
@@ -278,7 +291,7 @@ impl Switchboard {
     }
 
     /// A new transfer from its origin: checked, offered to the target city.
-    fn offer(&self, st: &mut State, city: &str, mut t: Transfer) {
+    fn offer(&self, st: &mut State, out: &mut Entry, city: &str, mut t: Transfer) {
         let invalid = if t.origin_city != city {
             Some("invalid: origin_city is not the sending city")
         } else if state_of(&t) != TransferState::Initiated {
@@ -300,7 +313,7 @@ impl Switchboard {
         if let Some(reason) = invalid {
             t.state = TransferState::Failed as i32;
             t.reason = reason.to_owned();
-            send(&st.links, city, &t);
+            send(out, &st.links, city, &t);
             return;
         }
         let now = time::now_ms();
@@ -316,13 +329,13 @@ impl Switchboard {
         if t.create_time.is_none() {
             t.create_time = Some(time::now());
         }
-        self.recorder.record(TransferState::Initiated, t.clone());
+        out.record(TransferState::Initiated, t.clone());
         st.live.insert(t.id.clone(), t.clone());
-        if !send(&st.links, &t.target_city, &t) {
-            self.end(st, &t.id, TransferState::Failed, "target-unreachable");
+        if !send(out, &st.links, &t.target_city, &t) {
+            self.end(st, out, &t.id, TransferState::Failed, "target-unreachable");
             return;
         }
-        send(&st.links, city, &t);
+        send(out, &st.links, city, &t);
     }
 
     /// Times out unanswered transfers past their deadline, completes answered
@@ -354,9 +367,11 @@ impl Switchboard {
                 due.push((t.id.clone(), TransferState::TimedOut, "deadline"));
             }
         }
+        let mut out = Entry::default();
         for (id, to, reason) in due {
-            self.end(&mut st, &id, to, reason);
+            self.end(&mut st, &mut out, &id, to, reason);
         }
+        self.recorder.submit(out);
         let keep = KEEP_FINISHED.as_millis() as i64;
         st.finished.retain(|_, (_, at)| now - *at < keep);
     }

@@ -161,7 +161,7 @@ impl Window {
     }
 
     /// The four windows an instant counts in.
-    fn all_at(ms: i64) -> [Window; 4] {
+    pub(crate) fn all_at(ms: i64) -> [Window; 4] {
         [
             Window::ALL,
             Window::at(Grain::Hour, ms),
@@ -328,7 +328,7 @@ pub fn count(
 /// Buckets per doubling of a duration.
 const STEPS: f64 = 4.0;
 
-fn bucket_of(ms: i64) -> i64 {
+pub(crate) fn bucket_of(ms: i64) -> i64 {
     ((ms.max(0) as f64 + 1.0).log2() * STEPS).floor() as i64
 }
 

@@ -135,8 +135,7 @@ async fn load(path: &std::path::Path, want: u64) -> anyhow::Result<(u64, f64)> {
             batch.push((t, fate));
         }
         ledger
-            .db()
-            .write(move |c| gateway::ledger::bulk_load(c, batch, &policy()))
+            .write(move |w| gateway::ledger::bulk_load(w, batch))
             .await?;
         made += n as u64;
         if last_print.elapsed() > Duration::from_secs(5) || made == want {

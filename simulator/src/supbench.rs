@@ -208,15 +208,14 @@ pub async fn run(o: Options) -> anyhow::Result<Figures> {
             rows.push(t);
         }
         ledger
-            .db()
-            .write(move |c| {
+            .write(move |w| {
                 for t in rows {
-                    let (target, created) = write_ticket(c, &t, TicketStatus::Dispatched, now)?;
+                    let (target, created) = write_ticket(w.c, &t, TicketStatus::Dispatched, now)?;
                     let phone = t.citizen.as_ref().map(|c| c.phone.as_str()).unwrap_or("");
-                    let citizen = supervision::citizen_key(c, phone, &t.id)?;
+                    let citizen = supervision::citizen_key(w, phone, &t.id)?;
                     let fp = gateway::matter::fingerprint(&t.subject, &t.description, &t.location);
                     supervision::record(
-                        c,
+                        w,
                         &supervision::Report {
                             ticket_id: &t.id,
                             target: &target,
@@ -270,8 +269,7 @@ pub async fn run(o: Options) -> anyhow::Result<Figures> {
         let p = policy.clone();
         let t0 = Instant::now();
         ledger
-            .db()
-            .read(move |c| {
+            .write(move |w| {
                 let fp = gateway::matter::fingerprint(
                     &probe.subject,
                     &probe.description,
@@ -282,19 +280,18 @@ pub async fn run(o: Options) -> anyhow::Result<Figures> {
                     .as_ref()
                     .map(|c| c.phone.as_str())
                     .unwrap_or("");
-                let citizen = supervision::citizen_key(c, phone, &probe.id)?;
+                let citizen = supervision::citizen_key(w, phone, &probe.id)?;
                 let now = time::now_ms();
                 let found = supervision::find_match(
-                    c,
-                    &p,
+                    w,
                     &probe.target_cities[0],
                     &probe.category,
                     &fp,
                     now - supervision::horizon_ms(&p),
                 )?;
                 let root = found.map(|m| m.root).unwrap_or_else(|| probe.id.clone());
-                supervision::citizens_of(c, &root, now - 7 * DAY_MS)?;
-                supervision::reports_of(c, &citizen, now - 30 * DAY_MS)?;
+                supervision::citizens(w, &root, now - 7 * DAY_MS)?;
+                supervision::reports(w, &citizen, now - 30 * DAY_MS)?;
                 Ok::<_, gateway::GatewayError>(())
             })
             .await?;
