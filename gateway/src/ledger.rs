@@ -447,13 +447,7 @@ fn append(w: &mut Work<'_>, row: &mut Row, id: &str, event: &TicketEvent) -> Res
     let to = status_of(id, i64::from(event.status))?;
     let now = time::now_ms();
     let c = w.c;
-    c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            id,
-            event.seq as i64,
-            event.kind,
-            event.encode_to_vec()
-        ])?;
+    insert_event(c, event)?;
     let kind = EventKind::try_from(event.kind).unwrap_or(EventKind::Unspecified);
     let step = rules::step(row, kind, to, event.satisfaction, now, w.p);
     apply(w, id, &step.row, step.effects, now)?;
@@ -686,23 +680,6 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
         }
     }
 
-    c.prepare_cached(
-        "INSERT INTO tickets (id, origin, handler, parent_id, category, urgent, status, seq, body, created_ms, updated_ms, kind)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11)",
-    )?
-    .execute(params![
-        id,
-        ticket.origin_city,
-        target,
-        (!ticket.parent_id.is_empty()).then_some(&ticket.parent_id),
-        ticket.category,
-        urgent,
-        TicketStatus::Pending as i32,
-        body,
-        created_ms,
-        now,
-        ticket.kind
-    ])?;
     let mut created = created.unwrap_or_else(|| {
         state::event(
             &id,
@@ -713,12 +690,6 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
         )
     });
     created.status = TicketStatus::Pending as i32;
-    c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, 1, ?2, ?3)")?
-        .execute(params![
-            id,
-            EventKind::Created as i32,
-            created.encode_to_vec()
-        ])?;
 
     let mut row = Row {
         origin: ticket.origin_city.clone(),
@@ -739,9 +710,15 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
         .as_ref()
         .map(|m| m.root.clone())
         .unwrap_or_else(|| id.clone());
+    let parent = (!ticket.parent_id.is_empty()).then_some(ticket.parent_id.as_str());
+    // The ticket's row is written once, as the step leaves it.
     let (answer, mut wake, handler) = match merge_into {
         Some((into, primary)) => {
-            let (event, wake) = merge(w, &ticket, &mut row, &into, &primary, now)?;
+            row.status = TicketStatus::Merged;
+            row.seq = 2;
+            insert_ticket(c, &id, &row, parent, &body, now)?;
+            insert_event(c, &created)?;
+            let (event, wake) = merge(w, &ticket, &row, &into, &primary, now)?;
             (event, wake, primary.handler)
         }
         None => {
@@ -757,7 +734,32 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
                 TicketStatus::Dispatched,
             );
             dispatched.city = target.clone();
-            append(w, &mut row, &id, &dispatched)?;
+            let step = rules::step(
+                &row,
+                EventKind::Dispatched,
+                TicketStatus::Dispatched,
+                0,
+                now,
+                w.p,
+            );
+            row = step.row;
+            row.seq = 2;
+            insert_ticket(c, &id, &row, parent, &body, now)?;
+            insert_event(c, &created)?;
+            insert_event(c, &dispatched)?;
+            apply(w, &id, &row, step.effects, now)?;
+            w.st.fold.flow(
+                now,
+                flow::ticket(
+                    TicketSide {
+                        origin: &row.origin,
+                        handler: &row.handler,
+                        category: &row.category,
+                        urgent: row.urgent,
+                    },
+                    &dispatched,
+                ),
+            );
             // The ticket as the ledger now holds it, without reading it back.
             let mut held = ticket.clone();
             held.handling_city = row.handler.clone();
@@ -796,13 +798,60 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
     Ok((answer, wake))
 }
 
+/// Writes a new ticket's row as its first step leaves it.
+fn insert_ticket(
+    c: &Connection,
+    id: &str,
+    row: &Row,
+    parent: Option<&str>,
+    body: &[u8],
+    now: i64,
+) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO tickets (id, origin, handler, parent_id, category, urgent, status, seq, body,
+           created_ms, updated_ms, kind, due_ms, overdue, stage, resolve_due_ms, late_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+    )?
+    .execute(params![
+        id,
+        row.origin,
+        row.handler,
+        parent,
+        row.category,
+        row.urgent,
+        row.status as i32,
+        row.seq as i64,
+        body,
+        row.created_ms,
+        now,
+        row.kind,
+        row.due_ms,
+        row.overdue,
+        row.stage,
+        row.resolve_due_ms,
+        row.late_ms
+    ])?;
+    Ok(())
+}
+
+fn insert_event(c: &Connection, e: &TicketEvent) -> Result<()> {
+    c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            e.ticket_id,
+            e.seq as i64,
+            e.kind,
+            e.encode_to_vec()
+        ])?;
+    Ok(())
+}
+
 /// Links a report to the open ticket about the same matter instead of
 /// dispatching it (合并派单): the report ends MERGED at seq 2; the ticket's
 /// origin and handler are sent the linked report.
 fn merge(
     w: &mut Work<'_>,
     ticket: &Ticket,
-    row: &mut Row,
+    row: &Row,
     into: &str,
     primary: &Row,
     now: i64,
@@ -811,15 +860,7 @@ fn merge(
     let id = &ticket.id;
     let mut merged = state::event(id, 2, EventKind::Merged, "gateway", TicketStatus::Merged);
     merged.linked_ticket_id = into.to_owned();
-    c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            id,
-            2,
-            EventKind::Merged as i32,
-            merged.encode_to_vec()
-        ])?;
-    c.prepare_cached("UPDATE tickets SET status = ?2, seq = 2, updated_ms = ?3 WHERE id = ?1")?
-        .execute(params![id, TicketStatus::Merged as i32, now])?;
+    insert_event(c, &merged)?;
     let fold = &mut w.st.fold;
     fold.status(&row.origin, SENT, None, Some(TicketStatus::Merged));
     fold.count(
@@ -838,8 +879,6 @@ fn merge(
         &row.origin,
         1,
     );
-    row.status = TicketStatus::Merged;
-    row.seq = 2;
     fold.flow(
         now,
         flow::ticket(

@@ -551,6 +551,8 @@ pub fn record(
         merged_into: r.merged_into.map(str::to_owned),
         citizen: r.citizen.to_owned(),
     });
+    // The rules this report sets off count it.
+    w.publish();
     Ok(())
 }
 

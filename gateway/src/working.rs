@@ -207,6 +207,14 @@ impl<'a> Work<'a> {
     pub fn finish(self) {
         self.w.absorb(self.st);
     }
+
+    /// Hands what this write staged so far to the working set now, so that
+    /// the write's next lookups see it (a report counts for the rules it
+    /// sets off). Taken back with the write if it fails
+    /// ([`hotline_durable::db::Hooks::write_failed`]).
+    pub fn publish(&mut self) {
+        self.w.absorb(std::mem::take(&mut self.st));
+    }
 }
 
 /// A recent report the new one matches.
