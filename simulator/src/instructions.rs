@@ -11,6 +11,15 @@
 //! DELIVERED event to the origin — without start-up and shutdown. Timers
 //! (sweeps, idle workers) add instructions in proportion to wall time, a
 //! few hundred thousand a second against some millions per ticket.
+//!
+//! Two workloads ([`Workload`]): `distinct`, the simulator's matters each
+//! its own (a place, words of their own: the merge detector searches and
+//! finds nothing), and `same-matter`, every report the same matter at the
+//! same place in other words (多人一诉, the detector's worst case: every
+//! report after the first is merged into it and set against the
+//! many-reports rule). A merged report counts once the gateway has linked
+//! it (the `linked` figure of the target), a dispatched one once the target
+//! has committed it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,18 +32,77 @@ use hotline_proto::pb::federation_client::FederationClient;
 use hotline_proto::pb::observatory_client::ObservatoryClient;
 use serde::Serialize;
 
-use crate::peers::{ORIGIN, TARGET, new_ticket, received};
+use crate::matters::Matter;
+use crate::peers::{ORIGIN, TARGET, new_ticket};
 use crate::spawn::Spawned;
 
-#[derive(Debug, Serialize)]
+/// What the dispatched tickets say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Each ticket its own matter.
+    Distinct,
+    /// Every ticket the same matter, in other words.
+    SameMatter,
+    /// Both, one after the other.
+    Both,
+}
+
+#[derive(Debug, Default, Serialize)]
 pub struct Instructions {
     pub tickets: u64,
-    /// Callgrind's total for N and for 2N tickets, per repetition.
+    /// Callgrind's total for N and for 2N tickets, per repetition
+    /// (distinct matters).
     pub totals: Vec<(u64, u64)>,
-    /// (I(2N) − I(N)) / N, per repetition.
+    /// (I(2N) − I(N)) / N, per repetition, distinct matters.
     pub per_ticket: Vec<f64>,
     /// The largest difference between repetitions, relative to their mean.
     pub spread: f64,
+    /// The same for the same-matter workload, when run.
+    pub same_matter_totals: Vec<(u64, u64)>,
+    pub same_matter_per_ticket: Vec<f64>,
+    pub same_matter_spread: f64,
+}
+
+/// The `i`th ticket of a workload: the same sequence in every run.
+fn ticket(workload: Workload, i: u64) -> hotline_proto::pb::Ticket {
+    use rand::SeedableRng;
+    let mut t = new_ticket();
+    let told = match workload {
+        Workload::SameMatter => {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let matter = Matter::numbered(&mut rng, 18);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(i);
+            matter.retold(&mut rng)
+        }
+        _ => {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(i);
+            Matter::numbered(&mut rng, u32::try_from(i % 9_000 + 1).unwrap_or(1)).told()
+        }
+    };
+    t.subject = told.subject;
+    t.description = told.description;
+    t.location = told.place;
+    t
+}
+
+/// Reports the target has received or had linked to a ticket it holds.
+async fn settled(
+    observatory: &ObservatoryClient<tonic::transport::Channel>,
+) -> anyhow::Result<u64> {
+    let c = observatory
+        .clone()
+        .get_city_stats(hotline_proto::pb::GetCityStatsRequest {
+            city: TARGET.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .cities
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    Ok(c.received + c.linked)
 }
 
 /// Callgrind's total instruction count from its output file.
@@ -51,7 +119,7 @@ fn total(out: &Path) -> anyhow::Result<u64> {
         .context("callgrind output without a total")
 }
 
-async fn one_run(n: u64, keep: Option<&Path>) -> anyhow::Result<u64> {
+async fn one_run(n: u64, workload: Workload, keep: Option<&Path>) -> anyhow::Result<u64> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("callgrind.out");
     let prefix = vec![
@@ -83,18 +151,18 @@ async fn one_run(n: u64, keep: Option<&Path>) -> anyhow::Result<u64> {
     let channel = fed.channel(fed.gateway, &Identity::Gateway, &Identity::Gateway)?;
     let federation = FederationClient::new(channel.clone());
     let observatory = ObservatoryClient::new(channel);
-    let before = received(&observatory).await?;
-    for _ in 0..n {
+    let before = settled(&observatory).await?;
+    for i in 0..n {
         federation
             .clone()
             .dispatch_ticket(DispatchTicketRequest {
                 city: ORIGIN.into(),
-                ticket: Some(new_ticket()),
+                ticket: Some(ticket(workload, i)),
             })
             .await?;
     }
     let deadline = Instant::now() + Duration::from_secs(600);
-    while received(&observatory).await? - before < n {
+    while settled(&observatory).await? - before < n {
         if Instant::now() > deadline {
             bail!("the target did not commit {n} tickets in time");
         }
@@ -113,42 +181,55 @@ async fn one_run(n: u64, keep: Option<&Path>) -> anyhow::Result<u64> {
 pub async fn run(
     tickets: u64,
     repeat: usize,
+    workload: Workload,
     report: Option<&Path>,
     keep: Option<&Path>,
 ) -> anyhow::Result<Instructions> {
     if which_valgrind().is_none() {
         bail!("valgrind is not installed (apt-get install valgrind)");
     }
-    let mut totals = Vec::new();
-    let mut per_ticket = Vec::new();
-    for rep in 0..repeat {
-        let one = one_run(tickets, None).await?;
-        let two = one_run(2 * tickets, keep).await?;
-        let per = two.saturating_sub(one) as f64 / tickets as f64;
-        println!(
-            "[{}/{repeat}] {tickets} tickets: {one} instructions; {}: {two}; {per:.0} per ticket",
-            rep + 1,
-            2 * tickets
-        );
-        totals.push((one, two));
-        per_ticket.push(per);
-    }
-    let mean = per_ticket.iter().sum::<f64>() / per_ticket.len().max(1) as f64;
-    let spread = per_ticket
-        .iter()
-        .map(|p| (p - mean).abs() / mean.max(1.0))
-        .fold(0.0, f64::max)
-        * 2.0;
-    let r = Instructions {
+    let mut r = Instructions {
         tickets,
-        totals,
-        per_ticket,
-        spread,
+        ..Default::default()
     };
-    println!(
-        "gateway: {mean:.0} instructions per dispatched ticket (spread {:.2}%)",
-        100.0 * r.spread
-    );
+    for w in [Workload::Distinct, Workload::SameMatter] {
+        if workload != Workload::Both && workload != w {
+            continue;
+        }
+        let mut totals = Vec::new();
+        let mut per_ticket = Vec::new();
+        for rep in 0..repeat {
+            let one = one_run(tickets, w, None).await?;
+            let two = one_run(2 * tickets, w, keep).await?;
+            let per = two.saturating_sub(one) as f64 / tickets as f64;
+            println!(
+                "[{}/{repeat}] {w:?}: {tickets} tickets: {one} instructions; {}: {two}; {per:.0} per ticket",
+                rep + 1,
+                2 * tickets
+            );
+            totals.push((one, two));
+            per_ticket.push(per);
+        }
+        let mean = per_ticket.iter().sum::<f64>() / per_ticket.len().max(1) as f64;
+        let spread = per_ticket
+            .iter()
+            .map(|p| (p - mean).abs() / mean.max(1.0))
+            .fold(0.0, f64::max)
+            * 2.0;
+        println!(
+            "gateway, {w:?}: {mean:.0} instructions per dispatched ticket (spread {:.2}%)",
+            100.0 * spread
+        );
+        if w == Workload::Distinct {
+            (r.totals, r.per_ticket, r.spread) = (totals, per_ticket, spread);
+        } else {
+            (
+                r.same_matter_totals,
+                r.same_matter_per_ticket,
+                r.same_matter_spread,
+            ) = (totals, per_ticket, spread);
+        }
+    }
     if let Some(path) = report {
         std::fs::write(path, serde_json::to_string_pretty(&r)?)?;
         println!("report: {}", path.display());

@@ -166,6 +166,10 @@ enum Command {
         tickets: u64,
         #[arg(long, default_value_t = 2)]
         repeat: usize,
+        /// What the tickets say: each its own matter, every one the same
+        /// matter (多人一诉, merged), or both runs.
+        #[arg(long, value_enum, default_value = "both")]
+        workload: simulator::instructions::Workload,
         /// Write the JSON figures here.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
@@ -309,6 +313,7 @@ fn main() -> ExitCode {
         Command::BenchInstructions {
             tickets,
             repeat,
+            workload,
             report,
             keep,
         } => {
@@ -319,6 +324,7 @@ fn main() -> ExitCode {
             finished(runtime.block_on(simulator::instructions::run(
                 tickets,
                 repeat,
+                workload,
                 report.as_deref(),
                 keep.as_deref(),
             )))
