@@ -80,7 +80,7 @@ impl Sender for NodeSender {
                 };
                 let p = self.policy.clone();
                 let working = self.working.clone();
-                match client.deliver_ticket(hotline_telemetry::traced(req)).await {
+                match client.deliver_ticket(hotline_telemetry::traced(*req)).await {
                     Ok(_) => {
                         // Rung a moment before the commit: watchers also look
                         // again on their own a little later.

@@ -521,7 +521,7 @@ fn subject_of(c: &Connection, id: &str) -> Result<String> {
 pub enum Message {
     /// A ticket to its handler, with the DELIVERED event it will have once
     /// the handler commits it.
-    DeliverTicket(DeliverTicketRequest),
+    DeliverTicket(Box<DeliverTicketRequest>),
     /// An event to the other side of a ticket.
     DeliverEvent(DeliverEventRequest),
     /// A report merged into a ticket, to its origin and handler.
@@ -549,9 +549,9 @@ impl Message {
     pub fn decode(kind: &str, payload: &[u8]) -> std::result::Result<Self, String> {
         let bad = |e: prost::DecodeError| format!("payload does not decode: {e}");
         match kind {
-            DELIVER_TICKET => Ok(Message::DeliverTicket(
+            DELIVER_TICKET => Ok(Message::DeliverTicket(Box::new(
                 DeliverTicketRequest::decode(payload).map_err(bad)?,
-            )),
+            ))),
             DELIVER_EVENT => Ok(Message::DeliverEvent(
                 DeliverEventRequest::decode(payload).map_err(bad)?,
             )),
@@ -595,9 +595,9 @@ fn enqueue_delivery(c: &Connection, id: &str, row: &Row, known: Option<Ticket>) 
     ticket.history.push(delivered);
     ticket.status = TicketStatus::Delivered as i32;
     ticket.seq = row.seq + 1;
-    let m = Message::DeliverTicket(DeliverTicketRequest {
+    let m = Message::DeliverTicket(Box::new(DeliverTicketRequest {
         ticket: Some(ticket),
-    });
+    }));
     send(c, &row.handler, id, &m, row.urgent)
 }
 
@@ -1459,7 +1459,8 @@ mod tests {
             .await
             .unwrap();
         // Each step its own commit: the counts are written at commit.
-        let step = |f: Box<dyn FnOnce(&mut Work<'_>) -> Result<usize> + Send>| {
+        type Step = Box<dyn FnOnce(&mut Work<'_>) -> Result<usize> + Send>;
+        let step = |f: Step| {
             let ledger = ledger.clone();
             async move {
                 ledger.write(f).await.unwrap();
