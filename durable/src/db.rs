@@ -472,7 +472,15 @@ fn writer(
             }
         }
         let n = batch.len() as u64;
-        if let Err(e) = conn.execute_batch(begin) {
+        // Prepared once on SQLite, not parsed for every batch.
+        let run = |sql: &str| -> Result<(), sql::Error> {
+            if conn.is_postgres() {
+                conn.execute_batch(sql)
+            } else {
+                conn.prepare_cached(sql)?.execute(()).map(|_| ())
+            }
+        };
+        if let Err(e) = run(begin) {
             // The jobs never ran: dropping them tells each caller the write
             // did not happen.
             tracing::error!(error = %e, "cannot begin a transaction");
@@ -492,7 +500,7 @@ fn writer(
         let completions: Vec<Completion> = batch.drain(..).map(|job| job(&conn, hooks)).collect();
         let committed = catch_unwind(AssertUnwindSafe(|| hooks.before_commit(&conn)))
             .unwrap_or(Err(DbError::Panicked))
-            .and_then(|()| conn.execute_batch("COMMIT").map_err(DbError::from));
+            .and_then(|()| run("COMMIT").map_err(DbError::from));
         hooks.after_commit(committed.is_ok());
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");

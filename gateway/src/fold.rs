@@ -226,25 +226,18 @@ impl Fold {
 /// `width` values a row, in chunks of [`CHUNKS`].
 fn upsert<R>(
     c: &Connection,
-    table: &str,
-    conflict: &str,
+    table: &'static str,
+    conflict: &'static str,
     width: usize,
     rows: &[R],
     values: impl Fn(&R) -> Vec<&dyn ToSql>,
 ) -> Result<(), GatewayError> {
-    write_rows(
-        c,
-        table,
-        &format!(" ON CONFLICT {conflict}"),
-        width,
-        rows,
-        values,
-    )
+    write_rows(c, table, conflict, width, rows, values)
 }
 
 fn insert<R>(
     c: &Connection,
-    table: &str,
+    table: &'static str,
     width: usize,
     rows: &[R],
     values: impl Fn(&R) -> Vec<&dyn ToSql>,
@@ -252,10 +245,17 @@ fn insert<R>(
     write_rows(c, table, "", width, rows, values)
 }
 
+thread_local! {
+    /// The statements' texts, made once per table and size (the writer is
+    /// one thread).
+    static TEXTS: std::cell::RefCell<HashMap<(&'static str, usize), std::rc::Rc<str>>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
 fn write_rows<R>(
     c: &Connection,
-    table: &str,
-    tail: &str,
+    table: &'static str,
+    conflict: &'static str,
     width: usize,
     rows: &[R],
     values: impl Fn(&R) -> Vec<&dyn ToSql>,
@@ -268,7 +268,19 @@ fn write_rows<R>(
             .find(|s| *s <= rest.len())
             .unwrap_or(1);
         let (chunk, after) = rest.split_at(size);
-        let sql = statement(table, tail, width, size);
+        let sql = TEXTS.with(|t| {
+            t.borrow_mut()
+                .entry((table, size))
+                .or_insert_with(|| {
+                    let tail = if conflict.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ON CONFLICT {conflict}")
+                    };
+                    statement(table, &tail, width, size).into()
+                })
+                .clone()
+        });
         let params: Vec<&dyn ToSql> = chunk.iter().flat_map(&values).collect();
         c.prepare_cached(&sql)?.execute(params.as_slice())?;
         rest = after;
