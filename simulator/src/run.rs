@@ -526,6 +526,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         true,
     )
     .await?;
+    // The settling above waits for tickets, transfers and figures, not for
+    // each event to have reached the ticket's other side: one may still be
+    // in the gateway's outbox, in its backoff after a kill or a stall of
+    // that city. Within the drain, wait until the copies agree; one that
+    // never arrives is still a violation below.
+    let agree_by = std::time::Instant::now() + opts.drain.max(Duration::from_secs(15));
+    while std::time::Instant::now() < agree_by {
+        let behind = invariants::holdings(&nodes, &gateway, &snapshot, true).await?;
+        if !behind.iter().any(|v| v.invariant == "events-in-order") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let mut found = violations.lock().map(|v| v.clone()).unwrap_or_default();
     found.extend(invariants::at_end(&figures_report, &nodes, &gateway, &snapshot).await?);
     let (broken, escalations) =
