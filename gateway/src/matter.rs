@@ -117,6 +117,57 @@ pub fn place_similarity(a: &str, b: &str) -> f64 {
     x.intersection(&y).count() as f64 / union as f64
 }
 
+/// A normalised place made ready for comparing: its bigrams sorted, and the
+/// key of its house numbers. [`Place::similarity`] equals
+/// [`place_similarity`] without an allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub text: String,
+    grams: Vec<(char, char)>,
+    numbers: i64,
+}
+
+impl Place {
+    pub fn of(normalised: &str) -> Self {
+        Self {
+            text: normalised.to_owned(),
+            grams: bigrams(normalised).into_iter().collect(),
+            numbers: numbers_key(normalised),
+        }
+    }
+
+    pub fn similarity(&self, other: &Place) -> f64 {
+        if self.text.is_empty() || other.text.is_empty() {
+            return 0.0;
+        }
+        if self.text == other.text {
+            return 1.0;
+        }
+        if self.numbers != 0 && other.numbers != 0 && self.numbers != other.numbers {
+            return 0.0;
+        }
+        // Both sorted: count the common bigrams in one pass.
+        let (a, b) = (&self.grams, &other.grams);
+        let (mut i, mut j, mut common) = (0, 0, 0);
+        while i < a.len() && j < b.len() {
+            match a[i].cmp(&b[j]) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    common += 1;
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        let union = a.len() + b.len() - common;
+        if union == 0 {
+            return 1.0;
+        }
+        common as f64 / union as f64
+    }
+}
+
 /// A key of the house numbers of a normalised place (0 when it has none):
 /// two places whose keys are both set and differ are two places, which a
 /// lookup can tell without reading either report.
@@ -228,5 +279,24 @@ mod tests {
         );
         assert_eq!(place_similarity("", ""), 0.0);
         assert_eq!(place_similarity("江阳区", ""), 0.0);
+        // The prepared form gives the same figures.
+        let places = [
+            "江阳区春雨路3号",
+            "江阳区春雨路3号附近",
+            "纳溪区永宁路88号",
+            "江阳区春雨路13号",
+            "江阳区",
+            "",
+        ];
+        for a in places {
+            for b in places {
+                let (x, y) = (p(a), p(b));
+                assert_eq!(
+                    Place::of(&x).similarity(&Place::of(&y)),
+                    place_similarity(&x, &y),
+                    "{a} ~ {b}"
+                );
+            }
+        }
     }
 }

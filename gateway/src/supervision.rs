@@ -547,6 +547,7 @@ pub fn record(
         created_ms: r.created_ms,
         signature: r.fingerprint.signature,
         place: r.fingerprint.place.clone(),
+        prepared: matter::Place::of(&r.fingerprint.place),
         root: r.root.to_owned(),
         merged_into: r.merged_into.map(str::to_owned),
         citizen: r.citizen.to_owned(),

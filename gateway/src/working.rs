@@ -43,6 +43,8 @@ pub struct Recent {
     pub created_ms: i64,
     pub signature: [u32; K],
     pub place: String,
+    /// The place ready for comparing (made from `place`).
+    pub prepared: matter::Place,
     pub root: String,
     pub merged_into: Option<String>,
     pub citizen: String,
@@ -332,6 +334,7 @@ impl Working {
         }
         let inner = self.lock();
         let num = matter::numbers_key(&fp.place);
+        let place = matter::Place::of(&fp.place);
         let mut seen = BTreeSet::new();
         let mut best: Option<Match> = None;
         for key in matter::band_keys(target, category, &fp.signature) {
@@ -355,9 +358,7 @@ impl Working {
                     continue;
                 }
                 let score = matter::similarity(&fp.signature, &r.signature);
-                if score < text_similarity
-                    || matter::place_similarity(&fp.place, &r.place) < place_similarity
-                {
+                if score < text_similarity || place.similarity(&r.prepared) < place_similarity {
                     continue;
                 }
                 let better = best.as_ref().is_none_or(|b| {
@@ -471,6 +472,7 @@ fn read_recent(r: &hotline_durable::sql::Row<'_>) -> hotline_durable::sql::Resul
     let Some(signature) = matter::decode(&signature) else {
         return Ok(None);
     };
+    let place: String = r.get(6)?;
     Ok(Some(Recent {
         w: r.get(0)?,
         ticket_id: r.get(1)?,
@@ -478,7 +480,8 @@ fn read_recent(r: &hotline_durable::sql::Row<'_>) -> hotline_durable::sql::Resul
         category: r.get(3)?,
         created_ms: r.get(4)?,
         signature,
-        place: r.get(6)?,
+        prepared: matter::Place::of(&place),
+        place,
         root: r.get(7)?,
         merged_into: r.get(8)?,
         citizen: r.get(9)?,
@@ -563,6 +566,7 @@ mod tests {
             category: "water".into(),
             created_ms,
             signature: fp.signature,
+            prepared: matter::Place::of(&fp.place),
             place: fp.place,
             root: id.into(),
             merged_into: None,

@@ -243,3 +243,35 @@ fn which_valgrind() -> Option<std::path::PathBuf> {
         .map(|d| d.join("valgrind"))
         .find(|p| p.exists())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_same_matter_workload_is_one_matter_and_the_distinct_one_is_not() {
+        let first = ticket(Workload::SameMatter, 0);
+        let fp = |t: &hotline_proto::pb::Ticket| {
+            gateway::matter::fingerprint(&t.subject, &t.description, &t.location)
+        };
+        let a = fp(&first);
+        let mut scores = Vec::new();
+        for i in 1..50 {
+            let t = ticket(Workload::SameMatter, i);
+            assert!(t.location.contains("18号"), "{}", t.location);
+            scores.push(gateway::matter::similarity(&a.signature, &fp(&t).signature));
+        }
+        // Told again in other words: some close enough for the detector,
+        // some not (those are dispatched anew, and fill the bucket).
+        assert!(scores.iter().any(|s| *s >= 0.5), "{scores:?}");
+        assert!(scores.iter().any(|s| *s < 0.5), "{scores:?}");
+        assert_eq!(
+            ticket(Workload::SameMatter, 3).description,
+            ticket(Workload::SameMatter, 3).description
+        );
+        let other = ticket(Workload::Distinct, 1);
+        assert_ne!(other.location, ticket(Workload::Distinct, 2).location);
+    }
+}
