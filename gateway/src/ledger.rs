@@ -470,19 +470,20 @@ fn append(w: &mut Work<'_>, row: &mut Row, id: &str, event: &TicketEvent) -> Res
         row.late_ms,
         row.handler
     ])?;
-    w.st.fold.flow(
-        now,
-        flow::ticket(
-            TicketSide {
-                origin: &row.origin,
-                handler: &row.handler,
-                category: &row.category,
-                urgent: row.urgent,
-            },
-            event,
-        ),
-    );
+    flow_entry(w, row, event, now);
     Ok(())
+}
+
+/// The flow log's entry of an event of the ticket `row` (folded with the
+/// commit).
+fn flow_entry(w: &mut Work<'_>, row: &Row, event: &TicketEvent, now: i64) {
+    let side = TicketSide {
+        origin: &row.origin,
+        handler: &row.handler,
+        category: &row.category,
+        urgent: row.urgent,
+    };
+    w.st.fold.flow(now, flow::ticket(side, event));
 }
 
 fn escalate_long_unresolved(w: &mut Work<'_>, id: &str, row: &Row, now: i64) -> Result<()> {
@@ -748,18 +749,7 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
             insert_event(c, &created)?;
             insert_event(c, &dispatched)?;
             apply(w, &id, &row, step.effects, now)?;
-            w.st.fold.flow(
-                now,
-                flow::ticket(
-                    TicketSide {
-                        origin: &row.origin,
-                        handler: &row.handler,
-                        category: &row.category,
-                        urgent: row.urgent,
-                    },
-                    &dispatched,
-                ),
-            );
+            flow_entry(w, &row, &dispatched, now);
             // The ticket as the ledger now holds it, without reading it back.
             let mut held = ticket.clone();
             held.handling_city = row.handler.clone();

@@ -9,9 +9,8 @@
 
 use std::collections::HashMap;
 
-use hotline_durable::sql::{Connection, params};
-use hotline_proto::pb::{CategoryFigures, CityStats, TicketStatus};
-use hotline_proto::state::status_key;
+use hotline_durable::sql::Connection;
+use hotline_proto::pb::{CategoryFigures, CityStats};
 
 use crate::error::GatewayError;
 use crate::windows::{self, Duration, Histogram, Metric, Window};
@@ -37,47 +36,6 @@ CREATE TABLE city_status (
 
 pub const SENT: &str = "sent";
 pub const RECEIVED: &str = "received";
-
-/// Moves one ticket of `city`'s `direction` from status `from` to `to`
-/// (either may be absent: a ticket arriving or leaving).
-pub fn move_status(
-    conn: &Connection,
-    city: &str,
-    direction: &str,
-    from: Option<TicketStatus>,
-    to: Option<TicketStatus>,
-) -> Result<(), GatewayError> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO city_status (city, direction, status, n) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (city, direction, status) DO UPDATE SET n = city_status.n + excluded.n",
-    )?;
-    if let Some(from) = from {
-        stmt.execute(params![city, direction, status_key(from), -1])?;
-    }
-    if let Some(to) = to {
-        stmt.execute(params![city, direction, status_key(to), 1])?;
-    }
-    Ok(())
-}
-
-/// Moves one ticket from status `from` to `to` at once for the city that
-/// sent it and the city that handles it: one statement, four rows.
-pub fn move_both(
-    conn: &Connection,
-    origin: &str,
-    handler: &str,
-    from: TicketStatus,
-    to: TicketStatus,
-) -> Result<(), GatewayError> {
-    conn.prepare_cached(
-        "INSERT INTO city_status (city, direction, status, n) VALUES
-           (?1, 'sent', ?3, -1), (?1, 'sent', ?4, 1),
-           (?2, 'received', ?3, -1), (?2, 'received', ?4, 1)
-         ON CONFLICT (city, direction, status) DO UPDATE SET n = city_status.n + excluded.n",
-    )?
-    .execute(params![origin, handler, status_key(from), status_key(to)])?;
-    Ok(())
-}
 
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }

@@ -284,47 +284,6 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (y, m, d)
 }
 
-/// Runs `sql`, an upsert of four rows whose parameters ?1–?8 are the grain
-/// and period of each window of the instant `at_ms` and ?9–?13 are `rest`.
-fn in_four_windows(
-    c: &Connection,
-    sql: &str,
-    at_ms: i64,
-    rest: [&dyn hotline_durable::sql::ToSql; 5],
-) -> Result<(), GatewayError> {
-    let w = Window::all_at(at_ms);
-    let grains = w.map(|w| w.grain as i64);
-    let mut all: Vec<&dyn hotline_durable::sql::ToSql> = Vec::with_capacity(13);
-    for (g, w) in grains.iter().zip(&w) {
-        all.push(g);
-        all.push(&w.period);
-    }
-    all.extend(rest);
-    c.prepare_cached(sql)?.execute(all.as_slice())?;
-    Ok(())
-}
-
-/// Adds `n` to a count in the four windows of the instant `at_ms`.
-pub fn count(
-    c: &Connection,
-    at_ms: i64,
-    city: &str,
-    category: &str,
-    metric: Metric,
-    detail: &str,
-    n: i64,
-) -> Result<(), GatewayError> {
-    in_four_windows(
-        c,
-        "INSERT INTO window_counts (grain, period, city, category, metric, detail, n) VALUES
-           (?1, ?2, ?9, ?10, ?11, ?12, ?13), (?3, ?4, ?9, ?10, ?11, ?12, ?13),
-           (?5, ?6, ?9, ?10, ?11, ?12, ?13), (?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT (grain, period, city, category, metric, detail) DO UPDATE SET n = window_counts.n + excluded.n",
-        at_ms,
-        [&city, &category, &(metric as i64), &detail, &n],
-    )
-}
-
 /// Buckets per doubling of a duration.
 const STEPS: f64 = 4.0;
 
@@ -335,26 +294,6 @@ pub(crate) fn bucket_of(ms: i64) -> i64 {
 /// The middle of a bucket (geometrically), in milliseconds.
 fn value_of(bucket: i64) -> f64 {
     ((bucket as f64 + 0.5) / STEPS).exp2() - 1.0
-}
-
-/// Records one duration in the four windows of the instant `at_ms`.
-pub fn observe(
-    c: &Connection,
-    at_ms: i64,
-    city: &str,
-    category: &str,
-    what: Duration,
-    ms: i64,
-) -> Result<(), GatewayError> {
-    in_four_windows(
-        c,
-        "INSERT INTO window_hist (grain, period, city, category, metric, bucket, n) VALUES
-           (?1, ?2, ?9, ?10, ?11, ?12, ?13), (?3, ?4, ?9, ?10, ?11, ?12, ?13),
-           (?5, ?6, ?9, ?10, ?11, ?12, ?13), (?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT (grain, period, city, category, metric, bucket) DO UPDATE SET n = window_hist.n + excluded.n",
-        at_ms,
-        [&city, &category, &(what as i64), &bucket_of(ms), &1i64],
-    )
 }
 
 /// A histogram: bucket → how many.
@@ -543,19 +482,28 @@ mod tests {
         let c = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
         c.execute_batch(SCHEMA).unwrap();
         let ms = 1_795_624_200_000;
-        count(&c, ms, "luzhou", "education", Metric::Sent, "yibin", 1).unwrap();
-        count(&c, ms, "luzhou", "education", Metric::Sent, "yibin", 1).unwrap();
-        count(
-            &c,
+        let mut f = crate::fold::Fold::default();
+        f.count(ms, "luzhou", "education", Metric::Sent, "yibin", 1);
+        f.count(ms, "luzhou", "education", Metric::Sent, "yibin", 1);
+        f.count(
             ms + DAY_MS,
             "luzhou",
             "education",
             Metric::Sent,
             "zigong",
             1,
+        );
+        f.observe(ms, "luzhou", "education", Duration::ToAccept, 1_000);
+        c.execute_batch(
+            "CREATE TABLE city_status (city TEXT, direction TEXT, status TEXT, n INTEGER,
+               PRIMARY KEY (city, direction, status));
+             CREATE TABLE overdue_open (city TEXT, category TEXT, n INTEGER, PRIMARY KEY (city, category));
+             CREATE TABLE matter_months (month INTEGER, city TEXT, root TEXT, n INTEGER,
+               PRIMARY KEY (month, city, root));
+             CREATE TABLE flow_log (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, body BLOB NOT NULL);",
         )
         .unwrap();
-        observe(&c, ms, "luzhou", "education", Duration::ToAccept, 1_000).unwrap();
+        f.flush(&c).unwrap();
         let key = ("luzhou".to_string(), "education".to_string());
         let all = read(&c, Window::ALL, None).unwrap();
         assert_eq!(all[&key].get(Metric::Sent), 3);
