@@ -144,7 +144,11 @@ impl Ledger {
         catalogue: Arc<Catalogue>,
         policy: Policy,
     ) -> Result<Self> {
-        let working = Arc::new(Working::default());
+        let scope = match store {
+            hotline_durable::Store::Postgres { schema, .. } => schema.as_str(),
+            hotline_durable::Store::Sqlite(_) => "",
+        };
+        let working = Arc::new(Working::new(scope));
         let db = Db::open_with_hooks(
             store,
             &[

@@ -89,6 +89,10 @@ enum Undo {
 #[derive(Default)]
 pub struct Working {
     inner: Mutex<Inner>,
+    /// What the bucket locks of a shared store are keyed by besides the
+    /// bucket (its schema): advisory locks are the database's, and two
+    /// ledgers in one database must not wait for each other.
+    scope: String,
 }
 
 /// What one write adds to the working set once it has done its SQL.
@@ -230,6 +234,14 @@ pub struct Match {
 }
 
 impl Working {
+    /// The working set of a ledger whose bucket locks are keyed by `scope`.
+    pub fn new(scope: &str) -> Self {
+        Self {
+            inner: Mutex::default(),
+            scope: scope.to_owned(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         match self.inner.lock() {
             Ok(g) => g,
@@ -290,7 +302,7 @@ impl Working {
     /// committed since this one last looked, after locking that bucket for
     /// the rest of the transaction. Only on a shared store.
     pub fn tail(&self, c: &Connection, target: &str, category: &str) -> Result<(), GatewayError> {
-        let key = hotline_durable::lease::key(&format!("merge/{target}"), category);
+        let key = hotline_durable::lease::key(&self.scope, &format!("merge/{target}/{category}"));
         c.execute("SELECT pg_advisory_xact_lock(?1)", [key])?;
         let since = self
             .lock()

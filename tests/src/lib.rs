@@ -417,6 +417,20 @@ impl Federation {
         FederationClient::new(self.channel_as(&Identity::City(city.into()), &Identity::Gateway))
     }
 
+    /// The Federation service of gateway replica `i`, as `city`'s node
+    /// calls it.
+    pub fn federation_at(&self, i: usize, city: &str) -> FederationClient<Channel> {
+        FederationClient::new(
+            self.pki
+                .channel(
+                    self.replicas[i].addr,
+                    &Identity::City(city.into()),
+                    &Identity::Gateway,
+                )
+                .unwrap(),
+        )
+    }
+
     /// Every process's log, for a failing test's message.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -576,4 +590,86 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or(0);
     // A chunked body is fine to search in as it is; tests look for lines.
     (code, body.to_owned())
+}
+
+/// Dispatches `n` reports of one matter (the same words, the same place, to
+/// `target`), all at the same instant: the `i`th from `senders[i % len]`
+/// (its city and the gateway replica it calls). Returns the event each was
+/// answered with, and checks that they were decided as if they had come one
+/// after the other: one dispatched, every other merged into it (合并派单).
+pub async fn one_matter_at_once(
+    senders: &[(&str, FederationClient<Channel>)],
+    target: &str,
+    n: usize,
+) -> Vec<hotline_proto::pb::TicketEvent> {
+    use hotline_proto::pb::{DispatchTicketRequest, EventKind, TicketStatus};
+    // A house number of this call's own, so that calls do not meet.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let place = format!("江阳区春雨路{}号", nanos % 90_000 + 1);
+    let calls = (0..n).map(|i| {
+        let (city, client) = &senders[i % senders.len()];
+        let mut client = client.clone();
+        let id = hotline_proto::ids::TicketId::new(city).to_string();
+        let ticket = Ticket {
+            id: id.clone(),
+            origin_city: (*city).to_owned(),
+            target_cities: vec![target.to_owned()],
+            category: "water".into(),
+            kind: TicketKind::Complaint as i32,
+            subject: "小区连续两天停水".into(),
+            description: format!("{place}小区连续两天停水，物业无人处理，请尽快恢复供水。"),
+            location: place.clone(),
+            citizen: Some(hotline_proto::pb::Citizen {
+                name: String::new(),
+                phone: format!("139{:08}", i),
+            }),
+            history: vec![hotline_proto::state::event(
+                &id,
+                1,
+                EventKind::Created,
+                city,
+                TicketStatus::Pending,
+            )],
+            ..Default::default()
+        };
+        let city = (*city).to_owned();
+        async move {
+            // A replica's ABORTED (a deadlock between the replicas' batches)
+            // is tried again, as a node does.
+            loop {
+                let r = client
+                    .dispatch_ticket(DispatchTicketRequest {
+                        city: city.clone(),
+                        ticket: Some(ticket.clone()),
+                    })
+                    .await;
+                match r {
+                    Ok(r) => return r.into_inner().event.unwrap(),
+                    Err(s) if s.code() == tonic::Code::Aborted => continue,
+                    Err(s) => panic!("dispatch of report {i}: {s}"),
+                }
+            }
+        }
+    });
+    let events = futures::future::join_all(calls).await;
+    let dispatched: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Dispatched as i32)
+        .collect();
+    assert_eq!(
+        dispatched.len(),
+        1,
+        "one dispatch of the matter: {events:#?}"
+    );
+    let first = &dispatched[0].ticket_id;
+    for e in &events {
+        if e.ticket_id != *first {
+            assert_eq!(e.kind, EventKind::Merged as i32, "{e:?}");
+            assert_eq!(&e.linked_ticket_id, first, "{e:?}");
+        }
+    }
+    events
 }

@@ -382,3 +382,20 @@ async fn both_replicas_give_the_same_statistics_and_the_same_watch_stream() {
     let y = a.iter().find(|s| s.city == "yibin").unwrap();
     assert_eq!(y.received, 6);
 }
+
+/// Reports of one matter sent to both replicas at the same instant are
+/// decided as one gateway would decide them: one dispatch, every other
+/// report merged into it (each replica takes the bucket's lock and reads
+/// what the other filed before it decides).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_of_one_matter_sent_to_both_replicas_at_once_are_one_dispatch() {
+    let f = replicated().await;
+    let a = ("luzhou", f.federation_as("luzhou").await);
+    let b = ("zigong", f.federation_as("zigong").await);
+    let (c, d) = (
+        ("luzhou", f.federation_at(0, "luzhou")),
+        ("zigong", f.federation_at(0, "zigong")),
+    );
+    one_matter_at_once(&[a.clone(), c.clone()], "yibin", 2).await;
+    one_matter_at_once(&[a, c, b, d], "yibin", 20).await;
+}

@@ -580,3 +580,26 @@ async fn overdue_has(obs: &mut ObservatoryClient<tonic::transport::Channel>, id:
         .iter()
         .any(|t| t.ticket_id == id)
 }
+
+/// Reports of one matter that reach the gateway at the same instant, from
+/// one city and from several, are decided as if they came one after the
+/// other: the first is dispatched, every other merged into it (issue #24).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_of_one_matter_arriving_together_are_one_dispatch() {
+    let f = Federation::start().await;
+    let luzhou = f.federation_as("luzhou").await;
+    let zigong = f.federation_as("zigong").await;
+    let neijiang = f.federation_as("neijiang").await;
+    one_matter_at_once(&[("luzhou", luzhou.clone())], "yibin", 2).await;
+    one_matter_at_once(&[("luzhou", luzhou.clone())], "yibin", 20).await;
+    one_matter_at_once(
+        &[
+            ("luzhou", luzhou),
+            ("zigong", zigong),
+            ("neijiang", neijiang),
+        ],
+        "yibin",
+        20,
+    )
+    .await;
+}
