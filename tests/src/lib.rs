@@ -617,7 +617,7 @@ pub async fn one_matter_at_once(
             id: id.clone(),
             origin_city: (*city).to_owned(),
             target_cities: vec![target.to_owned()],
-            category: "water".into(),
+            category: "ecology".into(),
             kind: TicketKind::Complaint as i32,
             subject: "小区连续两天停水".into(),
             description: format!("{place}小区连续两天停水，物业无人处理，请尽快恢复供水。"),

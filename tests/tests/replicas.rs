@@ -36,6 +36,11 @@ const PAIRS: [(&str, &str); 4] = [
 /// A federation whose gateway has a second replica on the same schema, and
 /// whose nodes know both addresses.
 async fn replicated() -> Federation {
+    replicated_with("").await
+}
+
+/// [`replicated`], with more of the gateway's configuration.
+async fn replicated_with(gateway_extra: &str) -> Federation {
     let hotline_durable::Store::Postgres { url, schema } =
         hotline_durable::testing::postgres_store("replicas")
     else {
@@ -43,7 +48,7 @@ async fn replicated() -> Federation {
     };
     let second = free_addr();
     let mut f = Federation::start_with(
-        &format!("store = \"{url}\"\nstore_schema = \"{schema}\"\n"),
+        &format!("store = \"{url}\"\nstore_schema = \"{schema}\"\n{gateway_extra}"),
         &format!("{NODE}gateways = [\"http://{second}\"]\n"),
     )
     .await;
@@ -389,7 +394,7 @@ async fn both_replicas_give_the_same_statistics_and_the_same_watch_stream() {
 /// what the other filed before it decides).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_of_one_matter_sent_to_both_replicas_at_once_are_one_dispatch() {
-    let f = replicated().await;
+    let f = replicated_with("[supervision]\nmerge_window_hours = 72\n").await;
     let a = ("luzhou", f.federation_as("luzhou").await);
     let b = ("zigong", f.federation_as("zigong").await);
     let (c, d) = (

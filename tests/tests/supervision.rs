@@ -586,7 +586,7 @@ async fn overdue_has(obs: &mut ObservatoryClient<tonic::transport::Channel>, id:
 /// other: the first is dispatched, every other merged into it (issue #24).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_of_one_matter_arriving_together_are_one_dispatch() {
-    let f = Federation::start().await;
+    let f = Federation::start_with("[supervision]\nmerge_window_hours = 72\n", "").await;
     let luzhou = f.federation_as("luzhou").await;
     let zigong = f.federation_as("zigong").await;
     let neijiang = f.federation_as("neijiang").await;
