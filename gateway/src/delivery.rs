@@ -14,7 +14,6 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::ledger::{self, Message};
-use crate::working::{Work, Working};
 
 /// How long one delivery may take before it counts as failed and is retried.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,9 +21,7 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sends outbox items to the city nodes.
 pub struct NodeSender {
     clients: HashMap<String, CityNodeClient<Channel>>,
-    policy: crate::supervision::Policy,
-    working: Arc<Working>,
-    bell: crate::flow::Bell,
+    ledger: ledger::Ledger,
 }
 
 impl NodeSender {
@@ -44,9 +41,7 @@ impl NodeSender {
         }
         Ok(Self {
             clients,
-            policy: ledger.policy().clone(),
-            working: ledger.working_set(),
-            bell: ledger.bell().clone(),
+            ledger: ledger.clone(),
         })
     }
 }
@@ -78,19 +73,15 @@ impl Sender for NodeSender {
                 let Some(delivered) = delivered else {
                     return Outcome::Refused("delivery without its DELIVERED event".into());
                 };
-                let p = self.policy.clone();
-                let working = self.working.clone();
+                let ledger = self.ledger.clone();
                 match client.deliver_ticket(hotline_telemetry::traced(*req)).await {
                     Ok(_) => {
                         // Rung a moment before the commit: watchers also look
                         // again on their own a little later.
-                        self.bell.ring();
+                        self.ledger.bell().ring();
                         Outcome::Delivered(Some(Box::new(move |c| {
-                            let recorded = Work::new(c, &p, &working).and_then(|mut w| {
-                                let wake = ledger::mark_delivered(&mut w, &delivered)?;
-                                w.finish();
-                                Ok(wake)
-                            });
+                            let recorded =
+                                ledger.with_work(c, |w| ledger::mark_delivered(w, &delivered));
                             match recorded {
                                 Ok(wake) => Ok(wake),
                                 Err(crate::GatewayError::Db(e)) => Err(e),

@@ -308,6 +308,24 @@ fn statement(table: &str, tail: &str, width: usize, rows: usize) -> String {
     sql
 }
 
+/// An in-memory database with the tables a fold writes, for tests.
+#[cfg(test)]
+pub(crate) fn test_db() -> Connection {
+    #![allow(clippy::unwrap_used)]
+    let c = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
+    c.execute_batch(crate::windows::SCHEMA).unwrap();
+    c.execute_batch(
+        "CREATE TABLE city_status (city TEXT, direction TEXT, status TEXT, n INTEGER,
+           PRIMARY KEY (city, direction, status));
+         CREATE TABLE overdue_open (city TEXT, category TEXT, n INTEGER, PRIMARY KEY (city, category));
+         CREATE TABLE matter_months (month INTEGER, city TEXT, root TEXT, n INTEGER,
+           PRIMARY KEY (month, city, root));
+         CREATE TABLE flow_log (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, body BLOB NOT NULL);",
+    )
+    .unwrap();
+    c
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -315,18 +333,7 @@ mod tests {
     use super::*;
 
     fn db() -> Connection {
-        let c = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
-        c.execute_batch(crate::windows::SCHEMA).unwrap();
-        c.execute_batch(
-            "CREATE TABLE city_status (city TEXT, direction TEXT, status TEXT, n INTEGER,
-               PRIMARY KEY (city, direction, status));
-             CREATE TABLE overdue_open (city TEXT, category TEXT, n INTEGER, PRIMARY KEY (city, category));
-             CREATE TABLE matter_months (month INTEGER, city TEXT, root TEXT, n INTEGER,
-               PRIMARY KEY (month, city, root));
-             CREATE TABLE flow_log (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, body BLOB NOT NULL);",
-        )
-        .unwrap();
-        c
+        test_db()
     }
 
     #[test]

@@ -186,25 +186,21 @@ impl Ledger {
         F: FnOnce(&mut Work<'_>) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let p = self.policy.clone();
-        let working = self.working.clone();
-        self.db
-            .write(move |c| {
-                let mut w = Work::new(c, &p, &working)?;
-                let out = f(&mut w)?;
-                w.finish();
-                Ok(out)
-            })
-            .await
+        let ledger = self.clone();
+        self.db.write(move |c| ledger.with_work(c, f)).await
     }
 
-    /// The working set, for benchmarks that probe the rules' lookups.
-    pub fn working(&self) -> &Working {
-        &self.working
-    }
-
-    pub(crate) fn working_set(&self) -> Arc<Working> {
-        self.working.clone()
+    /// Runs `f` as a write of the ledger inside a write the caller is
+    /// already in (on the writer's connection `c`).
+    pub fn with_work<T>(
+        &self,
+        c: &Connection,
+        f: impl FnOnce(&mut Work<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut w = Work::new(c, &self.policy, &self.working)?;
+        let out = f(&mut w)?;
+        w.finish();
+        Ok(out)
     }
 
     pub fn policy(&self) -> &Policy {

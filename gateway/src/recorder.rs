@@ -119,13 +119,16 @@ impl Recorder {
 async fn run(ledger: Ledger, mut rx: mpsc::UnboundedReceiver<Entry>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
-        let entries = std::mem::take(&mut batch);
-        let moves: Vec<Move> = entries.iter().flat_map(|e| e.moves.clone()).collect();
-        if !moves.is_empty() && !persist(&ledger, moves).await {
-            // Not in the ledger: relayed to no one.
-            continue;
-        }
-        if entries.iter().any(|e| !e.moves.is_empty()) {
+        let mut entries = std::mem::take(&mut batch);
+        let moves: Vec<Move> = entries
+            .iter_mut()
+            .flat_map(|e| std::mem::take(&mut e.moves))
+            .collect();
+        if !moves.is_empty() {
+            if !persist(&ledger, moves.into()).await {
+                // Not in the ledger: relayed to no one.
+                continue;
+            }
             ledger.bell().ring();
         }
         for entry in entries {
@@ -138,14 +141,14 @@ async fn run(ledger: Ledger, mut rx: mpsc::UnboundedReceiver<Entry>) {
 
 /// Writes `moves` in one transaction, trying again after a passing failure
 /// until [`GIVE_UP`]; says whether they are committed.
-async fn persist(ledger: &Ledger, moves: Vec<Move>) -> bool {
+async fn persist(ledger: &Ledger, moves: std::sync::Arc<[Move]>) -> bool {
     let started = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(20);
     loop {
         let batch = moves.clone();
         let result = ledger
             .write(move |w| {
-                for (from, t) in &batch {
+                for (from, t) in batch.iter() {
                     write(w, *from, t)?;
                 }
                 Ok(())

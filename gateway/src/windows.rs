@@ -479,8 +479,7 @@ mod tests {
 
     #[test]
     fn a_count_lands_in_four_windows_and_reads_back() {
-        let c = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
-        c.execute_batch(SCHEMA).unwrap();
+        let c = crate::fold::test_db();
         let ms = 1_795_624_200_000;
         let mut f = crate::fold::Fold::default();
         f.count(ms, "luzhou", "education", Metric::Sent, "yibin", 1);
@@ -494,15 +493,6 @@ mod tests {
             1,
         );
         f.observe(ms, "luzhou", "education", Duration::ToAccept, 1_000);
-        c.execute_batch(
-            "CREATE TABLE city_status (city TEXT, direction TEXT, status TEXT, n INTEGER,
-               PRIMARY KEY (city, direction, status));
-             CREATE TABLE overdue_open (city TEXT, category TEXT, n INTEGER, PRIMARY KEY (city, category));
-             CREATE TABLE matter_months (month INTEGER, city TEXT, root TEXT, n INTEGER,
-               PRIMARY KEY (month, city, root));
-             CREATE TABLE flow_log (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, body BLOB NOT NULL);",
-        )
-        .unwrap();
         f.flush(&c).unwrap();
         let key = ("luzhou".to_string(), "education".to_string());
         let all = read(&c, Window::ALL, None).unwrap();

@@ -64,6 +64,8 @@ struct Inner {
     bands: HashMap<i64, Vec<(i64, i64)>>,
     by_root: HashMap<String, Vec<i64>>,
     by_citizen: HashMap<String, Vec<i64>>,
+    /// (created_ms, w), oldest first: what a prune takes from the front.
+    by_time: std::collections::BTreeSet<(i64, i64)>,
     /// The newest `w` known per (target, category): where a tail read of
     /// another replica's reports starts.
     newest: HashMap<(String, String), i64>,
@@ -150,6 +152,7 @@ impl Inner {
             .entry((r.target.clone(), r.category.clone()))
             .or_insert(w);
         *newest = (*newest).max(w);
+        self.by_time.insert((r.created_ms, w));
         self.reports.insert(w, r);
     }
 
@@ -157,6 +160,7 @@ impl Inner {
         let Some(r) = self.reports.remove(&w) else {
             return;
         };
+        self.by_time.remove(&(r.created_ms, w));
         if r.merged_into.is_none() {
             for key in matter::band_keys(&r.target, &r.category, &r.signature) {
                 if let Some(v) = self.bands.get_mut(&key) {
@@ -340,10 +344,6 @@ impl Working {
         fp: &Fingerprint,
         since_ms: i64,
     ) -> Option<Match> {
-        // A report with no place is in no place: it matches nothing.
-        if fp.place.is_empty() {
-            return None;
-        }
         let inner = self.lock();
         let num = matter::numbers_key(&fp.place);
         let place = matter::Place::of(&fp.place);
@@ -464,17 +464,17 @@ impl Working {
         }
     }
 
-    /// Forgets the reports made before `before_ms`.
+    /// Forgets the reports made before `before_ms`, reading only those.
     pub fn prune(&self, before_ms: i64) {
         let mut inner = self.lock();
-        let old: Vec<i64> = inner
-            .reports
-            .values()
-            .filter(|r| r.created_ms < before_ms)
-            .map(|r| r.w)
-            .collect();
-        for w in old {
-            inner.remove(w);
+        while inner
+            .by_time
+            .first()
+            .is_some_and(|(created, _)| *created < before_ms)
+        {
+            if let Some((_, w)) = inner.by_time.pop_first() {
+                inner.remove(w);
+            }
         }
     }
 }
