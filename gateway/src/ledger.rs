@@ -655,7 +655,7 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
     let citizen = supervision::citizen_key(w, phone, &id)?;
     let rules = w.p.rules().clone();
     let found = if ticket.parent_id.is_empty() {
-        supervision::find_match(
+        supervision::find_matches(
             w,
             &target,
             &ticket.category,
@@ -665,21 +665,31 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
     } else {
         // A part of parallel handling is one city's share of a ticket, not
         // a report of its own.
-        None
+        Vec::new()
     };
-    let merge_since = created_ms - i64::from(rules.merge_window_hours) * HOUR_MS;
-    let mut merge_into = None;
-    if let Some(m) = &found
-        && rules.merge_window_hours > 0
-    {
-        let into = m.merged_into.clone().unwrap_or_else(|| m.ticket_id.clone());
-        if let Some(r) = load(c, &into)?
-            && !state::is_terminal(r.status)
-            && r.created_ms >= merge_since
-        {
-            merge_into = Some((into, r));
+    // The tickets the matches stand for (the one a merged report joined),
+    // each once, in the detector's order, as the ledger holds them.
+    let mut candidates: Vec<(String, Row, String)> = Vec::new();
+    if rules.merge_window_hours > 0 {
+        for m in &found {
+            let into = m.merged_into.as_deref().unwrap_or(&m.ticket_id);
+            if candidates.iter().any(|(id, _, _)| id == into) {
+                continue;
+            }
+            if let Some(r) = load(c, into)? {
+                candidates.push((into.to_owned(), r, m.root.clone()));
+            }
         }
     }
+    let chosen = rules::merge_target(
+        rules.merge_window_hours,
+        created_ms,
+        candidates.iter().map(|(_, r, _)| r),
+    );
+    let (merge_into, merged_root) = match chosen.map(|i| candidates.swap_remove(i)) {
+        Some((into, r, root)) => (Some((into, r)), Some(root)),
+        None => (None, None),
+    };
 
     let mut created = created.unwrap_or_else(|| {
         state::event(
@@ -707,9 +717,10 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
         resolve_due_ms: None,
         late_ms: None,
     };
-    let root = found
-        .as_ref()
-        .map(|m| m.root.clone())
+    // The matter it counts for: the one it merged into, else its best
+    // match's, else its own.
+    let root = merged_root
+        .or_else(|| found.first().map(|m| m.root.clone()))
         .unwrap_or_else(|| id.clone());
     let parent = (!ticket.parent_id.is_empty()).then_some(ticket.parent_id.as_str());
     // The ticket's row is written once, as the step leaves it.

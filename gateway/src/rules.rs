@@ -16,7 +16,7 @@ use hotline_proto::state::{self, Actor};
 use crate::error::GatewayError;
 use crate::stats::{RECEIVED, SENT};
 use crate::supervision::{ACCEPT, ASSIGN, Policy, RESOLVE};
-use crate::windows::{Duration, Metric};
+use crate::windows::{Duration, HOUR_MS, Metric};
 
 /// A ticket's row: what the ledger decides on.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +143,25 @@ pub fn check_report(
         )));
     }
     Ok(Verdict::Apply { proves, to })
+}
+
+/// Which of the tickets a new report made at `created_ms` matches it
+/// merges into (合并派单), given best match first: the first still open and
+/// made within the merge window; none when merging is off
+/// (`window_hours` 0). A closed best match does not make the report a new
+/// dispatch while a ticket it also matches is open.
+pub fn merge_target<'a>(
+    window_hours: u32,
+    created_ms: i64,
+    candidates: impl IntoIterator<Item = &'a Row>,
+) -> Option<usize> {
+    if window_hours == 0 {
+        return None;
+    }
+    let since = created_ms - i64::from(window_hours) * HOUR_MS;
+    candidates
+        .into_iter()
+        .position(|r| !state::is_terminal(r.status) && r.created_ms >= since)
 }
 
 /// Whose overdue count a ticket past its deadline is in: the handler's, or
@@ -504,6 +523,24 @@ mod tests {
                 to: TicketStatus::InCoordination
             }
         );
+    }
+
+    #[test]
+    fn a_report_merges_into_the_first_open_match_within_the_window() {
+        let closed = row(TicketStatus::Closed, 9);
+        let merged = row(TicketStatus::Merged, 2);
+        let open = row(TicketStatus::Accepted, 4);
+        let mut old = row(TicketStatus::Delivered, 3);
+        old.created_ms = T0 - 73 * HOUR_MS;
+        let now = T0 + HOUR_MS;
+        // The best match closed, the next open: the open one.
+        assert_eq!(merge_target(72, now, [&closed, &open]), Some(1));
+        assert_eq!(merge_target(72, now, [&merged, &closed, &open]), Some(2));
+        // Open but made before the window: none, nor with merging off.
+        assert_eq!(merge_target(72, now, [&closed, &old]), None);
+        assert_eq!(merge_target(72, T0 - 72 * HOUR_MS, [&old]), Some(0));
+        assert_eq!(merge_target(0, now, [&open]), None);
+        assert_eq!(merge_target(72, now, []), None);
     }
 
     #[test]

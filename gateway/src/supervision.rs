@@ -461,25 +461,26 @@ pub fn citizen_key(w: &mut Work<'_>, phone: &str, ticket_id: &str) -> Result<Str
         .collect())
 }
 
-/// The best-matching recent report about the same matter (same target city
-/// and category, similar words, similar place), made after `since_ms`: from
-/// the working set, after reading what other replicas filed in its bucket.
-pub fn find_match(
+/// The recent reports about the same matter (same target city and
+/// category, similar words, similar place), made after `since_ms`, best
+/// first: from the working set, after reading what other replicas filed in
+/// its bucket.
+pub fn find_matches(
     w: &Work<'_>,
     target: &str,
     category: &str,
     fp: &Fingerprint,
     since_ms: i64,
-) -> Result<Option<Match>> {
+) -> Result<Vec<Match>> {
     if fp.place.is_empty() {
         // A report with no place matches nothing.
-        return Ok(None);
+        return Ok(Vec::new());
     }
     if w.shared {
         w.w.tail(w.c, target, category)?;
     }
     let rules = w.p.rules();
-    Ok(w.w.find_match(
+    Ok(w.w.find_matches(
         rules.text_similarity,
         rules.place_similarity,
         target,

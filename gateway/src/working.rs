@@ -55,6 +55,10 @@ pub struct Recent {
 const BUCKET_READ: usize = 256;
 const BUCKET_COMPARE: usize = 64;
 
+/// Most matches a lookup returns: the merge looks for an open ticket among
+/// them, best first.
+pub const MAX_MATCHES: usize = 8;
+
 #[derive(Default)]
 struct Inner {
     loaded: bool,
@@ -332,10 +336,11 @@ impl Working {
         Ok(())
     }
 
-    /// The best-matching recent report about the same matter (same target
-    /// city and category, similar words, similar place), made after
-    /// `since_ms`.
-    pub fn find_match(
+    /// The recent reports about the same matter (same target city and
+    /// category, similar words, similar place), made after `since_ms`, best
+    /// first: the higher score, then the newer report. At most
+    /// [`MAX_MATCHES`].
+    pub fn find_matches(
         &self,
         text_similarity: f64,
         place_similarity: f64,
@@ -343,12 +348,14 @@ impl Working {
         category: &str,
         fp: &Fingerprint,
         since_ms: i64,
-    ) -> Option<Match> {
+    ) -> Vec<Match> {
         let inner = self.lock();
         let num = matter::numbers_key(&fp.place);
         let place = matter::Place::of(&fp.place);
         let mut seen = BTreeSet::new();
-        let mut best: Option<Match> = None;
+        // (score, made, w) of each match; the reports' texts are copied
+        // for the best ones only.
+        let mut found: Vec<(f64, i64, i64)> = Vec::new();
         for key in matter::band_keys(target, category, &fp.signature) {
             let Some(bucket) = inner.bands.get(&key) else {
                 continue;
@@ -373,21 +380,24 @@ impl Working {
                 if score < text_similarity || place.similarity(&r.prepared) < place_similarity {
                     continue;
                 }
-                let better = best.as_ref().is_none_or(|b| {
-                    score > b.score || (score == b.score && r.created_ms > b.created_ms)
-                });
-                if better {
-                    best = Some(Match {
-                        ticket_id: r.ticket_id.clone(),
-                        root: r.root.clone(),
-                        merged_into: r.merged_into.clone(),
-                        created_ms: r.created_ms,
-                        score,
-                    });
-                }
+                found.push((score, r.created_ms, *w));
             }
         }
-        best
+        found.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        found
+            .iter()
+            .take(MAX_MATCHES)
+            .filter_map(|(score, _, w)| {
+                let r = inner.reports.get(w)?;
+                Some(Match {
+                    ticket_id: r.ticket_id.clone(),
+                    root: r.root.clone(),
+                    merged_into: r.merged_into.clone(),
+                    created_ms: r.created_ms,
+                    score: *score,
+                })
+            })
+            .collect()
     }
 
     /// How many citizens reported the matter `root` since `since_ms`, and
@@ -596,26 +606,28 @@ mod tests {
         s.report(recent(2, "t2", "工地夜间施工噪音扰民", "春雨路3号", 1_000));
         ws.absorb(s);
         let fp = matter::fingerprint(SUBJECT, "", "春雨路3号");
-        let m = ws.find_match(0.5, 0.5, "yibin", "water", &fp, 0).unwrap();
+        let m = ws
+            .find_matches(0.5, 0.5, "yibin", "water", &fp, 0)
+            .remove(0);
         assert_eq!(m.ticket_id, "t1");
         // Another house number, another category, too old, no place: none.
         let other = matter::fingerprint(SUBJECT, "", "春雨路13号");
         assert!(
-            ws.find_match(0.5, 0.5, "yibin", "water", &other, 0)
-                .is_none()
+            ws.find_matches(0.5, 0.5, "yibin", "water", &other, 0)
+                .is_empty()
         );
         assert!(
-            ws.find_match(0.5, 0.5, "yibin", "ecology", &fp, 0)
-                .is_none()
+            ws.find_matches(0.5, 0.5, "yibin", "ecology", &fp, 0)
+                .is_empty()
         );
         assert!(
-            ws.find_match(0.5, 0.5, "yibin", "water", &fp, 2_000)
-                .is_none()
+            ws.find_matches(0.5, 0.5, "yibin", "water", &fp, 2_000)
+                .is_empty()
         );
         let nowhere = matter::fingerprint(SUBJECT, "", "");
         assert!(
-            ws.find_match(0.5, 0.5, "yibin", "water", &nowhere, 0)
-                .is_none()
+            ws.find_matches(0.5, 0.5, "yibin", "water", &nowhere, 0)
+                .is_empty()
         );
     }
 
@@ -641,9 +653,7 @@ mod tests {
         assert!(ws.lock().folds.is_empty());
         let fp = matter::fingerprint(SUBJECT, "", "春雨路3号");
         assert_eq!(
-            ws.find_match(0.5, 0.5, "yibin", "water", &fp, 0)
-                .unwrap()
-                .ticket_id,
+            ws.find_matches(0.5, 0.5, "yibin", "water", &fp, 0)[0].ticket_id,
             "t1"
         );
     }

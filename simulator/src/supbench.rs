@@ -282,14 +282,18 @@ pub async fn run(o: Options) -> anyhow::Result<Figures> {
                     .unwrap_or("");
                 let citizen = supervision::citizen_key(w, phone, &probe.id)?;
                 let now = time::now_ms();
-                let found = supervision::find_match(
+                let found = supervision::find_matches(
                     w,
                     &probe.target_cities[0],
                     &probe.category,
                     &fp,
                     now - supervision::horizon_ms(&p),
                 )?;
-                let root = found.map(|m| m.root).unwrap_or_else(|| probe.id.clone());
+                let root = found
+                    .into_iter()
+                    .next()
+                    .map(|m| m.root)
+                    .unwrap_or_else(|| probe.id.clone());
                 supervision::citizens(w, &root, now - 7 * DAY_MS)?;
                 supervision::reports(w, &citizen, now - 30 * DAY_MS)?;
                 Ok::<_, gateway::GatewayError>(())

@@ -603,3 +603,76 @@ async fn reports_of_one_matter_arriving_together_are_one_dispatch() {
     )
     .await;
 }
+
+/// A report more like a closed ticket than like the open one of the same
+/// matter still merges into the open one: the detector's best match being
+/// closed does not make the report a new dispatch while another report it
+/// matches is open (issue #24: whether the best match was closed yet
+/// depended on timing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_whose_best_match_is_closed_merges_into_the_open_one() {
+    let f = Federation::start_with("[supervision]\nmerge_window_hours = 72\n", "").await;
+    let mut luzhou = f.hotline("luzhou").await;
+    let mut yibin = f.hotline("yibin").await;
+    let told = |phone: &str, subject: &str, description: &str| {
+        report(
+            subject,
+            description,
+            "宜宾市翠屏区南岸东路18号",
+            phone,
+            Channel::Phone,
+            "consumer-rights",
+        )
+    };
+    const SUBJECT: &str = "翠屏区南岸东路18号小区停水";
+    const WORDS: &str = "翠屏区南岸东路18号小区连续两天停水，物业无人处理，请尽快恢复供水。";
+    // The first report, handled and closed.
+    let closed = create(&mut luzhou, told("13800000011", SUBJECT, WORDS)).await;
+    wait_status(&yibin, &closed.id, TicketStatus::Delivered).await;
+    yibin
+        .accept_ticket(AcceptTicketRequest {
+            ticket_id: closed.id.clone(),
+            note: String::new(),
+        })
+        .await
+        .unwrap();
+    yibin
+        .resolve_ticket(ResolveTicketRequest {
+            ticket_id: closed.id.clone(),
+            note: String::new(),
+        })
+        .await
+        .unwrap();
+    wait_status(&luzhou, &closed.id, TicketStatus::Resolved).await;
+    luzhou
+        .close_ticket(CloseTicketRequest {
+            ticket_id: closed.id.clone(),
+            satisfaction: Satisfaction::Satisfied as i32,
+            note: String::new(),
+        })
+        .await
+        .unwrap();
+    wait_status(&yibin, &closed.id, TicketStatus::Closed).await;
+    // The water goes off again: told in other words, a new dispatch (the
+    // matter's ticket is closed).
+    let open = create(
+        &mut luzhou,
+        told(
+            "13800000012",
+            "南岸东路18号小区停水两天",
+            "反映翠屏区南岸东路18号小区已经连续两天停水了，物业没人管，希望尽快恢复供水。",
+        ),
+    )
+    .await;
+    wait_status(&yibin, &open.id, TicketStatus::Delivered).await;
+    // A third citizen uses the first one's very words: its best match is the
+    // closed ticket, and it merges into the open one.
+    let third = create(&mut luzhou, told("13800000013", SUBJECT, WORDS)).await;
+    let merged = wait_status(&luzhou, &third.id, TicketStatus::Merged).await;
+    let into = merged
+        .history
+        .iter()
+        .find(|e| e.kind == EventKind::Merged as i32)
+        .map(|e| e.linked_ticket_id.clone());
+    assert_eq!(into.as_deref(), Some(open.id.as_str()), "{merged:?}");
+}
