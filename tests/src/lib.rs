@@ -596,13 +596,19 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// `target`), all at the same instant: the `i`th from `senders[i % len]`
 /// (its city and the gateway replica it calls). Returns the event each was
 /// answered with, and checks that they were decided as if they had come one
-/// after the other: one dispatched, every other merged into it (合并派单).
+/// after the other: one dispatched, every other merged into it (合并派单),
+/// and the matter escalated for its many citizens (多人一诉, each report is
+/// another citizen's) once if `n` reaches the gateway's default threshold
+/// (5), else not at all, as `obs` lists it.
 pub async fn one_matter_at_once(
     senders: &[(&str, FederationClient<Channel>)],
+    obs: &mut ObservatoryClient<Channel>,
     target: &str,
     n: usize,
 ) -> Vec<hotline_proto::pb::TicketEvent> {
-    use hotline_proto::pb::{DispatchTicketRequest, EventKind, TicketStatus};
+    use hotline_proto::pb::{
+        DispatchTicketRequest, EscalationRule, EventKind, ListEscalationsRequest, TicketStatus,
+    };
     // A house number of this call's own, so that calls do not meet.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -671,5 +677,27 @@ pub async fn one_matter_at_once(
             assert_eq!(&e.linked_ticket_id, first, "{e:?}");
         }
     }
+    let escalations = obs
+        .list_escalations(ListEscalationsRequest {
+            include_closed: true,
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .escalations;
+    let of_the_matter: Vec<_> = escalations
+        .iter()
+        .filter(|e| {
+            e.rule == EscalationRule::ManyReportsOneMatter as i32
+                && e.ticket_ids.iter().any(|t| t == first)
+        })
+        .collect();
+    assert_eq!(
+        of_the_matter.len(),
+        usize::from(n >= 5),
+        "escalations of the matter of {first}: {of_the_matter:#?}"
+    );
     events
 }

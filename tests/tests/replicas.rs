@@ -401,6 +401,7 @@ async fn reports_of_one_matter_sent_to_both_replicas_at_once_are_one_dispatch() 
         ("luzhou", f.federation_at(0, "luzhou")),
         ("zigong", f.federation_at(0, "zigong")),
     );
-    one_matter_at_once(&[a.clone(), c.clone()], "yibin", 2).await;
-    one_matter_at_once(&[a, c, b, d], "yibin", 20).await;
+    let mut obs = f.observatory().await;
+    one_matter_at_once(&[a.clone(), c.clone()], &mut obs, "yibin", 2).await;
+    one_matter_at_once(&[a, c, b, d], &mut obs, "yibin", 20).await;
 }

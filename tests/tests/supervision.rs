@@ -590,14 +590,17 @@ async fn reports_of_one_matter_arriving_together_are_one_dispatch() {
     let luzhou = f.federation_as("luzhou").await;
     let zigong = f.federation_as("zigong").await;
     let neijiang = f.federation_as("neijiang").await;
-    one_matter_at_once(&[("luzhou", luzhou.clone())], "yibin", 2).await;
-    one_matter_at_once(&[("luzhou", luzhou.clone())], "yibin", 20).await;
+    let mut obs = f.observatory().await;
+    let luzhou_alone = [("luzhou", luzhou.clone())];
+    one_matter_at_once(&luzhou_alone, &mut obs, "yibin", 2).await;
+    one_matter_at_once(&luzhou_alone, &mut obs, "yibin", 20).await;
     one_matter_at_once(
         &[
             ("luzhou", luzhou),
             ("zigong", zigong),
             ("neijiang", neijiang),
         ],
+        &mut obs,
         "yibin",
         20,
     )
