@@ -606,9 +606,7 @@ pub async fn one_matter_at_once(
     target: &str,
     n: usize,
 ) -> Vec<hotline_proto::pb::TicketEvent> {
-    use hotline_proto::pb::{
-        DispatchTicketRequest, EscalationRule, EventKind, ListEscalationsRequest, TicketStatus,
-    };
+    use hotline_proto::pb::{DispatchTicketRequest, EscalationRule, EventKind, TicketStatus};
     // A house number of this call's own, so that calls do not meet.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -677,17 +675,8 @@ pub async fn one_matter_at_once(
             assert_eq!(&e.linked_ticket_id, first, "{e:?}");
         }
     }
-    let escalations = obs
-        .list_escalations(ListEscalationsRequest {
-            include_closed: true,
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .escalations;
-    let of_the_matter: Vec<_> = escalations
+    let all = escalations(obs).await;
+    let of_the_matter: Vec<_> = all
         .iter()
         .filter(|e| {
             e.rule == EscalationRule::ManyReportsOneMatter as i32
@@ -700,4 +689,19 @@ pub async fn one_matter_at_once(
         "escalations of the matter of {first}: {of_the_matter:#?}"
     );
     events
+}
+
+/// Every escalation the gateway lists, open and closed (up to 1,000).
+pub async fn escalations(
+    obs: &mut ObservatoryClient<Channel>,
+) -> Vec<hotline_proto::pb::Escalation> {
+    obs.list_escalations(hotline_proto::pb::ListEscalationsRequest {
+        include_closed: true,
+        page_size: 1000,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .escalations
 }

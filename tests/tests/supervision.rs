@@ -60,18 +60,6 @@ fn report(
     }
 }
 
-async fn escalations(obs: &mut ObservatoryClient<tonic::transport::Channel>) -> Vec<Escalation> {
-    obs.list_escalations(ListEscalationsRequest {
-        include_closed: true,
-        page_size: 1000,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .escalations
-}
-
 fn of_rule(all: &[Escalation], rule: EscalationRule) -> Vec<&Escalation> {
     all.iter().filter(|e| e.rule == rule as i32).collect()
 }
