@@ -69,6 +69,8 @@ fn deliver(c: &Connection, mut ticket: Ticket) -> Result<bool> {
 /// acknowledgement goes out before the ticket is committed), so that a test
 /// can show the simulator's chaos run catching it. Only debug builds honour
 /// it: a release build cannot be broken this way.
+const BROKEN_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn broken_ack_before_commit() -> bool {
     cfg!(debug_assertions)
         && std::env::var("HOTLINE_BROKEN").is_ok_and(|v| v == "ack-before-commit")
@@ -113,10 +115,13 @@ impl CityNode for InboundService {
         );
         if broken_ack_before_commit() {
             // A deliberately broken build, for the simulator's test that its
-            // invariants catch one: acknowledge now, commit a moment later.
+            // invariants catch one: acknowledge now, commit much later
+            // (longer than the test's run before its kill), so that every
+            // delivery acknowledged before the kill dies with the process,
+            // however fast or slow the machine.
             let db = self.db.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                tokio::time::sleep(BROKEN_COMMIT_DELAY).await;
                 let _ = db.write(move |c| deliver(c, ticket)).await;
             });
             return Ok(Response::new(DeliverTicketResponse {}));

@@ -929,7 +929,32 @@ pub fn summary(r: &RunReport) -> String {
     if by_invariant.is_empty() {
         out.push_str("invariants: all held (exactly-once, events-in-order, route, transfer-terminal, statistics, merge, rules)\n");
     } else {
-        for v in r.invariant_violations.iter().take(20) {
+        // Twenty at most, the first two of each invariant among them, so
+        // that many of one kind do not hide another.
+        let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut picked: Vec<bool> = r
+            .invariant_violations
+            .iter()
+            .map(|v| {
+                let n = shown.entry(v.invariant.as_str()).or_default();
+                *n += 1;
+                *n <= 2
+            })
+            .collect();
+        let mut room = 20usize.saturating_sub(picked.iter().filter(|p| **p).count());
+        for p in picked.iter_mut().filter(|p| !**p) {
+            if room == 0 {
+                break;
+            }
+            *p = true;
+            room -= 1;
+        }
+        for (v, _) in r
+            .invariant_violations
+            .iter()
+            .zip(&picked)
+            .filter(|(_, p)| **p)
+        {
             out.push_str(&v.to_string());
         }
         let counts: Vec<String> = by_invariant
