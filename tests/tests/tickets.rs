@@ -596,6 +596,48 @@ async fn coordination_decides_once_and_a_city_it_sends_a_ticket_back_to_holds_it
         .await
         .unwrap();
     wait_status(&mut luzhou, &first.id, TicketStatus::Accepted).await;
+    // Yibin's node sends its REJECTED again, as after a crash before it saw
+    // the answer: the ticket is Zigong's now, and the gateway still knows
+    // the resend for what it is, a retry of what it committed, and answers
+    // it as the first time (not PERMISSION_DENIED, which would put the
+    // resend among Yibin's dead letters; issue #23).
+    let held = get(&mut luzhou, &first.id).await.unwrap();
+    let rejected = held
+        .history
+        .iter()
+        .find(|e| e.kind == EventKind::Rejected as i32)
+        .cloned()
+        .unwrap();
+    let answer = f
+        .federation_as("yibin")
+        .await
+        .report_event(ReportEventRequest {
+            city: "yibin".into(),
+            event: Some(rejected.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let last = answer.events.last().unwrap();
+    assert_eq!((last.seq, last.kind), (rejected.seq, rejected.kind));
+    assert_eq!(last.actor, "yibin");
+    // Another event at that seq, or one Yibin never made, is no retry.
+    let mut other = rejected.clone();
+    other.kind = EventKind::Accepted as i32;
+    let err = f
+        .federation_as("yibin")
+        .await
+        .report_event(ReportEventRequest {
+            city: "yibin".into(),
+            event: Some(other),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert_eq!(
+        get(&mut luzhou, &first.id).await.unwrap().history.len(),
+        held.history.len()
+    );
 
     // Coordination may decide a rejected ticket is the rejecting city's
     // after all: it holds it again, with the whole history, once.
