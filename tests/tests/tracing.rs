@@ -96,7 +96,7 @@ async fn one_dispatch_is_one_trace_from_origin_node_through_gateway_to_target_no
 
     // The target's DeliverTicket span, and every span of its trace.
     let trace = eventually(
-        "the three processes export one trace",
+        "the three processes export one trace, each span's parent in it",
         Duration::from_secs(20),
         || {
             let seen = receiver.0.lock().unwrap().clone();
@@ -112,10 +112,15 @@ async fn one_dispatch_is_one_trace_from_origin_node_through_gateway_to_target_no
                 let services: BTreeSet<&str> =
                     of_trace.iter().map(|s| s.service.as_str()).collect();
                 let wanted = ["city-node-luzhou", "gateway", "city-node-yibin"];
-                wanted
+                // A span is exported when it ends: the gateway's send ends
+                // after the target's DeliverTicket it is the parent of, so
+                // the trace is whole only once no span waits for its parent.
+                let ids: BTreeSet<&Vec<u8>> = of_trace.iter().map(|s| &s.span).collect();
+                let roots = of_trace
                     .iter()
-                    .all(|w| services.contains(w))
-                    .then_some(of_trace)
+                    .filter(|s| s.parent.is_empty() || !ids.contains(&s.parent))
+                    .count();
+                (wanted.iter().all(|w| services.contains(w)) && roots == 1).then_some(of_trace)
             }
         },
     )
