@@ -69,12 +69,14 @@ fn deliver(c: &Connection, mut ticket: Ticket) -> Result<bool> {
 /// acknowledgement goes out before the ticket is committed), so that a test
 /// can show the simulator's chaos run catching it. Only debug builds honour
 /// it: a release build cannot be broken this way.
-const BROKEN_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
-
 fn broken_ack_before_commit() -> bool {
     cfg!(debug_assertions)
         && std::env::var("HOTLINE_BROKEN").is_ok_and(|v| v == "ack-before-commit")
 }
+
+/// How long the broken build waits to commit what it acknowledged: longer
+/// than the simulator's test runs before it kills the node.
+const BROKEN_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[tonic::async_trait]
 impl CityNode for InboundService {

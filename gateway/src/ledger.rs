@@ -667,29 +667,26 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
         // a report of its own.
         Vec::new()
     };
-    // The tickets the matches stand for (the one a merged report joined),
-    // each once, in the detector's order, as the ledger holds them.
-    let mut candidates: Vec<(String, Row, String)> = Vec::new();
-    if rules.merge_window_hours > 0 {
-        for m in &found {
-            let into = m.merged_into.as_deref().unwrap_or(&m.ticket_id);
-            if candidates.iter().any(|(id, _, _)| id == into) {
-                continue;
-            }
-            if let Some(r) = load(c, into)? {
-                candidates.push((into.to_owned(), r, m.root.clone()));
-            }
+    // The first of the tickets the matches stand for (the one a merged
+    // report joined), best first, that the report may merge into; each
+    // loaded once, and no more than it takes to find one.
+    let mut merge_into = None;
+    let mut merged_root = None;
+    let mut tried: Vec<&str> = Vec::new();
+    for m in found.iter().take_while(|_| rules.merge_window_hours > 0) {
+        let into = m.merged_into.as_deref().unwrap_or(&m.ticket_id);
+        if tried.contains(&into) {
+            continue;
+        }
+        tried.push(into);
+        if let Some(r) = load(c, into)?
+            && rules::mergeable(rules.merge_window_hours, created_ms, &r)
+        {
+            merge_into = Some((into.to_owned(), r));
+            merged_root = Some(m.root.clone());
+            break;
         }
     }
-    let chosen = rules::merge_target(
-        rules.merge_window_hours,
-        created_ms,
-        candidates.iter().map(|(_, r, _)| r),
-    );
-    let (merge_into, merged_root) = match chosen.map(|i| candidates.swap_remove(i)) {
-        Some((into, r, root)) => (Some((into, r)), Some(root)),
-        None => (None, None),
-    };
 
     let mut created = created.unwrap_or_else(|| {
         state::event(

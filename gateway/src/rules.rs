@@ -145,23 +145,16 @@ pub fn check_report(
     Ok(Verdict::Apply { proves, to })
 }
 
-/// Which of the tickets a new report made at `created_ms` matches it
-/// merges into (合并派单), given best match first: the first still open and
-/// made within the merge window; none when merging is off
-/// (`window_hours` 0). A closed best match does not make the report a new
-/// dispatch while a ticket it also matches is open.
-pub fn merge_target<'a>(
-    window_hours: u32,
-    created_ms: i64,
-    candidates: impl IntoIterator<Item = &'a Row>,
-) -> Option<usize> {
-    if window_hours == 0 {
-        return None;
-    }
-    let since = created_ms - i64::from(window_hours) * HOUR_MS;
-    candidates
-        .into_iter()
-        .position(|r| !state::is_terminal(r.status) && r.created_ms >= since)
+/// Whether a new report made at `created_ms` may merge into the ticket
+/// `row` it matches (合并派单): the ticket still open and made within the
+/// merge window; never when merging is off (`window_hours` 0). The ledger
+/// asks it of the matches best first and merges into the first that may,
+/// so a closed best match does not make the report a new dispatch while a
+/// ticket it also matches is open.
+pub fn mergeable(window_hours: u32, created_ms: i64, row: &Row) -> bool {
+    window_hours > 0
+        && !state::is_terminal(row.status)
+        && row.created_ms >= created_ms - i64::from(window_hours) * HOUR_MS
 }
 
 /// Whose overdue count a ticket past its deadline is in: the handler's, or
@@ -523,6 +516,17 @@ mod tests {
                 to: TicketStatus::InCoordination
             }
         );
+    }
+
+    /// The ledger's choice among matches, best first.
+    fn merge_target<'a>(
+        window_hours: u32,
+        created_ms: i64,
+        candidates: impl IntoIterator<Item = &'a Row>,
+    ) -> Option<usize> {
+        candidates
+            .into_iter()
+            .position(|r| mergeable(window_hours, created_ms, r))
     }
 
     #[test]

@@ -930,31 +930,21 @@ pub fn summary(r: &RunReport) -> String {
         out.push_str("invariants: all held (exactly-once, events-in-order, route, transfer-terminal, statistics, merge, rules)\n");
     } else {
         // Twenty at most, the first two of each invariant among them, so
-        // that many of one kind do not hide another.
-        let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut picked: Vec<bool> = r
+        // that many of one kind do not hide another; in the run's order.
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        let (mut shown, rest): (Vec<_>, Vec<_>) = r
             .invariant_violations
             .iter()
-            .map(|v| {
-                let n = shown.entry(v.invariant.as_str()).or_default();
+            .enumerate()
+            .partition(|(_, v)| {
+                let n = seen.entry(v.invariant.as_str()).or_default();
                 *n += 1;
                 *n <= 2
-            })
-            .collect();
-        let mut room = 20usize.saturating_sub(picked.iter().filter(|p| **p).count());
-        for p in picked.iter_mut().filter(|p| !**p) {
-            if room == 0 {
-                break;
-            }
-            *p = true;
-            room -= 1;
-        }
-        for (v, _) in r
-            .invariant_violations
-            .iter()
-            .zip(&picked)
-            .filter(|(_, p)| **p)
-        {
+            });
+        let room = 20usize.saturating_sub(shown.len());
+        shown.extend(rest.into_iter().take(room));
+        shown.sort_by_key(|(i, _)| *i);
+        for (_, v) in shown {
             out.push_str(&v.to_string());
         }
         let counts: Vec<String> = by_invariant

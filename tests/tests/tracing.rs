@@ -115,12 +115,8 @@ async fn one_dispatch_is_one_trace_from_origin_node_through_gateway_to_target_no
                 // A span is exported when it ends: the gateway's send ends
                 // after the target's DeliverTicket it is the parent of, so
                 // the trace is whole only once no span waits for its parent.
-                let ids: BTreeSet<&Vec<u8>> = of_trace.iter().map(|s| &s.span).collect();
-                let roots = of_trace
-                    .iter()
-                    .filter(|s| s.parent.is_empty() || !ids.contains(&s.parent))
-                    .count();
-                (wanted.iter().all(|w| services.contains(w)) && roots == 1).then_some(of_trace)
+                (wanted.iter().all(|w| services.contains(w)) && roots(&of_trace).len() == 1)
+                    .then_some(of_trace)
             }
         },
     )
@@ -142,14 +138,19 @@ async fn one_dispatch_is_one_trace_from_origin_node_through_gateway_to_target_no
         "{names:?}"
     );
     // One tree: every span but the root has its parent in the trace.
-    let ids: BTreeSet<&Vec<u8>> = trace.iter().map(|s| &s.span).collect();
-    let roots: Vec<&Seen> = trace
-        .iter()
-        .filter(|s| s.parent.is_empty() || !ids.contains(&s.parent))
-        .collect();
+    let roots = roots(&trace);
     assert_eq!(roots.len(), 1, "one root: {roots:?}\n{names:?}");
     assert!(
         roots[0].name.ends_with("CityHotline/CreateTicket"),
         "{roots:?}"
     );
+}
+
+/// The spans of `trace` whose parent is not in it.
+fn roots(trace: &[Seen]) -> Vec<&Seen> {
+    let ids: BTreeSet<&Vec<u8>> = trace.iter().map(|s| &s.span).collect();
+    trace
+        .iter()
+        .filter(|s| s.parent.is_empty() || !ids.contains(&s.parent))
+        .collect()
 }
