@@ -18,7 +18,8 @@ pub struct NodeConfig {
     /// Where the gRPC services listen.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Where the store (`node.db`) lives, when `store` is SQLite.
+    /// Where the store (`node.db`) lives, when `store` is SQLite; relative
+    /// to the configuration file's directory.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// The node's store: `"sqlite"` (the default: `data_dir/node.db`) or a
@@ -101,6 +102,11 @@ impl NodeConfig {
         let mut config = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.tls = config.tls.map(|t| t.relative_to(base));
+        // Like the certificates: a relative data_dir is the file's
+        // neighbour, wherever the process is started from.
+        if config.data_dir.is_relative() {
+            config.data_dir = base.join(&config.data_dir);
+        }
         config.apply_env(env)?;
         config.catalogue()?;
         config.store()?;
@@ -188,6 +194,13 @@ mod tests {
         let env = HashMap::from([("HOTLINE_GATEWAY".to_owned(), "127.0.0.1:1".to_owned())]);
         let c = NodeConfig::load(&path, &env).unwrap();
         assert_eq!(c.city, "luzhou");
+        // Relative to the file, like the certificates, not to where the
+        // process was started.
+        assert_eq!(c.data_dir, path.parent().unwrap().join("data/luzhou"));
+        assert_eq!(
+            c.tls.as_ref().unwrap().ca,
+            path.parent().unwrap().join("certs/ca.pem")
+        );
         assert_eq!(c.gateway, "127.0.0.1:1");
         assert_eq!(c.gateway_addresses(), ["127.0.0.1:1"]);
         // The replicas of a provincial deployment, in the file or the

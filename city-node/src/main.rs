@@ -19,7 +19,12 @@ use clap::Parser;
 /// Every link is mutual TLS, with the certificates its [tls] table names
 /// (`gateway certs init` makes a development set).
 ///
-/// Example: city-node --config config/city-node.example.toml
+/// Example, from the repository (the example's certificates are made
+/// first, beside it):
+///
+///   gateway certs init --dir config/certs
+///
+///   city-node --config config/city-node.example.toml
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -47,12 +52,18 @@ async fn main() -> anyhow::Result<()> {
         config.insecure = true;
         config.tls = None;
     }
+    // Every error of the configuration before anything says it started.
+    hotline_tls::check(
+        config.tls.as_ref(),
+        config.insecure,
+        config.listen,
+        &hotline_proto::identity::Identity::City(config.city.clone()),
+    )
+    .with_context(|| format!("in {}", args.config.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    println!("{}: {addr}", config.city);
-    tracing::info!(city = %config.city, %addr, gateway = %config.gateway, "city node started");
+        .with_context(|| format!("listen ({}): cannot listen", config.listen))?;
+    // `city_node::serve` says "city node started" once its store is open.
     city_node::serve(config, listener, hotline_proto::grpc::shutdown_signal()).await?;
     tracing::info!("city node stopped");
     Ok(())

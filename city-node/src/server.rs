@@ -94,6 +94,9 @@ pub async fn serve(
             calls.close_all();
         }
     };
+    let addr = listener.local_addr()?;
+    println!("{}: {addr}", config.city);
+    tracing::info!(city = %config.city, %addr, gateway = %config.gateway, "city node started");
     let result = Server::builder()
         .trace_fn(hotline_telemetry::grpc_span)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))

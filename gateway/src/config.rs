@@ -16,7 +16,8 @@ pub struct GatewayConfig {
     /// Where the gRPC services listen.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Where the ledger (`gateway.db`) lives, when `store` is SQLite.
+    /// Where the ledger (`gateway.db`) lives, when `store` is SQLite; relative
+    /// to the configuration file's directory.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// The ledger's store: `"sqlite"` (the default: `data_dir/gateway.db`)
@@ -100,6 +101,11 @@ impl GatewayConfig {
         let mut config = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.tls = config.tls.map(|t| t.relative_to(base));
+        // Like the certificates: a relative data_dir is the file's
+        // neighbour, wherever the process is started from.
+        if config.data_dir.is_relative() {
+            config.data_dir = base.join(&config.data_dir);
+        }
         for f in &mut config.deadlines.calendars {
             *f = base.join(&*f);
         }

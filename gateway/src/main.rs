@@ -20,7 +20,12 @@ use gateway::GatewayConfig;
 /// development CA and a certificate for the gateway, each city, the province
 /// and each department.
 ///
-/// Example: gateway --config config/gateway.example.toml
+/// Example, from the repository (the example's certificates are made
+/// first, beside it):
+///
+///   gateway certs init --dir config/certs
+///
+///   gateway --config config/gateway.example.toml
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
@@ -52,14 +57,20 @@ enum Certs {
     /// empty revocation list (`crl.pem`). Members and categories come from
     /// --config if given, else the defaults.
     Init {
+        /// Where to write the CA and the certificates (made if missing;
+        /// files already there are replaced).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// A gateway configuration whose member cities and categories get
+        /// certificates (default: the four cities of southern Sichuan and
+        /// the built-in categories).
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Replaces DIR/crl.pem with a list revoking the given certificates:
     /// servers lock them out within seconds, without a restart.
     Revoke {
+        /// The directory `certs init` made (its CA signs the new list).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
         /// Certificate files (PEM) to revoke.
@@ -116,12 +127,18 @@ async fn main() -> anyhow::Result<()> {
         config.insecure = true;
         config.tls = None;
     }
+    // Every error of the configuration before anything says it started.
+    hotline_tls::check(
+        config.tls.as_ref(),
+        config.insecure,
+        config.listen,
+        &hotline_proto::identity::Identity::Gateway,
+    )
+    .with_context(|| format!("in {}", path.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    println!("gateway: {addr}");
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "gateway started");
+        .with_context(|| format!("listen ({}): cannot listen", config.listen))?;
+    // `gateway::serve` says "gateway started" once its ledger is open.
     gateway::serve(config, listener, hotline_proto::grpc::shutdown_signal()).await?;
     tracing::info!("gateway stopped");
     Ok(())

@@ -161,6 +161,9 @@ pub async fn serve_with_http(
         }
     };
     let limiter = RateLimiter::new(config.limits);
+    let addr = listener.local_addr()?;
+    println!("gateway: {addr}");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "gateway started");
     let result = Server::builder()
         .trace_fn(hotline_telemetry::grpc_span)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))

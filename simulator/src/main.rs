@@ -56,16 +56,24 @@ enum Command {
     /// a federation already running (--targets FILE); faults as the
     /// scenario says (with --spawn); invariants checked live and at the
     /// end. Exits non-zero when one is violated.
+    #[command(group(
+        clap::ArgGroup::new("federation")
+            .args(["spawn", "targets"])
+            .required(true)
+            .multiple(false)
+    ))]
     Run {
         /// A built-in scenario (south-sichuan, province, flood-season,
-        /// chaos) or a scenario file.
+        /// chaos, supervision) or a scenario file.
         #[arg(long, value_name = "NAME|FILE")]
         scenario: String,
-        /// Start the gateway and a node per city as child processes.
-        #[arg(long, conflicts_with = "targets", required_unless_present = "targets")]
+        /// Start the gateway and a node per city as child processes (or
+        /// give --targets).
+        #[arg(long)]
         spawn: bool,
-        /// A running federation: a TOML file with `gateway`, `certs` and a
-        /// `[nodes]` table (see simulator/scenarios/README.md).
+        /// A running federation (or give --spawn): a TOML file with
+        /// `gateway`, `certs` and a `[nodes]` table (see
+        /// simulator/scenarios/README.md).
         #[arg(long, value_name = "FILE")]
         targets: Option<PathBuf>,
         /// The seed of the workload: the same seed, the same requests.
@@ -250,6 +258,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -79,12 +79,9 @@ pub async fn run(opts: ReplicaBenchOptions) -> anyhow::Result<ReplicaBench> {
             .map(|d| d.as_secs())
             .unwrap_or(0)
     );
-    pg.move_gateway_store(&format!(
-        "store = \"{}\"\nstore_schema = \"{schema}\"\n",
-        opts.postgres
-    ))
-    .await
-    .context("the gateway on PostgreSQL")?;
+    pg.move_gateway_store(&opts.postgres, &schema)
+        .await
+        .context("the gateway on PostgreSQL")?;
     println!("postgres: gateway {}, schema {schema}", pg.gateway);
 
     let sqlite_obs = ObservatoryClient::new(sqlite.channel(

@@ -569,6 +569,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     ));
 
     let a = &actions;
+    let duration_secs = t0.elapsed().as_secs_f64();
+    // The recount is of this run: its seed and length, not the defaults.
+    figures_report.seed = opts.seed;
+    figures_report.duration_secs = duration_secs;
     let report = RunReport {
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
@@ -576,7 +580,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         seed: opts.seed,
         speed: scenario.speed,
         simulated_minutes: scenario.duration_minutes,
-        duration_secs: t0.elapsed().as_secs_f64(),
+        duration_secs,
         plan: figures,
         done: Done {
             tickets_acknowledged: acknowledged.load(Ordering::Relaxed),

@@ -534,13 +534,18 @@ impl Spawned {
         }
     }
 
-    /// Moves the gateway to another store: stops it, puts `top` (top-level
-    /// lines such as `store = "postgres://…"`) at the head of its file, and
-    /// starts it again. For a federation whose ledger holds nothing yet.
-    pub async fn move_gateway_store(&mut self, top: &str) -> anyhow::Result<()> {
+    /// Moves the gateway's ledger to schema `schema` of the PostgreSQL
+    /// server at `url`: stops it, puts the store's lines at the head of its
+    /// file, and starts it again. For a federation whose ledger holds
+    /// nothing yet. The schema is dropped with the federation.
+    pub async fn move_gateway_store(&mut self, url: &str, schema: &str) -> anyhow::Result<()> {
         self.stop_gateway()?;
         let text = std::fs::read_to_string(&self.gateway_config)?;
-        std::fs::write(&self.gateway_config, format!("{top}{text}"))?;
+        std::fs::write(
+            &self.gateway_config,
+            format!("store = \"{url}\"\nstore_schema = \"{schema}\"\n{text}"),
+        )?;
+        self.schema = Some((url.to_owned(), schema.to_owned()));
         self.restart(&Target::Gateway)?;
         self.wait_ready().await
     }

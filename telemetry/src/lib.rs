@@ -59,7 +59,10 @@ pub fn otlp_endpoint() -> Option<String> {
 /// Tokio runtime.
 pub fn init(service: &str, attributes: &[(&str, &str)]) -> anyhow::Result<Guard> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt::layer().with_filter(filter());
+    // Colour for a person at a terminal, none in a log file.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_filter(filter());
     let Some(endpoint) = otlp_endpoint() else {
         tracing_subscriber::registry().with(fmt).try_init()?;
         return Ok(Guard { provider: None });

@@ -54,6 +54,12 @@ async fn every_server_answers_health_and_reflection() {
     ] {
         assert!(node.iter().any(|g| g == s), "node lacks {s}: {node:?}");
     }
+    // Their logs go to files here: plain text, no terminal colour codes,
+    // and each says it started.
+    let logs = f.logs();
+    assert!(!logs.contains('\x1b'), "colour codes in a log file: {logs}");
+    assert!(logs.contains("gateway started"), "{logs}");
+    assert!(logs.contains("city node started"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,9 @@ fn the_chaos_run_keeps_every_invariant_through_kills_a_partition_and_a_stall() {
     assert_eq!(t["duplicated"], 0);
     assert_eq!(report["figures"]["gateway_stats_agree"], true);
     assert_eq!(report["figures"]["transfers"]["stuck"], 0);
+    // The recount says which run it is of.
+    assert_eq!(report["figures"]["seed"], 1);
+    assert_eq!(report["figures"]["duration_secs"], report["duration_secs"]);
     // Every planned request was acknowledged in the end, through the kills.
     assert_eq!(
         report["done"]["tickets_acknowledged"],

@@ -59,6 +59,59 @@ impl TlsFiles {
         }
     }
 
+    /// Checks the files before a process says it has started: each one
+    /// readable and of its kind, the key the certificate's, and the
+    /// certificate naming `holder`, the process that means to use it. Every
+    /// error names the key of the `[tls]` table (`tls.cert`), the file and
+    /// what is wrong with it.
+    pub fn check(&self, holder: &Identity) -> Result<(), TlsError> {
+        let field = |key: &str, path: &Path, e: TlsError| {
+            TlsError::Invalid(format!(
+                "tls.{key} ({}): {}",
+                path.display(),
+                plain(e, path)
+            ))
+        };
+        roots(&self.ca).map_err(|e| field("ca", &self.ca, e))?;
+        let chain = read_certs(&self.cert).map_err(|e| field("cert", &self.cert, e))?;
+        let key = read_key(&self.key).map_err(|e| field("key", &self.key, e))?;
+        if let Some(crl) = &self.crl {
+            read_crls(Some(crl)).map_err(|e| field("crl", crl, e))?;
+        }
+        match identity_of(&chain[0]) {
+            Some(named) if named == *holder => {}
+            Some(named) => {
+                return Err(TlsError::Invalid(format!(
+                    "tls.cert ({}): the certificate names {} ({named}), but this process is {} ({holder}): give it its own certificate",
+                    self.cert.display(),
+                    short(&named),
+                    short(holder),
+                )));
+            }
+            None => {
+                return Err(TlsError::Invalid(format!(
+                    "tls.cert ({}): the certificate names no holder of this federation (a URI SAN such as {holder}), but this process is {}",
+                    self.cert.display(),
+                    short(holder),
+                )));
+            }
+        }
+        let signing = provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| field("key", &self.key, e.into()))?;
+        rustls::sign::CertifiedKey::new(chain, signing)
+            .keys_match()
+            .map_err(|_| {
+                TlsError::Invalid(format!(
+                    "tls.key ({}): not the key of the certificate tls.cert ({}): give the key made with it",
+                    self.key.display(),
+                    self.cert.display(),
+                ))
+            })?;
+        Ok(())
+    }
+
     /// The files' modification times, to notice a rotation.
     pub(crate) fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
         [
@@ -70,6 +123,26 @@ impl TlsFiles {
         .into_iter()
         .map(|p| p.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()))
         .collect()
+    }
+}
+
+/// A holder as a person would say it: `city luzhou`, `the gateway`.
+fn short(id: &Identity) -> String {
+    match id {
+        Identity::Gateway => "the gateway".into(),
+        Identity::Province => "the province".into(),
+        Identity::City(c) => format!("city {c}"),
+        Identity::Department(d) => format!("department {d}"),
+    }
+}
+
+/// An error's text without the path it starts with (the caller names it).
+fn plain(e: TlsError, path: &Path) -> String {
+    let text = e.to_string();
+    let prefix = format!("{}: ", path.display());
+    match text.strip_prefix(&prefix) {
+        Some(rest) => rest.to_owned(),
+        None => text,
     }
 }
 

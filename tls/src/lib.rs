@@ -50,6 +50,22 @@ impl TlsError {
     }
 }
 
+/// Checks the transport a process's configuration asks for, before it
+/// starts: mutual TLS from `tls` with a certificate naming `holder` (see
+/// [`TlsFiles::check`]), or plaintext when `insecure`, which only a
+/// loopback `listen` address may have.
+pub fn check(
+    tls: Option<&TlsFiles>,
+    insecure: bool,
+    listen: std::net::SocketAddr,
+    holder: &hotline_proto::identity::Identity,
+) -> Result<(), TlsError> {
+    match (tls, insecure) {
+        (Some(files), false) => files.check(holder),
+        _ => transport(tls, insecure, listen).map(|_| ()),
+    }
+}
+
 /// The transport a process's configuration asks for, checked: mutual TLS
 /// from `tls`, or plaintext when `insecure` — which only a loopback
 /// `listen` address may have.
