@@ -716,6 +716,47 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_in_seconds_come_before_hours_and_acceptance_is_due_by_them() {
+        let p = Policy::new(
+            DeadlineConfig {
+                resolve_hours: Some(10),
+                resolve_seconds: Some(45),
+                urgent_resolve_seconds: Some(20),
+                ..Default::default()
+            },
+            RuleConfig::default(),
+            crate::calendar::Calendar::shipped(),
+            &Default::default(),
+        );
+        let normal = p.resolve_due(
+            T0,
+            false,
+            hotline_proto::pb::TicketKind::Complaint as i32,
+            "education",
+        );
+        assert_eq!(normal, T0 + 45_000);
+        assert_eq!(p.accept_due(T0, false, "education", normal), normal);
+        let urgent = p.resolve_due(
+            T0,
+            true,
+            hotline_proto::pb::TicketKind::Complaint as i32,
+            "education",
+        );
+        assert_eq!(urgent, T0 + 20_000);
+        assert_eq!(p.accept_due(T0, true, "education", urgent), urgent);
+        // Without seconds, the hours.
+        assert_eq!(
+            policy().resolve_due(
+                T0,
+                false,
+                hotline_proto::pb::TicketKind::Complaint as i32,
+                "education"
+            ),
+            T0 + 10 * HOUR_MS
+        );
+    }
+
+    #[test]
     fn long_unresolved_fires_once_the_margin_past_the_deadline_has_passed() {
         let p = Policy::new(
             DeadlineConfig {

@@ -156,6 +156,11 @@ pub struct DeadlineConfig {
     /// the same time at the latest.
     pub resolve_hours: Option<u32>,
     pub urgent_resolve_hours: Option<u32>,
+    /// Calendar seconds instead of hours, for a demonstration that shows a
+    /// duty officer's day in minutes (`simulator demo`); before
+    /// `resolve_hours` when both are given.
+    pub resolve_seconds: Option<u32>,
+    pub urgent_resolve_seconds: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -187,6 +192,8 @@ impl Default for DeadlineConfig {
             calendars: Vec::new(),
             resolve_hours: None,
             urgent_resolve_hours: None,
+            resolve_seconds: None,
+            urgent_resolve_seconds: None,
         }
     }
 }
@@ -352,6 +359,14 @@ impl Policy {
     /// resolved by.
     pub fn resolve_due(&self, from_ms: i64, urgent: bool, kind: i32, category: &str) -> i64 {
         let d = &self.0.deadlines;
+        let seconds = if urgent {
+            d.urgent_resolve_seconds
+        } else {
+            d.resolve_seconds
+        };
+        if let Some(s) = seconds {
+            return from_ms + i64::from(s) * 1000;
+        }
         let hours = if urgent {
             d.urgent_resolve_hours
         } else {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use city_node::NodeConfig;
 use gateway::GatewayConfig;
@@ -55,6 +56,9 @@ fn stopper(stop: &watch::Sender<bool>) -> impl std::future::Future<Output = ()> 
     }
 }
 
+/// How long the demo's gateway gives a ticket to be resolved.
+pub const DUE: Duration = Duration::from_secs(40);
+
 impl Cluster {
     /// Starts the federation of `catalogue`'s cities with its stores under
     /// `data_dir`.
@@ -88,14 +92,17 @@ impl Cluster {
             insecure: false,
             transfer_completion_ms: 30 * 60 * 1000,
             limits: gateway::limits::Limits::default(),
-            deadlines: Default::default(),
-            // The demo's requests are each a matter of their own, in words
-            // drawn from one sentence per category: merging is left to
-            // `simulator run`'s duplicates.
-            supervision: gateway::supervision::RuleConfig {
-                merge_window_hours: 0,
+            // A duty officer's day in minutes: a ticket is due resolved
+            // (and accepted) within DUE, an urgent one within half of it;
+            // the demo's departments take longer on some (demo.rs).
+            deadlines: gateway::supervision::DeadlineConfig {
+                resolve_seconds: Some(DUE.as_secs() as u32),
+                urgent_resolve_seconds: Some(DUE.as_secs() as u32 / 2),
                 ..Default::default()
             },
+            // Merging on, as in a real deployment: the demo's citizens
+            // report some matters again (合并派单).
+            supervision: Default::default(),
             watch_retention_hours: 24,
             http_listen: Some(dashboard),
             departments: Default::default(),

@@ -77,7 +77,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     let mut load = JoinSet::new();
     let mut people = JoinSet::new();
     for (i, (city, channel)) in nodes.iter().enumerate() {
-        let citizens = Citizens::new(city, &catalogue, opts.seed, Mix::default());
+        // Some matters reported again by other citizens (merged by the
+        // gateway), and departments that take longer on some tickets than
+        // the gateway's deadline (crate::cluster::DUE) allows.
+        let mix = Mix {
+            repeat: 100,
+            ..Mix::default()
+        };
+        let citizens = Citizens::new(city, &catalogue, opts.seed, mix);
         load.spawn(citizens_of(
             CityHotlineClient::new(channel.clone()),
             citizens,
@@ -88,7 +95,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         people.spawn(operators::operators(
             CityHotlineClient::new(channel.clone()),
             opts.seed.wrapping_add(100 + i as u64),
-            Behaviour::default(),
+            Behaviour::day(crate::cluster::DUE / 2, crate::cluster::DUE * 2),
             actions.clone(),
             people_rx.clone(),
         ));

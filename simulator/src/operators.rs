@@ -24,6 +24,16 @@ pub struct Behaviour {
     pub reopen: u32,
     /// How often each operator looks at the queue.
     pub poll: Duration,
+    /// How long a department works on an accepted ticket before it is
+    /// resolved: up to `quick` for most, between `quick` and `slow` for
+    /// `slow_share` per mille of them (zero: resolved when seen).
+    pub quick: Duration,
+    pub slow: Duration,
+    pub slow_share: u32,
+    /// Of the tickets closed, those closed basically satisfied and those
+    /// closed unsatisfied, per mille (the rest satisfied).
+    pub basically_satisfied: u32,
+    pub unsatisfied: u32,
 }
 
 impl Default for Behaviour {
@@ -32,6 +42,51 @@ impl Default for Behaviour {
             reject: 50,
             reopen: 100,
             poll: Duration::from_millis(150),
+            quick: Duration::ZERO,
+            slow: Duration::ZERO,
+            slow_share: 0,
+            basically_satisfied: 0,
+            unsatisfied: 0,
+        }
+    }
+}
+
+impl Behaviour {
+    /// A duty officer's day, for the demo: most tickets handled within
+    /// `quick`, some slow enough to pass a deadline between the two, and
+    /// citizens not all satisfied.
+    pub fn day(quick: Duration, slow: Duration) -> Self {
+        Self {
+            quick,
+            slow,
+            slow_share: 150,
+            basically_satisfied: 120,
+            unsatisfied: 60,
+            ..Self::default()
+        }
+    }
+
+    /// How long the department works on one ticket.
+    fn work(&self, rng: &mut StdRng) -> Duration {
+        let (from, to) = if rng.random_range(0..1000) < self.slow_share {
+            (self.quick, self.slow)
+        } else {
+            (Duration::ZERO, self.quick)
+        };
+        if to <= from {
+            return from;
+        }
+        from + (to - from).mul_f64(rng.random_range(0.0..1.0))
+    }
+
+    fn satisfaction(&self, rng: &mut StdRng) -> Satisfaction {
+        let roll = rng.random_range(0..1000);
+        if roll < self.unsatisfied {
+            Satisfaction::Unsatisfied
+        } else if roll < self.unsatisfied + self.basically_satisfied {
+            Satisfaction::BasicallySatisfied
+        } else {
+            Satisfaction::Satisfied
         }
     }
 }
@@ -84,6 +139,9 @@ pub async fn operators(
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
     let a = &actions;
+    // When each ticket in hand is done: decided when first seen accepted
+    // (or reopened), forgotten once resolved.
+    let mut done_at: std::collections::HashMap<String, std::time::Instant> = Default::default();
     while !*stop.borrow() {
         // As the handling city: what was delivered, accepted or reopened.
         for role in [TicketRole::Received, TicketRole::Local] {
@@ -110,6 +168,14 @@ pub async fn operators(
             }
             for status in [TicketStatus::Accepted, TicketStatus::Reopened] {
                 for t in page(&mut client, role, status).await {
+                    let now = std::time::Instant::now();
+                    let at = *done_at
+                        .entry(t.id.clone())
+                        .or_insert_with(|| now + behaviour.work(&mut rng));
+                    if at > now {
+                        continue;
+                    }
+                    done_at.remove(&t.id);
                     let r = client
                         .resolve_ticket(ResolveTicketRequest {
                             ticket_id: t.id,
@@ -140,7 +206,7 @@ pub async fn operators(
                     let r = client
                         .close_ticket(CloseTicketRequest {
                             ticket_id: t.id,
-                            satisfaction: Satisfaction::Satisfied as i32,
+                            satisfaction: behaviour.satisfaction(&mut rng) as i32,
                             note: String::new(),
                         })
                         .await;

@@ -808,11 +808,28 @@ pub fn table(r: &Report) -> String {
         ));
     }
     let t = &r.tickets;
+    // Requests are counted once; what is dispatched, once per target city
+    // (a request for several cities is a part for each), less the reports
+    // merged into a ticket already open about the same matter.
     out.push_str(&format!(
-        "\ncreated {} (cross-city {}, multi-city {}, local {}); dispatched {}, delivered {}, resolved {}, closed {}\n\
-         rejected to coordination {}, reassigned {}; lost {}, duplicated {}; gateway statistics {}\n",
-        t.created, t.cross_city, t.multi_city, t.local, t.dispatched, t.delivered, t.resolved, t.closed,
-        t.rejected, t.reassigned, t.lost, t.duplicated,
+        "\nrequests {}: for one other city {}, for several cities {}, for the city itself {} (handled there, never dispatched)\n\
+         dispatched {} (one per target city of each cross-city request), merged into an open ticket of the same matter {} (not dispatched); \
+         delivered {} of the {} dispatched\n\
+         resolved {}, closed {}; rejected to coordination {}, reassigned {}; lost {}, duplicated {}; gateway statistics {}\n",
+        t.created,
+        t.cross_city.saturating_sub(t.multi_city),
+        t.multi_city,
+        t.local,
+        t.dispatched,
+        t.merged,
+        t.delivered,
+        t.dispatched,
+        t.resolved,
+        t.closed,
+        t.rejected,
+        t.reassigned,
+        t.lost,
+        t.duplicated,
         if r.gateway_stats_agree { "agree" } else { "DISAGREE" }
     ));
     let c = &r.transfers;

@@ -398,7 +398,7 @@ impl Scenario {
         Ok(s)
     }
 
-    /// The scenario's cities, with the 14 categories.
+    /// The scenario's cities, with the 17 categories (14 hot, 3 emergency).
     pub fn catalogue(&self) -> anyhow::Result<Catalogue> {
         let province = Catalogue::province();
         Ok(match &self.cities {
