@@ -95,7 +95,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         people.spawn(operators::operators(
             CityHotlineClient::new(channel.clone()),
             opts.seed.wrapping_add(100 + i as u64),
-            Behaviour::day(crate::cluster::DUE / 2, crate::cluster::DUE * 2),
+            Behaviour::day(crate::cluster::DUE / 4, crate::cluster::DUE * 3 / 2),
             actions.clone(),
             people_rx.clone(),
         ));

@@ -59,7 +59,7 @@ impl Behaviour {
         Self {
             quick,
             slow,
-            slow_share: 150,
+            slow_share: 100,
             basically_satisfied: 120,
             unsatisfied: 60,
             ..Self::default()
