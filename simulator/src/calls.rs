@@ -5,6 +5,7 @@
 //! side has answered, and turns a transfer that failed into a ticket (工单互派
 //! behind 一键互转), which joins the tickets the report accounts for.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,6 +68,16 @@ pub struct Started {
 #[derive(Debug, Default)]
 pub struct CallLog {
     pub started: Mutex<Vec<Started>>,
+    /// `ConvertTransferToTicket` calls the desks made, retries included:
+    /// a desk converts each failed transfer once, so these stay close to
+    /// the conversions.
+    pub conversion_calls: std::sync::atomic::AtomicU64,
+    /// The transfers being converted or converted, by id, for every desk
+    /// and every session of it: the node sends a failed transfer's update
+    /// again (after each conversion, on reconnecting), and the desk
+    /// converts it once; a conversion that fails takes its id out, so that
+    /// a later update tries again.
+    converting: Mutex<HashSet<String>>,
 }
 
 impl CallLog {
@@ -212,6 +223,7 @@ pub async fn desk(
         operator.clone(),
         inbound,
         created,
+        log.clone(),
         stop.clone(),
     ));
     let mut rng = StdRng::seed_from_u64(seed);
@@ -347,6 +359,7 @@ pub async fn planned_desk(
             operator.clone(),
             inbound,
             created.clone(),
+            log.clone(),
             stop.clone(),
         ));
         loop {
@@ -388,6 +401,7 @@ async fn follow(
     operator: String,
     mut inbound: tonic::Streaming<OperatorSessionResponse>,
     created: Arc<Mutex<Vec<Created>>>,
+    log: Arc<CallLog>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut work = tokio::task::JoinSet::new();
@@ -405,12 +419,20 @@ async fn follow(
                 work.spawn(hand_over(client.clone(), operator.clone(), t));
             }
             Ok(TransferState::Failed | TransferState::Declined | TransferState::TimedOut) => {
-                work.spawn(convert(
-                    client.clone(),
-                    operator.clone(),
-                    t,
-                    created.clone(),
-                ));
+                let first = log
+                    .converting
+                    .lock()
+                    .map(|mut c| c.insert(t.id.clone()))
+                    .unwrap_or(true);
+                if first {
+                    work.spawn(convert(
+                        client.clone(),
+                        operator.clone(),
+                        t,
+                        created.clone(),
+                        log.clone(),
+                    ));
+                }
             }
             _ => {}
         }
@@ -437,13 +459,22 @@ async fn convert(
     operator: String,
     t: Transfer,
     created: Arc<Mutex<Vec<Created>>>,
+    log: Arc<CallLog>,
 ) {
     let req = ConvertTransferToTicketRequest {
         operator_id: operator,
-        transfer_id: t.id,
+        transfer_id: t.id.clone(),
         note: "转接未成功，转为工单".into(),
     };
+    // Not converted: a later update of the transfer tries again.
+    let not_converted = || {
+        if let Ok(mut c) = log.converting.lock() {
+            c.remove(&t.id);
+        }
+    };
     for _ in 0..20 {
+        log.conversion_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match client.convert_transfer_to_ticket(req.clone()).await {
             Ok(r) => {
                 if let Some(ticket) = r.into_inner().ticket
@@ -465,7 +496,11 @@ async fn convert(
             Err(e) if hotline_proto::grpc::is_transient(e.code()) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(_) => return,
+            Err(_) => {
+                not_converted();
+                return;
+            }
         }
     }
+    not_converted();
 }

@@ -477,14 +477,22 @@ fn main() -> ExitCode {
                 Ok(r)
                     if r.tickets.lost == 0
                         && r.tickets.duplicated == 0
-                        && r.transfers.stuck == 0 =>
+                        && r.transfers.stuck == 0
+                        && r.gateway_stats_agree =>
                 {
                     ExitCode::SUCCESS
                 }
                 Ok(r) => {
                     eprintln!(
-                        "error: {} lost and {} duplicated tickets, {} stuck transfers",
-                        r.tickets.lost, r.tickets.duplicated, r.transfers.stuck
+                        "error: {} lost and {} duplicated tickets, {} stuck transfers; the gateway's statistics {} with the stores' recount",
+                        r.tickets.lost,
+                        r.tickets.duplicated,
+                        r.transfers.stuck,
+                        if r.gateway_stats_agree {
+                            "agree"
+                        } else {
+                            "DISAGREE"
+                        }
                     );
                     ExitCode::FAILURE
                 }

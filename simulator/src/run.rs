@@ -115,6 +115,9 @@ pub struct Done {
     pub closed: u64,
     pub reopened: u64,
     pub assigned: u64,
+    /// `ConvertTransferToTicket` calls the desks made, retries included
+    /// (against `figures.transfers.converted_to_tickets`).
+    pub conversion_calls: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -592,6 +595,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             closed: a.closed.load(Ordering::Relaxed),
             reopened: a.reopened.load(Ordering::Relaxed),
             assigned: a.assigned.load(Ordering::Relaxed),
+            conversion_calls: call_log.conversion_calls.load(Ordering::Relaxed),
         },
         faults: fault_log.lock().map(|f| f.clone()).unwrap_or_default(),
         flow: flow(&snapshot, &transfers),

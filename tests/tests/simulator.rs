@@ -106,6 +106,17 @@ fn the_chaos_run_keeps_every_invariant_through_kills_a_partition_and_a_stall() {
     assert_eq!(t["duplicated"], 0);
     assert_eq!(report["figures"]["gateway_stats_agree"], true);
     assert_eq!(report["figures"]["transfers"]["stuck"], 0);
+    // The desks convert each failed transfer once (#23): their calls,
+    // retries through the kills included, within twice the conversions.
+    let conversions = report["figures"]["transfers"]["converted_to_tickets"]
+        .as_u64()
+        .unwrap();
+    let calls = report["done"]["conversion_calls"].as_u64().unwrap();
+    assert!(conversions > 0, "{}", report["figures"]["transfers"]);
+    assert!(
+        calls <= 2 * conversions,
+        "{calls} conversion calls for {conversions} conversions"
+    );
     // The recount says which run it is of.
     assert_eq!(report["figures"]["seed"], 1);
     assert_eq!(report["figures"]["duration_secs"], report["duration_secs"]);
