@@ -104,9 +104,9 @@ impl NodeConfig {
         config.tls = config.tls.map(|t| t.relative_to(base));
         // Like the certificates: a relative data_dir is the file's
         // neighbour, wherever the process is started from.
-        if config.data_dir.is_relative() {
-            config.data_dir = base.join(&config.data_dir);
-        }
+        config.data_dir = hotline_durable::db::data_dir_beside(base, &config.data_dir, "node.db")
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("in {}", path.display()))?;
         config.apply_env(env)?;
         config.catalogue()?;
         config.store()?;

@@ -109,6 +109,30 @@ pub enum Store {
     Postgres { url: String, schema: String },
 }
 
+/// Where a relative `data_dir` of a configuration file in `config_dir`
+/// is: beside the file, like the certificates' paths. An earlier version
+/// took it from the working directory: where a store `file` is there and
+/// not at the new place, this refuses, naming both, rather than let the
+/// process start on an empty store beside its old one.
+pub fn data_dir_beside(config_dir: &Path, data_dir: &Path, file: &str) -> Result<PathBuf, String> {
+    if data_dir.is_absolute() {
+        return Ok(data_dir.to_owned());
+    }
+    let beside = config_dir.join(data_dir);
+    let old = data_dir.join(file);
+    if beside != data_dir && old.exists() && !beside.join(file).exists() {
+        return Err(format!(
+            "data_dir: {} is taken from the configuration file's directory, so the store is {}; \
+             a store is at {} from the working directory, where an earlier version took it: \
+             move it (with its -wal and -shm files) there, or give data_dir as an absolute path",
+            data_dir.display(),
+            beside.join(file).display(),
+            old.display()
+        ));
+    }
+    Ok(beside)
+}
+
 impl Store {
     /// The store a configuration names: `store` absent or `"sqlite"` for
     /// the SQLite file `sqlite`, or a PostgreSQL connection string and
@@ -582,6 +606,47 @@ mod tests {
     use super::*;
 
     const SCHEMA: &[&str] = &["CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);"];
+
+    #[test]
+    fn a_relative_data_dir_is_beside_the_file_unless_a_store_is_where_it_used_to_be() {
+        let top = tempfile::tempdir().unwrap();
+        let old = tempfile::tempdir().unwrap();
+        // `old`, relative to the working directory.
+        let cwd = std::env::current_dir().unwrap();
+        let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        let relative = up.join(old.path().strip_prefix("/").unwrap());
+        assert!(relative.is_relative());
+        // A configuration directory deeper than the way up, so that the
+        // relative path from it leads elsewhere.
+        let deep: PathBuf = cwd.components().map(|_| "d").collect();
+        let config_dir = tempfile::TempDir::new_in(top.path()).unwrap();
+        let config_dir = config_dir.path().join(deep);
+        // Nothing there: beside the file.
+        assert_eq!(
+            data_dir_beside(&config_dir, &relative, "node.db").unwrap(),
+            config_dir.join(&relative)
+        );
+        assert_eq!(
+            data_dir_beside(&config_dir, Path::new("/abs"), "node.db").unwrap(),
+            Path::new("/abs")
+        );
+        // A store where the working directory put it: refused, naming both.
+        std::fs::write(old.path().join("node.db"), b"").unwrap();
+        let e = data_dir_beside(&config_dir, &relative, "node.db").unwrap_err();
+        assert!(e.starts_with("data_dir: "), "{e}");
+        assert!(
+            e.contains(&relative.join("node.db").display().to_string()),
+            "{e}"
+        );
+        // Moved beside the file: taken.
+        let beside = config_dir.join(&relative);
+        std::fs::create_dir_all(&beside).unwrap();
+        std::fs::write(beside.join("node.db"), b"").unwrap();
+        assert_eq!(
+            data_dir_beside(&config_dir, &relative, "node.db").unwrap(),
+            beside
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_commits_and_a_failing_one_is_rolled_back_alone() {

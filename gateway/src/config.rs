@@ -103,9 +103,10 @@ impl GatewayConfig {
         config.tls = config.tls.map(|t| t.relative_to(base));
         // Like the certificates: a relative data_dir is the file's
         // neighbour, wherever the process is started from.
-        if config.data_dir.is_relative() {
-            config.data_dir = base.join(&config.data_dir);
-        }
+        config.data_dir =
+            hotline_durable::db::data_dir_beside(base, &config.data_dir, "gateway.db")
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("in {}", path.display()))?;
         for f in &mut config.deadlines.calendars {
             *f = base.join(&*f);
         }
