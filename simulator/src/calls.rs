@@ -72,6 +72,10 @@ pub struct CallLog {
     /// a desk converts each failed transfer once, so these stay close to
     /// the conversions.
     pub conversion_calls: std::sync::atomic::AtomicU64,
+    /// Conversions the desk gave up on for now (refused, or still failing
+    /// after its retries): said, not silent; a later update of the
+    /// transfer tries again.
+    pub conversions_not_made: std::sync::atomic::AtomicU64,
     /// The transfers being converted or converted, by id, for every desk
     /// and every session of it: the node sends a failed transfer's update
     /// again (after each conversion, on reconnecting), and the desk
@@ -466,8 +470,12 @@ async fn convert(
         transfer_id: t.id.clone(),
         note: "转接未成功，转为工单".into(),
     };
-    // Not converted: a later update of the transfer tries again.
-    let not_converted = || {
+    // Not converted: counted, and a later update of the transfer tries
+    // again.
+    let not_converted = |why: &str| {
+        log.conversions_not_made
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(transfer = %t.id, why, "the desk could not convert a failed transfer");
         if let Ok(mut c) = log.converting.lock() {
             c.remove(&t.id);
         }
@@ -496,11 +504,11 @@ async fn convert(
             Err(e) if hotline_proto::grpc::is_transient(e.code()) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(_) => {
-                not_converted();
+            Err(e) => {
+                not_converted(e.message());
                 return;
             }
         }
     }
-    not_converted();
+    not_converted("still unavailable after 20 tries");
 }

@@ -118,6 +118,8 @@ pub struct Done {
     /// `ConvertTransferToTicket` calls the desks made, retries included
     /// (against `figures.transfers.converted_to_tickets`).
     pub conversion_calls: u64,
+    /// Conversions a desk gave up on for a while (see `CallLog`).
+    pub conversions_not_made: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -596,6 +598,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             reopened: a.reopened.load(Ordering::Relaxed),
             assigned: a.assigned.load(Ordering::Relaxed),
             conversion_calls: call_log.conversion_calls.load(Ordering::Relaxed),
+            conversions_not_made: call_log.conversions_not_made.load(Ordering::Relaxed),
         },
         faults: fault_log.lock().map(|f| f.clone()).unwrap_or_default(),
         flow: flow(&snapshot, &transfers),
@@ -907,8 +910,14 @@ pub fn summary(r: &RunReport) -> String {
         d.accepted, d.rejected, d.resolved, d.closed, d.reopened, d.assigned
     ));
     out.push_str(&format!(
-        "requests acknowledged {} of {} planned (refused {}); transfers not started (node away) {}\n",
-        d.tickets_acknowledged, r.plan.requests, d.tickets_refused, d.transfers_not_started
+        "requests acknowledged {} of {} planned (refused {}); transfers not started (node away) {}; \
+         conversions of failed transfers: calls {}, given up for a while {}\n",
+        d.tickets_acknowledged,
+        r.plan.requests,
+        d.tickets_refused,
+        d.transfers_not_started,
+        d.conversion_calls,
+        d.conversions_not_made
     ));
     for f in &r.faults {
         out.push_str(&format!(
