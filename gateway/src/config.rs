@@ -61,13 +61,19 @@ pub struct GatewayConfig {
     /// (none when absent).
     #[serde(default)]
     pub http_listen: Option<SocketAddr>,
+    /// Host names the dashboard and `/metrics` answer to besides IP
+    /// addresses and `localhost` (the name a proxy or Prometheus uses).
+    /// Any other `Host` is refused (421), so that a web page the duty
+    /// officer opens cannot reach the dashboard by DNS rebinding.
+    #[serde(default)]
+    pub http_hosts: Vec<String>,
     /// How long the flow log keeps events for `WatchFlow` to resume from.
     #[serde(default = "default_watch_retention_hours")]
     pub watch_retention_hours: u32,
     /// Member cities; the four cities of southern Sichuan when absent.
     #[serde(default)]
     pub cities: Option<Vec<City>>,
-    /// Hot categories; the 14 of the domain when absent.
+    /// Categories; the 17 of the domain (14 hot, 3 emergency) when absent.
     #[serde(default)]
     pub categories: Option<Vec<Category>>,
 }

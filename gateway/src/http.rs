@@ -48,12 +48,61 @@ struct Http {
     ledger: Ledger,
 }
 
-/// Serves the dashboard and `/metrics` on `listener` until `shutdown`.
+/// Whether a request's `Host` (or HTTP/2 authority) may reach the
+/// dashboard: an IP address (a DNS rebinding attack needs a name),
+/// `localhost`, or one of `allowed` (the configuration's `http_hosts`),
+/// with or without a port; no host at all (HTTP/1.0) passes too.
+pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(host) = host.map(str::trim) else {
+        return true;
+    };
+    // `[::1]:7480`, `[::1]`: an IPv6 address.
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split(']')
+            .next()
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || allowed
+            .iter()
+            .any(|a| a.trim_end_matches('.').eq_ignore_ascii_case(&name))
+}
+
+/// Serves the dashboard and `/metrics` on `listener` until `shutdown`,
+/// to requests whose host [`host_allowed`] accepts among `hosts`.
 pub async fn serve(
     listener: TcpListener,
     ledger: Ledger,
+    hosts: Vec<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let hosts = Arc::new(hosts);
+    let guard = move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let hosts = hosts.clone();
+        async move {
+            let host = request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| request.uri().authority().map(|a| a.as_str()));
+            if host_allowed(host, &hosts) {
+                next.run(request).await
+            } else {
+                (
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "this host name is not the gateway's dashboard: add it to http_hosts in the gateway's configuration\n",
+                )
+                    .into_response()
+            }
+        }
+    };
     let app = Router::new()
         .route(
             "/",
@@ -71,7 +120,8 @@ pub async fn serve(
         .route("/api/events", get(events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(Arc::new(Http { ledger }));
+        .with_state(Arc::new(Http { ledger }))
+        .layer(axum::middleware::from_fn(guard));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -546,4 +596,40 @@ async fn metrics(State(http): State<Arc<Http>>) -> Response {
         text,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_addresses_localhost_and_the_configured_names_reach_the_dashboard() {
+        let none: Vec<String> = Vec::new();
+        for ok in [
+            "127.0.0.1:7480",
+            "127.0.0.1",
+            "10.1.2.3:80",
+            "[::1]:7480",
+            "[::1]",
+            "localhost:7480",
+            "LOCALHOST",
+        ] {
+            assert!(host_allowed(Some(ok), &none), "{ok}");
+        }
+        assert!(host_allowed(None, &none));
+        // A name that resolves to loopback is what DNS rebinding uses.
+        for refused in [
+            "evil.example:7480",
+            "evil.example",
+            "127.0.0.1.nip.io",
+            "[evil]:1",
+            "",
+        ] {
+            assert!(!host_allowed(Some(refused), &none), "{refused}");
+        }
+        let named = vec!["dashboard.hotline.example".to_owned()];
+        assert!(host_allowed(Some("Dashboard.Hotline.Example:443"), &named));
+        assert!(host_allowed(Some("dashboard.hotline.example."), &named));
+        assert!(!host_allowed(Some("other.hotline.example"), &named));
+    }
 }

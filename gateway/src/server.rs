@@ -132,11 +132,12 @@ pub async fn serve_with_http(
             tracing::info!(%addr, "dashboard and /metrics");
             let mut closing = closing_rx.clone();
             let ledger = ledger.clone();
+            let hosts = config.http_hosts.clone();
             Some(tokio::spawn(async move {
                 let stop = async move {
                     let _ = closing.wait_for(|c| *c).await;
                 };
-                if let Err(e) = crate::http::serve(http, ledger, stop).await {
+                if let Err(e) = crate::http::serve(http, ledger, hosts, stop).await {
                     tracing::error!(error = %e, "the dashboard stopped");
                 }
             }))

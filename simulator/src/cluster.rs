@@ -105,6 +105,7 @@ impl Cluster {
             supervision: Default::default(),
             watch_retention_hours: 24,
             http_listen: Some(dashboard),
+            http_hosts: Vec::new(),
             departments: Default::default(),
             cities: Some(catalogue.cities.clone()),
             categories: Some(catalogue.categories.clone()),

@@ -572,10 +572,15 @@ pub async fn wait_status(
 
 /// A plain HTTP/1.1 GET on loopback: the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_as(addr, &addr.to_string(), path).await
+}
+
+/// As [`http_get`], saying `host` in the `Host` header.
+pub async fn http_get_as(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();

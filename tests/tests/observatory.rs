@@ -594,6 +594,17 @@ async fn metrics_are_served_in_prometheus_text_with_bounded_labels_and_no_person
     let flood = create(&mut luzhou, draft(&["yibin"], "natural-disaster")).await;
     wait_status(&yibin, &flood.id, TicketStatus::Delivered).await;
 
+    // A name that is not the dashboard's (DNS rebinding from a page the
+    // duty officer opens) is refused; localhost and the address are not.
+    for path in ["/", "/api/overview", "/metrics"] {
+        let (code, body) =
+            federation_tests::http_get_as(f.dashboard, "rebind.example:7480", path).await;
+        assert_eq!(code, 421, "{path}: {body}");
+        assert!(body.contains("http_hosts"), "{body}");
+    }
+    let localhost = format!("localhost:{}", f.dashboard.port());
+    let (code, _) = federation_tests::http_get_as(f.dashboard, &localhost, "/healthz").await;
+    assert_eq!(code, 200);
     let (code, body) = http_get(f.dashboard, "/metrics").await;
     assert!(
         body.contains("hotline_escalations_total{city=\"yibin\"} 1"),
