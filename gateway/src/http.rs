@@ -122,9 +122,70 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Arc::new(Http { ledger }))
         .layer(axum::middleware::from_fn(guard));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    accept(listener, app, shutdown).await;
+    Ok(())
+}
+
+/// How long a client of the HTTP port may take to send a request's
+/// headers (the first, and each next one on a kept-alive connection)
+/// before the connection is closed: a slow or idle client (slowloris)
+/// lets go of its file descriptor.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections the HTTP port holds at once; past them a new one is closed
+/// at once, so that the dashboard cannot take the file descriptors the
+/// gRPC port needs.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Serves `app` on every connection `listener` accepts, at most
+/// [`MAX_CONNECTIONS`] at once, each with [`HEADER_TIMEOUT`]; on `shutdown`
+/// stops accepting and gives open connections five seconds to finish.
+async fn accept(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, for instance: wait, go on.
+                    tracing::warn!(error = %e, "the dashboard cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "the dashboard holds {MAX_CONNECTIONS} connections: one more closed");
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let served = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!(error = %e, "a dashboard connection ended");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
 }
 
 fn page(body: &'static str, content_type: &'static str) -> Response {

@@ -759,3 +759,25 @@ async fn after_a_simulator_run_the_statistics_equal_its_recount_also_after_a_gat
         stats_before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_client_that_never_finishes_its_headers_is_let_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Federation::start().await;
+    // Slowloris: a request's first lines, and then nothing.
+    let mut slow = tokio::net::TcpStream::connect(f.dashboard).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    // The others are answered meanwhile.
+    let (code, _) = http_get(f.dashboard, "/healthz").await;
+    assert_eq!(code, 200);
+    // The gateway closes it after its header timeout (10 s): the read
+    // ends (whatever it says first) long before a minute.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut rest)).await;
+    assert!(
+        ended.is_ok(),
+        "a connection that never finished its headers is still open after a minute"
+    );
+}
