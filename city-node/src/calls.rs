@@ -533,7 +533,8 @@ impl Calls {
         };
         validate::new_ticket(&draft, &self.inner.city, &self.inner.catalogue)?;
         let city = self.inner.city.clone();
-        let (ticket, queued) = self
+        // Converted again (a retry): the same ticket, by the request id.
+        let lifecycle::Created { ticket, queued, .. } = self
             .inner
             .db
             .write(move |c| lifecycle::create(c, &city, draft))

@@ -16,6 +16,9 @@ pub enum NodeError {
     PermissionDenied(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A request id already used by a request that said something else.
+    #[error("{0}")]
+    AlreadyExists(String),
     #[error("transfer {0} is not known here")]
     UnknownTransfer(String),
     /// An event ahead of what this node has; the gateway resends it.
@@ -42,6 +45,7 @@ impl From<NodeError> for Status {
             }
             NodeError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             NodeError::Unavailable(_) => Status::unavailable(e.to_string()),
+            NodeError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             NodeError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             NodeError::SequenceGap { .. } => Status::aborted(e.to_string()),
             NodeError::Db(_) | NodeError::Corrupt(..) => {

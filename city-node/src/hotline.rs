@@ -214,15 +214,30 @@ impl CityHotline for HotlineService {
             .ok_or_else(|| invalid_argument("ticket", "is required"))?;
         validate::new_ticket(&draft, &self.city, &self.catalogue).map_err(Status::from)?;
         let city = self.city.clone();
-        let (ticket, queued) = self
+        let asked = draft.clone();
+        let created = self
             .db
             .write(move |c| lifecycle::create(c, &city, draft))
             .await?;
-        if queued {
+        let ticket = created.ticket;
+        if created.replay {
+            // A retry answers what the first call made; a request that says
+            // something else under the same id is another request.
+            if !lifecycle::same_request(&asked, &ticket) {
+                return Err(crate::error::NodeError::AlreadyExists(format!(
+                    "request_id: {:?} made ticket {} from another request; give this one an id of its own",
+                    asked.request_id, ticket.id
+                ))
+                .into());
+            }
+            tracing::debug!(ticket = %ticket.id, "a retry of a request already made: its ticket");
+        } else {
+            tracing::info!(ticket = %ticket.id, targets = ?ticket.target_cities,
+                category = %ticket.category, "ticket created");
+        }
+        if created.queued {
             self.outbox.wake(GATEWAY);
         }
-        tracing::info!(ticket = %ticket.id, targets = ?ticket.target_cities,
-            category = %ticket.category, "ticket created");
         Ok(Response::new(CreateTicketResponse {
             ticket: Some(ticket),
         }))

@@ -28,12 +28,46 @@ pub struct Action {
 /// Records a new ticket made at `city`. Returns the ticket and whether
 /// anything was queued for the gateway. A repeated `request_id` returns the
 /// ticket first made.
-pub fn create(c: &Connection, city: &str, draft: Ticket) -> Result<(Ticket, bool)> {
+/// What [`create`] did.
+pub struct Created {
+    pub ticket: Ticket,
+    /// Something for the gateway was queued.
+    pub queued: bool,
+    /// The request id had made this ticket before: nothing was created.
+    pub replay: bool,
+}
+
+/// Whether `draft` says what the ticket made from an earlier request with
+/// its request id says (a retry), as far as the platform wrote it.
+pub fn same_request(draft: &Ticket, made: &Ticket) -> bool {
+    draft.target_cities == made.target_cities
+        && draft.category == made.category
+        && draft.kind == made.kind
+        && draft.subject == made.subject
+        && draft.description == made.description
+        && draft.location == made.location
+        && draft.citizen == made.citizen
+}
+
+pub fn create(c: &Connection, city: &str, draft: Ticket) -> Result<Created> {
     if !draft.request_id.is_empty()
         && let Some(id) = store::by_request_id(c, &draft.request_id)?
     {
-        return Ok((store::full(c, &id)?, false));
+        return Ok(Created {
+            ticket: store::full(c, &id)?,
+            queued: false,
+            replay: true,
+        });
     }
+    let (ticket, queued) = create_new(c, city, draft)?;
+    Ok(Created {
+        ticket,
+        queued,
+        replay: false,
+    })
+}
+
+fn create_new(c: &Connection, city: &str, draft: Ticket) -> Result<(Ticket, bool)> {
     let id = TicketId::new(city);
     let mut base = Ticket {
         id: id.to_string(),
@@ -167,10 +201,8 @@ pub fn act(
             "sent by"
         };
         return Err(NodeError::FailedPrecondition(format!(
-            "ticket {id} is not {what} {city}, so {city} cannot {}",
-            kind.as_str_name()
-                .trim_start_matches("EVENT_KIND_")
-                .to_lowercase()
+            "ticket {id} is not {what} {city}, so {city} cannot {} it",
+            verb(kind)
         )));
     }
     if kind == EventKind::Rejected && stored.role == TicketRole::Local {
@@ -253,4 +285,21 @@ fn report(c: &Connection, city: &str, ticket: &Ticket, event: TicketEvent) -> Re
     }
     .encode_to_vec();
     store::enqueue(c, ticket, REPORT_EVENT, payload)
+}
+
+/// What a city does to make an event of `kind`, as a verb.
+fn verb(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Accepted => "accept",
+        EventKind::Rejected => "reject",
+        EventKind::Resolved => "resolve",
+        EventKind::Closed => "close",
+        EventKind::Reopened => "reopen",
+        EventKind::Assigned => "be assigned",
+        EventKind::Created => "create",
+        EventKind::Dispatched => "dispatch",
+        EventKind::Delivered => "take delivery of",
+        EventKind::Merged => "merge",
+        EventKind::Unspecified => "act on",
+    }
 }

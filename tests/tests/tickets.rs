@@ -432,6 +432,21 @@ async fn the_same_dispatch_sent_100_times_also_concurrently_makes_one_ticket() {
     assert!(ids.iter().all(|i| *i == ids[0]));
     let sent = list_all(&mut luzhou, TicketRole::Sent).await;
     assert_eq!(sent.len(), 1);
+    // The same id on a request that says something else is not a retry:
+    // ALREADY_EXISTS, naming the field and the ticket the id made, and no
+    // second ticket.
+    let mut other = d.clone();
+    other.subject = "另一件事".into();
+    let e = luzhou
+        .create_ticket(CreateTicketRequest {
+            ticket: Some(other),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    assert!(e.message().starts_with("request_id:"), "{}", e.message());
+    assert!(e.message().contains(&ids[0]), "{}", e.message());
+    assert_eq!(list_all(&mut luzhou, TicketRole::Sent).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,6 +516,12 @@ async fn bad_input_gets_the_matching_status_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message()
+            .ends_with("is not handled by luzhou, so luzhou cannot resolve it"),
+        "{}",
+        err.message()
+    );
     let err = luzhou
         .close_ticket(CloseTicketRequest {
             ticket_id: t.id.clone(),
