@@ -214,7 +214,7 @@ impl CityHotline for HotlineService {
             .ok_or_else(|| invalid_argument("ticket", "is required"))?;
         validate::new_ticket(&draft, &self.city, &self.catalogue).map_err(Status::from)?;
         let city = self.city.clone();
-        let asked = draft.clone();
+        let request_id = draft.request_id.clone();
         let created = self
             .db
             .write(move |c| lifecycle::create(c, &city, draft))
@@ -223,10 +223,10 @@ impl CityHotline for HotlineService {
         if created.replay {
             // A retry answers what the first call made; a request that says
             // something else under the same id is another request.
-            if !lifecycle::same_request(&asked, &ticket) {
+            if !created.same_request {
                 return Err(crate::error::NodeError::AlreadyExists(format!(
-                    "request_id: {:?} made ticket {} from another request; give this one an id of its own",
-                    asked.request_id, ticket.id
+                    "request_id: {request_id:?} made ticket {} from another request; give this one an id of its own",
+                    ticket.id
                 ))
                 .into());
             }

@@ -25,9 +25,6 @@ pub struct Action {
     pub satisfaction: Satisfaction,
 }
 
-/// Records a new ticket made at `city`. Returns the ticket and whether
-/// anything was queued for the gateway. A repeated `request_id` returns the
-/// ticket first made.
 /// What [`create`] did.
 pub struct Created {
     pub ticket: Ticket,
@@ -35,11 +32,14 @@ pub struct Created {
     pub queued: bool,
     /// The request id had made this ticket before: nothing was created.
     pub replay: bool,
+    /// On a replay, whether the draft says what the first request said
+    /// ([`same_request`]): a retry, or another request under the same id.
+    pub same_request: bool,
 }
 
 /// Whether `draft` says what the ticket made from an earlier request with
 /// its request id says (a retry), as far as the platform wrote it.
-pub fn same_request(draft: &Ticket, made: &Ticket) -> bool {
+fn same_request(draft: &Ticket, made: &Ticket) -> bool {
     draft.target_cities == made.target_cities
         && draft.category == made.category
         && draft.kind == made.kind
@@ -49,12 +49,17 @@ pub fn same_request(draft: &Ticket, made: &Ticket) -> bool {
         && draft.citizen == made.citizen
 }
 
+/// Records a new ticket made at `city`, and whether anything was queued
+/// for the gateway. A repeated `request_id` returns the ticket first made
+/// (a replay) and creates nothing.
 pub fn create(c: &Connection, city: &str, draft: Ticket) -> Result<Created> {
     if !draft.request_id.is_empty()
         && let Some(id) = store::by_request_id(c, &draft.request_id)?
     {
+        let ticket = store::full(c, &id)?;
         return Ok(Created {
-            ticket: store::full(c, &id)?,
+            same_request: same_request(&draft, &ticket),
+            ticket,
             queued: false,
             replay: true,
         });
@@ -64,6 +69,7 @@ pub fn create(c: &Connection, city: &str, draft: Ticket) -> Result<Created> {
         ticket,
         queued,
         replay: false,
+        same_request: true,
     })
 }
 

@@ -728,32 +728,16 @@ mod tests {
             crate::calendar::Calendar::shipped(),
             &Default::default(),
         );
-        let normal = p.resolve_due(
-            T0,
-            false,
-            hotline_proto::pb::TicketKind::Complaint as i32,
-            "education",
-        );
+        let complaint = hotline_proto::pb::TicketKind::Complaint as i32;
+        let due = |p: &Policy, urgent| p.resolve_due(T0, urgent, complaint, "education");
+        let normal = due(&p, false);
         assert_eq!(normal, T0 + 45_000);
         assert_eq!(p.accept_due(T0, false, "education", normal), normal);
-        let urgent = p.resolve_due(
-            T0,
-            true,
-            hotline_proto::pb::TicketKind::Complaint as i32,
-            "education",
-        );
+        let urgent = due(&p, true);
         assert_eq!(urgent, T0 + 20_000);
         assert_eq!(p.accept_due(T0, true, "education", urgent), urgent);
         // Without seconds, the hours.
-        assert_eq!(
-            policy().resolve_due(
-                T0,
-                false,
-                hotline_proto::pb::TicketKind::Complaint as i32,
-                "education"
-            ),
-            T0 + 10 * HOUR_MS
-        );
+        assert_eq!(due(&policy(), false), T0 + 10 * HOUR_MS);
     }
 
     #[test]

@@ -545,7 +545,11 @@ impl Spawned {
             &self.gateway_config,
             format!("store = \"{url}\"\nstore_schema = \"{schema}\"\n{text}"),
         )?;
-        self.schema = Some((url.to_owned(), schema.to_owned()));
+        // A schema the gateway had before (HOTLINE_SPAWN_POSTGRES) is left
+        // behind now: dropped here, the gateway being stopped.
+        if let Some((url, schema)) = self.schema.replace((url.to_owned(), schema.to_owned())) {
+            hotline_durable::testing::drop_schema(&url, &schema);
+        }
         self.restart(&Target::Gateway)?;
         self.wait_ready().await
     }

@@ -65,24 +65,19 @@ impl TlsFiles {
     /// error names the key of the `[tls]` table (`tls.cert`), the file and
     /// what is wrong with it.
     pub fn check(&self, holder: &Identity) -> Result<(), TlsError> {
-        let field = |key: &str, path: &Path, e: TlsError| {
-            TlsError::Invalid(format!(
-                "tls.{key} ({}): {}",
-                path.display(),
-                plain(e, path)
-            ))
-        };
-        roots(&self.ca).map_err(|e| field("ca", &self.ca, e))?;
-        let chain = read_certs(&self.cert).map_err(|e| field("cert", &self.cert, e))?;
-        let key = read_key(&self.key).map_err(|e| field("key", &self.key, e))?;
-        if let Some(crl) = &self.crl {
-            read_crls(Some(crl)).map_err(|e| field("crl", crl, e))?;
+        // The readers' errors start with the file: the key goes before it.
+        fn field(key: &'static str) -> impl Fn(TlsError) -> TlsError {
+            move |e| TlsError::Invalid(format!("tls.{key}: {e}"))
         }
+        roots(&self.ca).map_err(field("ca"))?;
+        let chain = read_certs(&self.cert).map_err(field("cert"))?;
+        let key = read_key(&self.key).map_err(field("key"))?;
+        read_crls(self.crl.as_ref()).map_err(field("crl"))?;
         match identity_of(&chain[0]) {
             Some(named) if named == *holder => {}
             Some(named) => {
                 return Err(TlsError::Invalid(format!(
-                    "tls.cert ({}): the certificate names {} ({named}), but this process is {} ({holder}): give it its own certificate",
+                    "tls.cert: {}: the certificate names {} ({named}), but this process is {} ({holder}): give it its own certificate",
                     self.cert.display(),
                     short(&named),
                     short(holder),
@@ -90,7 +85,7 @@ impl TlsFiles {
             }
             None => {
                 return Err(TlsError::Invalid(format!(
-                    "tls.cert ({}): the certificate names no holder of this federation (a URI SAN such as {holder}), but this process is {}",
+                    "tls.cert: {}: the certificate names no holder of this federation (a URI SAN such as {holder}), but this process is {}",
                     self.cert.display(),
                     short(holder),
                 )));
@@ -99,12 +94,12 @@ impl TlsFiles {
         let signing = provider()
             .key_provider
             .load_private_key(key)
-            .map_err(|e| field("key", &self.key, e.into()))?;
+            .map_err(|e| TlsError::Invalid(format!("tls.key: {}: {e}", self.key.display())))?;
         rustls::sign::CertifiedKey::new(chain, signing)
             .keys_match()
             .map_err(|_| {
                 TlsError::Invalid(format!(
-                    "tls.key ({}): not the key of the certificate tls.cert ({}): give the key made with it",
+                    "tls.key: {}: not the key of the certificate tls.cert ({}): give the key made with it",
                     self.key.display(),
                     self.cert.display(),
                 ))
@@ -133,16 +128,6 @@ fn short(id: &Identity) -> String {
         Identity::Province => "the province".into(),
         Identity::City(c) => format!("city {c}"),
         Identity::Department(d) => format!("department {d}"),
-    }
-}
-
-/// An error's text without the path it starts with (the caller names it).
-fn plain(e: TlsError, path: &Path) -> String {
-    let text = e.to_string();
-    let prefix = format!("{}: ", path.display());
-    match text.strip_prefix(&prefix) {
-        Some(rest) => rest.to_owned(),
-        None => text,
     }
 }
 
