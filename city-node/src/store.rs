@@ -78,13 +78,12 @@ pub fn save(c: &Connection, s: &Stored) -> Result<()> {
     let t = &s.ticket;
     let mut body = t.clone();
     body.history.clear();
-    c.prepare_cached(
+    c.write(
         "INSERT INTO tickets (id, role, is_part, parent_id, status, seq, request_id, body, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (id) DO UPDATE SET role = excluded.role, status = excluded.status,
            seq = excluded.seq, body = excluded.body, updated_ms = excluded.updated_ms",
-    )?
-    .execute(params![
+        params![
         t.id,
         s.role as i32,
         s.is_part,
@@ -94,13 +93,16 @@ pub fn save(c: &Connection, s: &Stored) -> Result<()> {
         (!t.request_id.is_empty()).then_some(&t.request_id),
         body.encode_to_vec(),
         hotline_proto::time::now_ms(),
-    ])?;
+    ],
+    )?;
     Ok(())
 }
 
 pub fn insert_event(c: &Connection, e: &TicketEvent) -> Result<()> {
-    c.prepare_cached("INSERT OR IGNORE INTO events (ticket_id, seq, body) VALUES (?1, ?2, ?3)")?
-        .execute(params![e.ticket_id, e.seq as i64, e.encode_to_vec()])?;
+    c.write(
+        "INSERT OR IGNORE INTO events (ticket_id, seq, body) VALUES (?1, ?2, ?3)",
+        params![e.ticket_id, e.seq as i64, e.encode_to_vec()],
+    )?;
     Ok(())
 }
 

@@ -111,7 +111,8 @@ pub trait Sender: Send + Sync + 'static {
     fn send(&self, item: Item) -> impl Future<Output = Outcome> + Send;
 }
 
-/// Adds an item, inside the caller's write.
+/// Adds an item, inside the caller's write (on PostgreSQL sent with the
+/// write's next answered statement: see [`Connection::write`]).
 pub fn enqueue(
     conn: &Connection,
     dest: &str,
@@ -119,23 +120,20 @@ pub fn enqueue(
     kind: &str,
     payload: &[u8],
     urgent: bool,
-) -> Result<i64, DbError> {
-    Ok(conn
-        .prepare_cached(
-            "INSERT INTO outbox (dest, ticket_id, kind, payload, urgent, trace)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-        )?
-        .query_row(
-            params![
-                dest,
-                ticket_id,
-                kind,
-                payload,
-                urgent,
-                hotline_telemetry::traceparent()
-            ],
-            |r| r.get(0),
-        )?)
+) -> Result<(), DbError> {
+    conn.write(
+        "INSERT INTO outbox (dest, ticket_id, kind, payload, urgent, trace)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            dest,
+            ticket_id,
+            kind,
+            payload,
+            urgent,
+            hotline_telemetry::traceparent()
+        ],
+    )?;
+    Ok(())
 }
 
 /// Items due now at `dest`, each the oldest owed for its ticket. The unary
@@ -196,27 +194,25 @@ fn settle(
 ) -> Result<(), DbError> {
     match outcome {
         Outcome::Delivered(follow_up) => {
-            conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-                .execute([item.id])?;
+            conn.write("DELETE FROM outbox WHERE id = ?1", [item.id])?;
             if let Some(f) = follow_up {
                 wake.extend(f(conn)?);
             }
         }
         Outcome::Retry(error) => {
             let attempts = item.attempts + 1;
-            conn.prepare_cached(
+            conn.write(
                 "UPDATE outbox SET attempts = ?2, next_attempt_ms = ?3, last_error = ?4 WHERE id = ?1",
-            )?
-            .execute(params![item.id, attempts, now_ms + backoff_ms(item.attempts), error])?;
+                params![item.id, attempts, now_ms + backoff_ms(item.attempts), error],
+            )?;
         }
         Outcome::Refused(error) => {
-            conn.prepare_cached(
+            conn.write(
                 "INSERT INTO dead_letters (id, dest, ticket_id, kind, payload, attempts, error, failed_ms)
                  SELECT id, dest, ticket_id, kind, payload, attempts + 1, ?2, ?3 FROM outbox WHERE id = ?1",
-            )?
-            .execute(params![item.id, error, now_ms])?;
-            conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-                .execute([item.id])?;
+                params![item.id, error, now_ms],
+            )?;
+            conn.write("DELETE FROM outbox WHERE id = ?1", [item.id])?;
         }
     }
     Ok(())

@@ -36,6 +36,8 @@ pub enum Error {
     Closed,
     #[error("column {index}: {reason}")]
     Column { index: usize, reason: String },
+    #[error("cannot start the postgres client's runtime: {0}")]
+    Runtime(String),
 }
 
 /// The server's own words when it refused a statement.
@@ -482,16 +484,80 @@ impl Row<'_> {
     }
 }
 
-/// A PostgreSQL session and its prepared statements.
+/// A PostgreSQL session, its prepared statements, and the writes it has
+/// not sent yet.
+///
+/// A write whose answer no one reads ([`Connection::write`]) is not sent at
+/// once: it waits, and goes with the next statement that is read or
+/// counted, or with [`Connection::flush`], all of them in one round trip
+/// (pipelined: the client sends every request before it waits for the
+/// first answer). A failed write is reported by that statement, or by the
+/// flush. A step of the ledger makes a dozen writes and reads two or three
+/// rows: it costs three or four round trips, not fifteen.
 pub struct Pg {
-    client: Option<postgres::Client>,
+    session: Option<Session>,
     /// Prepared statements by their SQL text, then their parameters' types.
     statements: HashMap<String, Vec<(Vec<Type>, postgres::Statement)>>,
+    /// Writes made and not yet sent, in order.
+    pending: Vec<(postgres::Statement, Vec<PgValue>)>,
 }
 
+/// The client and what drives it.
+struct Session {
+    /// Drives the client; it runs only while the session waits for an
+    /// answer (a runtime of one thread, its own, as the synchronous client
+    /// keeps one).
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    /// The task reading the server's answers (ends when the session does).
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Ends the session: the client says goodbye to the server, and the
+    /// task reading its answers ends.
+    fn close(self) {
+        let Session {
+            runtime,
+            client,
+            connection,
+        } = self;
+        drop(client);
+        let _ = runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(2), connection).await
+        });
+    }
+}
+
+/// Writes waiting past this many are sent on their own.
+const MAX_PENDING: usize = 512;
+
 impl Pg {
-    fn client(&mut self) -> Result<&mut postgres::Client> {
-        self.client.as_mut().ok_or(Error::Closed)
+    /// A new session with the server `config` names.
+    pub fn connect(config: &tokio_postgres::Config) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Runtime(e.to_string()))?;
+        let (client, connection) = runtime.block_on(config.connect(tokio_postgres::NoTls))?;
+        let connection = runtime.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "postgres session ended");
+            }
+        });
+        Ok(Self {
+            session: Some(Session {
+                runtime,
+                client,
+                connection,
+            }),
+            statements: HashMap::new(),
+            pending: Vec::new(),
+        })
+    }
+
+    fn session(&self) -> Result<&Session> {
+        self.session.as_ref().ok_or(Error::Closed)
     }
 
     fn statement(&mut self, sql: &str, values: &[PgValue]) -> Result<postgres::Statement> {
@@ -504,7 +570,10 @@ impl Pg {
             return Ok(s.1.clone());
         }
         let translated = translate(sql);
-        let s = self.client()?.prepare_typed(&translated, &types)?;
+        let session = self.session()?;
+        let s = session
+            .runtime
+            .block_on(session.client.prepare_typed(&translated, &types))?;
         self.statements
             .entry(sql.to_owned())
             .or_default()
@@ -512,16 +581,103 @@ impl Pg {
         Ok(s)
     }
 
+    /// Sends the pending writes and then `last`, if any, pipelined, and
+    /// waits for every answer: the first failure is the result.
+    fn send<T>(
+        &mut self,
+        last: Option<(&postgres::Statement, &[PgValue])>,
+        read: impl AsyncFnOnce(
+            &tokio_postgres::Client,
+            &postgres::Statement,
+            &[&(dyn postgres::types::ToSql + Sync)],
+        ) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<Option<T>> {
+        let pending = std::mem::take(&mut self.pending);
+        let Session {
+            runtime, client, ..
+        } = self.session.as_ref().ok_or(Error::Closed)?;
+        runtime.block_on(async {
+            let writes = futures::future::join_all(
+                pending
+                    .iter()
+                    .map(|(s, v)| async move { client.execute(s, &bound(v)).await }),
+            );
+            let answer = async {
+                match last {
+                    Some((s, v)) => read(client, s, &bound(v)).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (written, answer) = futures::join!(writes, answer);
+            for w in written {
+                w?;
+            }
+            Ok(answer?)
+        })
+    }
+
     fn run(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<postgres::Row>> {
         let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
         let stmt = self.statement(sql, &values)?;
-        Ok(self.client()?.query(&stmt, &bound(&values))?)
+        let rows = self.send(Some((&stmt, &values)), async |c, s, v| c.query(s, v).await)?;
+        Ok(rows.unwrap_or_default())
     }
 
     fn execute(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<usize> {
         let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
         let stmt = self.statement(sql, &values)?;
-        Ok(self.client()?.execute(&stmt, &bound(&values))? as usize)
+        let n = self.send(Some((&stmt, &values)), async |c, s, v| {
+            c.execute(s, v).await
+        })?;
+        Ok(n.unwrap_or(0) as usize)
+    }
+
+    /// Queues a write, to be sent with the next statement that is answered.
+    fn defer(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<()> {
+        let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
+        let stmt = self.statement(sql, &values)?;
+        self.pending.push((stmt, values));
+        if self.pending.len() >= MAX_PENDING {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.send(None, async |c, s, v| c.execute(s, v).await)
+            .map(|_: Option<u64>| ())
+    }
+
+    fn batch_execute(&mut self, sql: &str) -> Result<()> {
+        self.flush()?;
+        let session = self.session()?;
+        Ok(session
+            .runtime
+            .block_on(session.client.batch_execute(sql))?)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.client.is_closed())
+    }
+}
+
+impl Drop for Pg {
+    /// A runtime may not be waited on, nor dropped, on an async thread:
+    /// there the session is closed on a thread of its own.
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("db-close".into())
+                .spawn(move || session.close());
+        } else {
+            session.close();
+        }
     }
 }
 
@@ -536,21 +692,6 @@ fn bound(values: &[PgValue]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
 enum Inner {
     Sqlite(rusqlite::Connection),
     Pg(Box<RefCell<Pg>>),
-}
-
-impl Drop for Pg {
-    /// The PostgreSQL client closes its session by driving a runtime of its
-    /// own, which may not happen on an async thread: there it is closed on
-    /// a thread of its own.
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take()
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            let _ = std::thread::Builder::new()
-                .name("db-close".into())
-                .spawn(move || drop(client));
-        }
-    }
 }
 
 /// A connection to either engine.
@@ -581,12 +722,9 @@ impl Connection {
         }
     }
 
-    pub fn postgres(client: postgres::Client) -> Self {
+    pub fn postgres(session: Pg) -> Self {
         Self {
-            inner: Inner::Pg(Box::new(RefCell::new(Pg {
-                client: Some(client),
-                statements: HashMap::new(),
-            }))),
+            inner: Inner::Pg(Box::new(RefCell::new(session))),
         }
     }
 
@@ -606,10 +744,7 @@ impl Connection {
     pub fn is_closed(&self) -> bool {
         match &self.inner {
             Inner::Sqlite(_) => false,
-            Inner::Pg(pg) => pg
-                .try_borrow()
-                .map(|p| p.client.as_ref().is_none_or(postgres::Client::is_closed))
-                .unwrap_or(false),
+            Inner::Pg(pg) => pg.try_borrow().map(|p| p.is_closed()).unwrap_or(false),
         }
     }
 
@@ -624,6 +759,30 @@ impl Connection {
         }
     }
 
+    /// A write whose answer is not read (how many rows it changed, or a row
+    /// it returns): on SQLite it runs now; on PostgreSQL it is sent with the
+    /// next statement that is answered, or with [`Connection::flush`], and
+    /// a failure is reported there (see [`Pg`]).
+    pub fn write(&self, sql: &str, params: impl Params) -> Result<()> {
+        match &self.inner {
+            Inner::Sqlite(c) => params.with(|p| {
+                let values = sqlite_params(p)?;
+                c.prepare_cached(sql)?
+                    .execute(rusqlite::params_from_iter(values.iter()))?;
+                Ok(())
+            }),
+            Inner::Pg(pg) => params.with(|p| pg.borrow_mut().defer(sql, p)),
+        }
+    }
+
+    /// Sends the writes not sent yet, and reports the first that failed.
+    pub fn flush(&self) -> Result<()> {
+        match &self.inner {
+            Inner::Sqlite(_) => Ok(()),
+            Inner::Pg(pg) => pg.borrow_mut().flush(),
+        }
+    }
+
     /// Runs statements separated by `;`, with no parameters.
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match &self.inner {
@@ -631,10 +790,7 @@ impl Connection {
             Inner::Pg(pg) => {
                 let translated: Vec<String> =
                     split_statements(sql).iter().map(|s| translate(s)).collect();
-                Ok(pg
-                    .borrow_mut()
-                    .client()?
-                    .batch_execute(&translated.join(";\n"))?)
+                pg.borrow_mut().batch_execute(&translated.join(";\n"))
             }
         }
     }

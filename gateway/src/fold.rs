@@ -282,7 +282,7 @@ fn write_rows<R>(
                 .clone()
         });
         let params: Vec<&dyn ToSql> = chunk.iter().flat_map(&values).collect();
-        c.prepare_cached(&sql)?.execute(params.as_slice())?;
+        c.write(&sql, params.as_slice())?;
         rest = after;
     }
     Ok(())

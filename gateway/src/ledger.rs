@@ -453,23 +453,23 @@ fn append(w: &mut Work<'_>, row: &mut Row, id: &str, event: &TicketEvent) -> Res
     apply(w, id, &step.row, step.effects, now)?;
     *row = step.row;
     row.seq = event.seq;
-    c.prepare_cached(
+    c.write(
         "UPDATE tickets SET status = ?2, seq = ?3, updated_ms = ?4, due_ms = ?5, overdue = ?6,
            stage = ?7, resolve_due_ms = ?8, late_ms = ?9, handler = ?10
          WHERE id = ?1",
-    )?
-    .execute(params![
-        id,
-        to as i32,
-        event.seq as i64,
-        now,
-        row.due_ms,
-        row.overdue,
-        row.stage,
-        row.resolve_due_ms,
-        row.late_ms,
-        row.handler
-    ])?;
+        params![
+            id,
+            to as i32,
+            event.seq as i64,
+            now,
+            row.due_ms,
+            row.overdue,
+            row.stage,
+            row.resolve_due_ms,
+            row.late_ms,
+            row.handler
+        ],
+    )?;
     flow_entry(w, row, event, now);
     Ok(())
 }
@@ -805,41 +805,38 @@ fn insert_ticket(
     body: &[u8],
     now: i64,
 ) -> Result<()> {
-    c.prepare_cached(
+    c.write(
         "INSERT INTO tickets (id, origin, handler, parent_id, category, urgent, status, seq, body,
            created_ms, updated_ms, kind, due_ms, overdue, stage, resolve_due_ms, late_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-    )?
-    .execute(params![
-        id,
-        row.origin,
-        row.handler,
-        parent,
-        row.category,
-        row.urgent,
-        row.status as i32,
-        row.seq as i64,
-        body,
-        row.created_ms,
-        now,
-        row.kind,
-        row.due_ms,
-        row.overdue,
-        row.stage,
-        row.resolve_due_ms,
-        row.late_ms
-    ])?;
+        params![
+            id,
+            row.origin,
+            row.handler,
+            parent,
+            row.category,
+            row.urgent,
+            row.status as i32,
+            row.seq as i64,
+            body,
+            row.created_ms,
+            now,
+            row.kind,
+            row.due_ms,
+            row.overdue,
+            row.stage,
+            row.resolve_due_ms,
+            row.late_ms
+        ],
+    )?;
     Ok(())
 }
 
 fn insert_event(c: &Connection, e: &TicketEvent) -> Result<()> {
-    c.prepare_cached("INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            e.ticket_id,
-            e.seq as i64,
-            e.kind,
-            e.encode_to_vec()
-        ])?;
+    c.write(
+        "INSERT INTO events (ticket_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)",
+        params![e.ticket_id, e.seq as i64, e.kind, e.encode_to_vec()],
+    )?;
     Ok(())
 }
 
@@ -897,11 +894,11 @@ fn merge(
         description: ticket.description.clone(),
         create_time: ticket.create_time,
     };
-    c.prepare_cached(
+    c.write(
         "INSERT INTO links (ticket_id, pos, report)
          VALUES (?1, (SELECT count(*) FROM links WHERE ticket_id = ?1), ?2)",
-    )?
-    .execute(params![into, report.encode_to_vec()])?;
+        params![into, report.encode_to_vec()],
+    )?;
     let m = Message::DeliverLink(DeliverLinkRequest {
         ticket_id: into.to_owned(),
         report: Some(report),
@@ -1106,21 +1103,21 @@ fn report(
         still_unsatisfied(w, &id, &row, kind, event.satisfaction)?;
     }
     if kind == EventKind::Rejected {
-        c.prepare_cached(
+        c.write(
             "INSERT INTO coordination (ticket_id, origin, category, rejected_by, reason, reject_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (ticket_id) DO UPDATE SET rejected_by = excluded.rejected_by,
                reason = excluded.reason, reject_ms = excluded.reject_ms,
                assigned_city = NULL, assign_ms = NULL",
-        )?
-        .execute(params![
-            id,
-            row.origin,
-            row.category,
-            city,
-            event.reason,
-            time::now_ms()
-        ])?;
+            params![
+                id,
+                row.origin,
+                row.category,
+                city,
+                event.reason,
+                time::now_ms()
+            ],
+        )?;
         tracing::info!(ticket = %id, rejected_by = %city, "ticket sent to coordination");
     }
     let dest = if state::actor_of(kind) == Actor::Origin {
@@ -1207,10 +1204,10 @@ fn assign(
     let mut row = rules::hand_over(&row, owner, now, &mut effects);
     apply(w, id, &row, effects, now)?;
     append(w, &mut row, id, &event)?;
-    c.prepare_cached(
+    c.write(
         "UPDATE coordination SET assigned_city = ?2, assign_ms = ?3 WHERE ticket_id = ?1",
-    )?
-    .execute(params![id, owner, time::now_ms()])?;
+        params![id, owner, time::now_ms()],
+    )?;
     enqueue_event(c, &row.origin, &row, &event)?;
     enqueue_delivery(c, id, &row, None)?;
     tracing::info!(ticket = %id, owner = %owner, "coordination named an owner");
@@ -1235,8 +1232,7 @@ pub fn sweep_overdue(w: &mut Work<'_>, now_ms: i64) -> Result<usize> {
     for (id, handler, category, stage) in &due {
         let city = rules::overdue_city(stage.as_deref(), handler);
         w.st.fold.overdue(city, category, 1);
-        c.prepare_cached("UPDATE tickets SET overdue = 1 WHERE id = ?1")?
-            .execute([id])?;
+        c.write("UPDATE tickets SET overdue = 1 WHERE id = ?1", [id])?;
     }
     sweep_to(c, "overdue", now_ms)?;
     Ok(due.len())

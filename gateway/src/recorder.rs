@@ -179,13 +179,12 @@ fn write(w: &mut Work<'_>, from: TransferState, t: &Transfer) -> Result<(), Gate
     let to = TransferState::try_from(t.state).unwrap_or(TransferState::Unspecified);
     let now = time::now_ms();
     let ended = is_terminal(to).then(|| ms(&t.end_time).unwrap_or(now));
-    c.prepare_cached(
+    c.write(
         "INSERT INTO transfers (id, origin, target, category, state, reason, created_ms, answered_ms, ended_ms, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason = excluded.reason,
            answered_ms = excluded.answered_ms, ended_ms = excluded.ended_ms, body = excluded.body",
-    )?
-    .execute(params![
+        params![
         t.id,
         t.origin_city,
         t.target_city,
@@ -196,7 +195,8 @@ fn write(w: &mut Work<'_>, from: TransferState, t: &Transfer) -> Result<(), Gate
         ms(&t.answer_time),
         ended,
         t.encode_to_vec()
-    ])?;
+    ],
+    )?;
     let fold = &mut w.st.fold;
     let mut count = |city: &str, m: Metric, detail: &str, n: i64| {
         fold.count(now, city, &t.category, m, detail, n)

@@ -545,10 +545,10 @@ pub fn record(
         |row| row.get::<_, i64>(0),
     )?;
     if r.root == r.ticket_id {
-        c.prepare_cached(
+        c.write(
             "INSERT OR IGNORE INTO matters (root, category, handler, subject, place) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![r.root, r.category, handler, subject, location])?;
+            params![r.root, r.category, handler, subject, location],
+        )?;
     }
     let month = crate::windows::month_of(r.created_ms);
     w.st.fold.matter(month, handler, r.root);
@@ -580,8 +580,7 @@ pub fn prune(c: &Connection, before_ms: i64) -> Result<usize> {
         .query_map([before_ms], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for w in &ws {
-        c.prepare_cached("DELETE FROM recent WHERE w = ?1")?
-            .execute([w])?;
+        c.write("DELETE FROM recent WHERE w = ?1", [w])?;
     }
     Ok(ws.len())
 }
@@ -662,8 +661,10 @@ pub fn escalate(
     let (c, p) = (w.c, w.p);
     let (n, fresh) = match open(w, s.rule, s.key)? {
         Some(n) => {
-            c.prepare_cached("UPDATE escalations SET reason = ?2 WHERE n = ?1")?
-                .execute(params![n, s.reason])?;
+            c.write(
+                "UPDATE escalations SET reason = ?2 WHERE n = ?1",
+                params![n, s.reason],
+            )?;
             (n, false)
         }
         None => {
@@ -721,8 +722,10 @@ fn add_ticket(c: &Connection, n: i64, ticket_id: &str) -> Result<()> {
         )?
         .execute(params![n, ticket_id, listed])?;
     if added == 1 {
-        c.prepare_cached("UPDATE escalations SET tickets = tickets + 1 WHERE n = ?1")?
-            .execute([n])?;
+        c.write(
+            "UPDATE escalations SET tickets = tickets + 1 WHERE n = ?1",
+            [n],
+        )?;
     }
     Ok(())
 }
@@ -926,12 +929,16 @@ pub fn act(
     )?
     .execute(params![n, kind as i32, note, department, now_ms])?;
     if kind == EscalationActionKind::Forwarded {
-        c.prepare_cached("UPDATE escalations SET department = ?2 WHERE n = ?1")?
-            .execute(params![n, department])?;
+        c.write(
+            "UPDATE escalations SET department = ?2 WHERE n = ?1",
+            params![n, department],
+        )?;
     }
     if kind == EscalationActionKind::Closed {
-        c.prepare_cached("UPDATE escalations SET state = 2, close_ms = ?2 WHERE n = ?1")?
-            .execute(params![n, now_ms])?;
+        c.write(
+            "UPDATE escalations SET state = 2, close_ms = ?2 WHERE n = ?1",
+            params![n, now_ms],
+        )?;
         let key: String = c
             .prepare_cached("SELECT subject_key FROM escalations WHERE n = ?1")?
             .query_row([n], |r| r.get(0))?;

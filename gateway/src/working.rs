@@ -311,7 +311,9 @@ impl Working {
     /// the rest of the transaction. Only on a shared store.
     pub fn tail(&self, c: &Connection, target: &str, category: &str) -> Result<(), GatewayError> {
         let key = hotline_durable::lease::key(&self.scope, &format!("merge/{target}/{category}"));
-        c.execute("SELECT pg_advisory_xact_lock(?1)", [key])?;
+        // Sent with the read below, and run before it: pipelined requests
+        // are run in the order they are sent.
+        c.write("SELECT pg_advisory_xact_lock(?1)", [key])?;
         let since = self
             .lock()
             .newest
