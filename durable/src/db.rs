@@ -638,6 +638,7 @@ fn migrate_postgres(conn: &Connection, schema: &str, migrations: &[String]) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params;
 
     const SCHEMA: &[&str] = &["CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);"];
 
@@ -703,6 +704,44 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 490);
+        if let Store::Postgres { url, schema } = &store {
+            crate::testing::drop_schema(url, schema);
+        }
+    }
+
+    /// Reads made together answer each query with its own rows, after the
+    /// writes not sent yet (on PostgreSQL all in one round trip).
+    async fn reads_together(db: Db) {
+        let rows = db
+            .write(|c| {
+                c.write("INSERT INTO t VALUES (1, 'a')", ())?;
+                c.write("INSERT INTO t VALUES (2, 'b')", ())?;
+                let mut rows: Vec<(usize, String)> = Vec::new();
+                c.query_each(
+                    &[
+                        ("SELECT v FROM t WHERE k >= ?1 ORDER BY k", params![1]),
+                        ("SELECT v FROM t WHERE k = ?1", params![3]),
+                        ("SELECT v FROM t WHERE k = ?1", params![2]),
+                    ],
+                    |i, r| {
+                        rows.push((i, r.get(0)?));
+                        Ok(())
+                    },
+                )?;
+                Ok::<_, DbError>(rows)
+            })
+            .await
+            .unwrap();
+        let want = [(0, "a"), (0, "b"), (2, "b")].map(|(i, v)| (i, v.to_owned()));
+        assert_eq!(rows, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_made_together_answer_each_query() {
+        let dir = tempfile::tempdir().unwrap();
+        reads_together(Db::open(&dir.path().join("t.db"), SCHEMA).unwrap()).await;
+        let store = crate::testing::postgres_store("each");
+        reads_together(Db::open_store(&store, SCHEMA).unwrap()).await;
         if let Store::Postgres { url, schema } = &store {
             crate::testing::drop_schema(url, schema);
         }

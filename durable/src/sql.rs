@@ -623,6 +623,37 @@ impl Pg {
         Ok(rows.unwrap_or_default())
     }
 
+    /// The pending writes and then every query of `queries`, pipelined:
+    /// one round trip. The rows of each query, in order.
+    fn run_many(&mut self, queries: &[(&str, &[&dyn ToSql])]) -> Result<Vec<Vec<postgres::Row>>> {
+        let mut prepared = Vec::with_capacity(queries.len());
+        for (sql, params) in queries {
+            let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
+            prepared.push((self.statement(sql, &values)?, values));
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let Session {
+            runtime, client, ..
+        } = self.session.as_ref().ok_or(Error::Closed)?;
+        runtime.block_on(async {
+            let writes = futures::future::join_all(
+                pending
+                    .iter()
+                    .map(|(s, v)| async move { client.execute(s, &bound(v)).await }),
+            );
+            let reads = futures::future::join_all(
+                prepared
+                    .iter()
+                    .map(|(s, v)| async move { client.query(s, &bound(v)).await }),
+            );
+            let (written, read) = futures::join!(writes, reads);
+            for w in written {
+                w?;
+            }
+            read.into_iter().map(|r| r.map_err(Error::from)).collect()
+        })
+    }
+
     fn execute(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<usize> {
         let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
         let stmt = self.statement(sql, &values)?;
@@ -772,6 +803,37 @@ impl Connection {
                 Ok(())
             }),
             Inner::Pg(pg) => params.with(|p| pg.borrow_mut().defer(sql, p)),
+        }
+    }
+
+    /// Runs `queries` and hands each row to `f` with the index of its
+    /// query: on PostgreSQL in one round trip with the writes not sent yet,
+    /// for reads that do not depend on each other's answers.
+    pub fn query_each(
+        &self,
+        queries: &[(&str, &[&dyn ToSql])],
+        mut f: impl FnMut(usize, &Row<'_>) -> Result<()>,
+    ) -> Result<()> {
+        match &self.inner {
+            Inner::Sqlite(_) => {
+                for (i, (sql, params)) in queries.iter().enumerate() {
+                    let mut stmt = self.prepare_cached(sql)?;
+                    let mut rows = stmt.query(*params)?;
+                    while let Some(r) = rows.next()? {
+                        f(i, &r)?;
+                    }
+                }
+                Ok(())
+            }
+            Inner::Pg(pg) => {
+                let answers = pg.borrow_mut().run_many(queries)?;
+                for (i, rows) in answers.iter().enumerate() {
+                    for r in rows {
+                        f(i, &Row::Pg(r))?;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 

@@ -926,9 +926,25 @@ fn apply_report_rules(
 ) -> Result<()> {
     let rules = w.p.rules().clone();
     let hours = i64::from(rules.cluster_window_hours);
+    let days = i64::from(rules.repeat_window_days);
+    // On a shared store, what the rules read of it, read at once.
+    let mut facts = if w.shared {
+        Some(supervision::shared_facts(
+            w.c,
+            root,
+            citizen,
+            created_ms - hours * HOUR_MS,
+            created_ms - days * DAY_MS,
+        )?)
+    } else {
+        None
+    };
     let many = EscalationRule::ManyReportsOneMatter;
-    let (citizens, tickets) = if supervision::join(w, many, root, &ticket.id)? {
+    let known = facts.as_ref().map(|f| f.many_open);
+    let (citizens, tickets) = if supervision::join(w, many, root, &ticket.id, known)? {
         (0, Vec::new())
+    } else if let Some(f) = facts.as_mut() {
+        std::mem::take(&mut f.citizens)
     } else {
         supervision::citizens(w, root, created_ms - hours * HOUR_MS)?
     };
@@ -950,10 +966,12 @@ fn apply_report_rules(
             now,
         )?;
     }
-    let days = i64::from(rules.repeat_window_days);
     let one = EscalationRule::OneCitizenManyRequests;
-    let reports = if supervision::join(w, one, citizen, &ticket.id)? {
+    let known = facts.as_ref().map(|f| f.one_open);
+    let reports = if supervision::join(w, one, citizen, &ticket.id, known)? {
         Vec::new()
+    } else if let Some(f) = facts.as_mut() {
+        std::mem::take(&mut f.reports)
     } else {
         supervision::reports(w, citizen, created_ms - days * DAY_MS)?
     };

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hotline_durable::sql::{Connection, OptionalExtension, params};
+use hotline_durable::sql::{Connection, OptionalExtension, ToSql, params};
 use hotline_proto::pb::{
     Escalation, EscalationAction, EscalationActionKind, EscalationRule, EscalationState,
     TicketKind, TopMatter,
@@ -616,26 +616,99 @@ pub fn reports(w: &Work<'_>, citizen: &str, since_ms: i64) -> Result<Vec<String>
     Ok(w.w.reports_of(citizen, since_ms, MAX_SCAN as usize))
 }
 
+/// What the report rules read of a shared store, in two round trips on
+/// PostgreSQL (not four): the escalations open for the matter and for the
+/// citizen, then the reports of those of the two with none open (a report
+/// that joins an open escalation needs no counting). None of these reads
+/// depends on what the rules write in between.
+pub struct SharedFacts {
+    pub many_open: Option<i64>,
+    pub one_open: Option<i64>,
+    pub citizens: (u64, Vec<String>),
+    pub reports: Vec<String>,
+}
+
+/// Reads the [`SharedFacts`] of a report of the matter `root` by `citizen`.
+pub fn shared_facts(
+    c: &Connection,
+    root: &str,
+    citizen: &str,
+    cluster_since_ms: i64,
+    repeat_since_ms: i64,
+) -> Result<SharedFacts> {
+    let many = EscalationRule::ManyReportsOneMatter as i32;
+    let one = EscalationRule::OneCitizenManyRequests as i32;
+    let mut facts = SharedFacts {
+        many_open: None,
+        one_open: None,
+        citizens: (0, Vec::new()),
+        reports: Vec::new(),
+    };
+    c.query_each(
+        &[
+            (OPEN_ESCALATION, params![many, root]),
+            (OPEN_ESCALATION, params![one, citizen]),
+        ],
+        |i, r| {
+            if i == 0 {
+                facts.many_open = Some(r.get(0)?);
+            } else {
+                facts.one_open = Some(r.get(0)?);
+            }
+            Ok(())
+        },
+    )?;
+    let matter = params![root, cluster_since_ms];
+    let mine = params![citizen, repeat_since_ms];
+    let mut reads: Vec<(&str, &[&dyn ToSql])> = Vec::new();
+    if facts.many_open.is_none() {
+        reads.push((MATTER_REPORTS, matter));
+    }
+    if facts.one_open.is_none() {
+        reads.push((CITIZEN_REPORTS, mine));
+    }
+    let mut matter_reports: Vec<(String, String)> = Vec::new();
+    let first_is_matter = facts.many_open.is_none();
+    if !reads.is_empty() {
+        c.query_each(&reads, |i, r| {
+            if i == 0 && first_is_matter {
+                matter_reports.push((r.get(0)?, r.get(1)?));
+            } else {
+                facts.reports.push(r.get(0)?);
+            }
+            Ok(())
+        })?;
+    }
+    facts.citizens = count_citizens(matter_reports);
+    Ok(facts)
+}
+
+const OPEN_ESCALATION: &str =
+    "SELECT n FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1";
+const MATTER_REPORTS: &str = "SELECT ticket_id, citizen FROM recent WHERE root = ?1 AND created_ms >= ?2 ORDER BY w LIMIT 1000";
+const CITIZEN_REPORTS: &str =
+    "SELECT ticket_id FROM recent WHERE citizen = ?1 AND created_ms >= ?2 ORDER BY w LIMIT 1000";
+
+/// How many citizens the reports `(ticket, citizen)` come from, and the
+/// reports.
+fn count_citizens(rows: Vec<(String, String)>) -> (u64, Vec<String>) {
+    let distinct: std::collections::BTreeSet<&str> = rows.iter().map(|(_, c)| c.as_str()).collect();
+    let n = distinct.len() as u64;
+    (n, rows.into_iter().map(|(t, _)| t).collect())
+}
+
 fn citizens_of(c: &Connection, root: &str, since_ms: i64) -> Result<(u64, Vec<String>)> {
     let rows: Vec<(String, String)> = c
-        .prepare_cached(
-            "SELECT ticket_id, citizen FROM recent WHERE root = ?1 AND created_ms >= ?2 ORDER BY w LIMIT 1000",
-        )?
+        .prepare_cached(MATTER_REPORTS)?
         .query_map(params![root, since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let distinct: std::collections::BTreeSet<&str> = rows.iter().map(|(_, c)| c.as_str()).collect();
-    Ok((
-        distinct.len() as u64,
-        rows.iter().map(|(t, _)| t.clone()).collect(),
-    ))
+    Ok(count_citizens(rows))
 }
 
 fn reports_of(c: &Connection, citizen: &str, since_ms: i64) -> Result<Vec<String>> {
-    Ok(c.prepare_cached(
-        "SELECT ticket_id FROM recent WHERE citizen = ?1 AND created_ms >= ?2 ORDER BY w LIMIT 1000",
-    )?
-    .query_map(params![citizen, since_ms], |r| r.get(0))?
-    .collect::<Result<_, _>>()?)
+    Ok(c.prepare_cached(CITIZEN_REPORTS)?
+        .query_map(params![citizen, since_ms], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
 }
 
 /// What an escalation is about.
@@ -744,17 +817,28 @@ fn open(w: &Work<'_>, rule: EscalationRule, key: &str) -> Result<Option<i64>> {
 
 /// The escalation of `rule` open for `key` in the store, if one is.
 fn open_escalation(c: &Connection, rule: EscalationRule, key: &str) -> Result<Option<i64>> {
-    Ok(c.prepare_cached(
-        "SELECT n FROM escalations WHERE rule = ?1 AND subject_key = ?2 AND state = 1",
-    )?
-    .query_row(params![rule as i32, key], |r| r.get(0))
-    .optional()?)
+    Ok(c.prepare_cached(OPEN_ESCALATION)?
+        .query_row(params![rule as i32, key], |r| r.get(0))
+        .optional()?)
 }
 
 /// Adds a report to the escalation open for `rule` and `key`, if one is:
 /// then it needs no counting again. Returns whether it joined one.
-pub fn join(w: &Work<'_>, rule: EscalationRule, key: &str, ticket_id: &str) -> Result<bool> {
-    let Some(n) = open(w, rule, key)? else {
+/// `known` is the escalation open in the store when the caller has read it
+/// ([`shared_facts`]).
+pub fn join(
+    w: &Work<'_>,
+    rule: EscalationRule,
+    key: &str,
+    ticket_id: &str,
+    known: Option<Option<i64>>,
+) -> Result<bool> {
+    let open = match (w.st.opened_now(rule as i32, key), known) {
+        (Some(n), _) => Some(n),
+        (None, Some(known)) => known,
+        (None, None) => open(w, rule, key)?,
+    };
+    let Some(n) = open else {
         return Ok(false);
     };
     add_ticket(w.c, n, ticket_id)?;
