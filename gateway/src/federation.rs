@@ -8,7 +8,7 @@ use hotline_proto::pb::{
     DispatchTicketRequest, DispatchTicketResponse, ReportEventRequest, ReportEventResponse,
     TransferSignalsRequest, TransferSignalsResponse,
 };
-use hotline_proto::validate;
+use hotline_proto::{time, validate};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -20,13 +20,16 @@ use crate::switchboard::Switchboard;
 pub struct FederationService {
     ledger: Ledger,
     switchboard: Switchboard,
+    /// `limits.max_ticket_age_days`.
+    max_age_days: u32,
 }
 
 impl FederationService {
-    pub fn new(ledger: Ledger, switchboard: Switchboard) -> Self {
+    pub fn new(ledger: Ledger, switchboard: Switchboard, max_age_days: u32) -> Self {
         Self {
             ledger,
             switchboard,
+            max_age_days,
         }
     }
 }
@@ -123,7 +126,8 @@ impl Federation for FederationService {
         let ticket = req
             .ticket
             .ok_or_else(|| hotline_proto::error::invalid_argument("ticket", "is required"))?;
-        validate::dispatched_ticket(&ticket, catalogue).map_err(Status::from)?;
+        validate::dispatched_ticket(&ticket, catalogue, time::now_ms(), self.max_age_days)
+            .map_err(Status::from)?;
         if ticket.origin_city != city {
             return Err(GatewayError::PermissionDenied(format!(
                 "{} cannot dispatch a ticket of {}",

@@ -609,16 +609,16 @@ fn enqueue_delivery(c: &Connection, id: &str, row: &Row, known: Option<Ticket>) 
 fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<String>)> {
     let c = w.c;
     let id = ticket.id.clone();
-    let created = ticket
+    let now = time::now_ms();
+    // The sender's CREATED event is not stored as sent: only when it says
+    // it was made counts, if that is a time the ledger can believe.
+    let sent_created = ticket
         .history
         .first()
         .filter(|e| e.kind == EventKind::Created as i32 && e.seq == 1)
-        .cloned();
-    ticket.history.clear();
-    ticket.status = TicketStatus::Unspecified as i32;
-    ticket.seq = 0;
-    ticket.handling_city.clear();
-    ticket.linked_reports.clear();
+        .and_then(|e| e.time.as_ref())
+        .and_then(time::checked_unix_ms);
+    rules::clear_output_only(&mut ticket);
     let body = ticket.encode_to_vec();
 
     let existing: Option<Vec<u8>> = c
@@ -638,7 +638,6 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
 
     let target = ticket.target_cities.first().cloned().unwrap_or_default();
     let urgent = ticket.priority == hotline_proto::pb::Priority::Urgent as i32;
-    let now = time::now_ms();
     let created_ms = ticket
         .create_time
         .as_ref()
@@ -688,16 +687,7 @@ fn dispatch(w: &mut Work<'_>, mut ticket: Ticket) -> Result<(TicketEvent, Vec<St
         }
     }
 
-    let mut created = created.unwrap_or_else(|| {
-        state::event(
-            &id,
-            1,
-            EventKind::Created,
-            &ticket.origin_city,
-            TicketStatus::Pending,
-        )
-    });
-    created.status = TicketStatus::Pending as i32;
+    let created = rules::created_event(&id, &ticket.origin_city, sent_created, created_ms, now);
 
     let mut row = Row {
         origin: ticket.origin_city.clone(),

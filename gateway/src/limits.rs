@@ -27,6 +27,15 @@ pub struct Limits {
     /// load with RESOURCE_EXHAUSTED.
     #[serde(default = "default_in_flight")]
     pub in_flight_per_connection: usize,
+    /// How long before its dispatch a request may have been made
+    /// (`create_time`), in days: an older one is refused, naming the field,
+    /// since every deadline it carries would have passed on arrival.
+    #[serde(default = "default_max_age_days")]
+    pub max_ticket_age_days: u32,
+}
+
+fn default_max_age_days() -> u32 {
+    hotline_proto::validate::DEFAULT_MAX_AGE_DAYS
 }
 
 fn default_rate() -> f64 {
@@ -47,6 +56,7 @@ impl Default for Limits {
             per_caller_rps: default_rate(),
             per_caller_burst: default_burst(),
             in_flight_per_connection: default_in_flight(),
+            max_ticket_age_days: default_max_age_days(),
         }
     }
 }

@@ -10,7 +10,7 @@
 //!   durations, the stage and its deadline, the overdue count, long
 //!   unresolved.
 
-use hotline_proto::pb::{EventKind, Satisfaction, TicketStatus};
+use hotline_proto::pb::{EventKind, Satisfaction, Ticket, TicketEvent, TicketStatus};
 use hotline_proto::state::{self, Actor};
 
 use crate::error::GatewayError;
@@ -151,6 +151,42 @@ pub fn check_report(
 /// asks it of the matches best first and merges into the first that may,
 /// so a closed best match does not make the report a new dispatch while a
 /// ticket it also matches is open.
+/// A dispatched ticket as the ledger keeps it: what only the ledger may say
+/// of a ticket (its status, history, handler, sequence, reports merged into
+/// it) and what only its origin's node knows (its parts, reopenings and
+/// satisfaction) cleared, whatever the sender put there.
+pub fn clear_output_only(t: &mut Ticket) {
+    t.history.clear();
+    t.status = TicketStatus::Unspecified as i32;
+    t.seq = 0;
+    t.handling_city.clear();
+    t.linked_reports.clear();
+    t.part_ids.clear();
+    t.reopen_count = 0;
+    t.satisfaction = Satisfaction::Unspecified as i32;
+}
+
+/// The CREATED event of a dispatched ticket, made by the ledger from the
+/// checked ticket, not taken as sent: its actor is the origin, it carries
+/// no note nor reason, and its time is the sender's (`sent_ms`) only when
+/// that lies between the request's own time (`created_ms`) and `now`
+/// (give or take the clocks' skew), else `now`.
+pub fn created_event(
+    id: &str,
+    origin: &str,
+    sent_ms: Option<i64>,
+    created_ms: i64,
+    now: i64,
+) -> TicketEvent {
+    let skew = hotline_proto::validate::MAX_CLOCK_AHEAD_MS;
+    let at = sent_ms
+        .filter(|ms| *ms >= created_ms.saturating_sub(skew) && *ms <= now.saturating_add(skew))
+        .unwrap_or(now);
+    let mut e = state::event(id, 1, EventKind::Created, origin, TicketStatus::Pending);
+    e.time = Some(hotline_proto::time::from_unix_ms(at));
+    e
+}
+
 pub fn mergeable(window_hours: u32, created_ms: i64, row: &Row) -> bool {
     window_hours > 0
         && !state::is_terminal(row.status)
@@ -379,6 +415,50 @@ mod tests {
     }
 
     const T0: i64 = 1_795_624_200_000;
+
+    #[test]
+    fn what_a_sender_may_not_set_is_cleared_and_created_is_rebuilt() {
+        let mut t = Ticket {
+            id: "luzhou-x".into(),
+            subject: "社保关系转移".into(),
+            part_ids: vec!["luzhou-x-yibin".into()],
+            status: TicketStatus::Closed as i32,
+            seq: 9,
+            handling_city: "zigong".into(),
+            reopen_count: 3,
+            satisfaction: Satisfaction::Satisfied as i32,
+            history: vec![TicketEvent::default()],
+            ..Default::default()
+        };
+        clear_output_only(&mut t);
+        let expected = Ticket {
+            id: "luzhou-x".into(),
+            subject: "社保关系转移".into(),
+            ..Default::default()
+        };
+        assert_eq!(t, expected);
+
+        let now = 1_796_000_000_000;
+        let made = now - HOUR_MS;
+        let e = created_event("luzhou-x", "luzhou", Some(made + 1), made, now);
+        assert_eq!(
+            (e.seq, e.kind, e.actor.as_str(), e.status),
+            (
+                1,
+                EventKind::Created as i32,
+                "luzhou",
+                TicketStatus::Pending as i32
+            )
+        );
+        assert!(e.note.is_empty() && e.reason.is_empty());
+        let at = |e: &TicketEvent| e.time.as_ref().map(hotline_proto::time::to_unix_ms);
+        assert_eq!(at(&e), Some(made + 1));
+        // A time before the request, after now, or none: now.
+        for sent in [Some(made - DAY_MS), Some(now + DAY_MS), None] {
+            let e = created_event("luzhou-x", "luzhou", sent, made, now);
+            assert_eq!(at(&e), Some(now), "{sent:?}");
+        }
+    }
 
     fn row(status: TicketStatus, seq: u64) -> Row {
         Row {

@@ -182,8 +182,12 @@ pub async fn serve_with_http(
         // sends); the province, departments and cities the Observatory, each
         // seeing its part (roles.rs).
         .add_service(InterceptedService::new(
-            FederationServer::new(FederationService::new(ledger.clone(), switchboard.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            FederationServer::new(FederationService::new(
+                ledger.clone(),
+                switchboard.clone(),
+                config.limits.max_ticket_age_days,
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
             limiter.guard(|id| matches!(id, Identity::City(_))),
         ))
         .add_service(InterceptedService::new(

@@ -71,6 +71,48 @@ fn send(out: &mut Entry, links: &HashMap<String, Link>, city: &str, t: &Transfer
     }
 }
 
+/// The first text of a transfer that is longer than a node would take, or
+/// holds control characters, as the reason it fails: the gateway relays and
+/// records nothing larger than the nodes' own API allows.
+fn unfit(t: &Transfer) -> Option<&'static str> {
+    use hotline_proto::validate::{
+        MAX_DESCRIPTION, MAX_NAME, MAX_PHONE, MAX_REASON, MAX_WORD, text,
+    };
+    let context = t.context.as_ref();
+    let caller = context.and_then(|c| c.caller.as_ref());
+    let texts: [(&'static str, &str, usize); 9] = [
+        (
+            "invalid: context.caller.name",
+            caller.map_or("", |c| c.name.as_str()),
+            MAX_NAME,
+        ),
+        (
+            "invalid: context.caller.phone",
+            caller.map_or("", |c| c.phone.as_str()),
+            MAX_PHONE,
+        ),
+        (
+            "invalid: context.summary",
+            context.map_or("", |c| c.summary.as_str()),
+            MAX_DESCRIPTION,
+        ),
+        (
+            "invalid: context.caller_ref",
+            context.map_or("", |c| c.caller_ref.as_str()),
+            MAX_WORD,
+        ),
+        ("invalid: reason", &t.reason, MAX_REASON),
+        ("invalid: bridge_ref", &t.bridge_ref, MAX_WORD),
+        ("invalid: origin_operator", &t.origin_operator, MAX_WORD),
+        ("invalid: target_operator", &t.target_operator, MAX_WORD),
+        ("invalid: ticket_id", &t.ticket_id, MAX_WORD),
+    ];
+    texts
+        .into_iter()
+        .find(|(field, value, max)| text(field, value, *max, false).is_err())
+        .map(|(field, _, _)| field)
+}
+
 fn state_of(t: &Transfer) -> TransferState {
     TransferState::try_from(t.state).unwrap_or(TransferState::Unspecified)
 }
@@ -257,7 +299,7 @@ impl Switchboard {
         if from == to {
             return;
         }
-        if !transfer::may_move(party, from, to) {
+        if !transfer::may_move(party, from, to) || unfit(&incoming).is_some() {
             // Not this party's move, or too late for it: the sender adopts
             // the transfer as it stands.
             send(out, &st.links, city, &current);
@@ -308,7 +350,7 @@ impl Switchboard {
         } else if hotline_proto::validate::ticket_id("transfer.id", &t.id).is_err() {
             Some("invalid: id")
         } else {
-            None
+            unfit(&t)
         };
         if let Some(reason) = invalid {
             t.state = TransferState::Failed as i32;
@@ -379,5 +421,32 @@ impl Switchboard {
     /// How many transfers are live now.
     pub fn live(&self) -> usize {
         self.lock().live.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hotline_proto::pb::CallContext;
+
+    #[test]
+    fn a_transfer_text_larger_than_a_node_takes_is_unfit() {
+        let mut t = Transfer {
+            reason: "ring-timeout".into(),
+            context: Some(CallContext {
+                caller_ref: "c-1".into(),
+                summary: "咨询社保转移".repeat(10),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(unfit(&t), None);
+        if let Some(c) = t.context.as_mut() {
+            c.summary = "x".repeat(hotline_proto::validate::MAX_DESCRIPTION + 1);
+        }
+        assert_eq!(unfit(&t), Some("invalid: context.summary"));
+        t.context = None;
+        t.bridge_ref = "b\u{1b}[2J".into();
+        assert_eq!(unfit(&t), Some("invalid: bridge_ref"));
     }
 }

@@ -18,6 +18,15 @@ pub const MAX_NOTE: usize = 1000;
 pub const MAX_REQUEST_ID: usize = 128;
 /// Most cities one parallel ticket may involve.
 pub const MAX_TARGETS: usize = 32;
+/// Longest operator ids, transfer references and other short words.
+pub const MAX_WORD: usize = 128;
+/// How far ahead of the receiver's clock a sender's time may be (clocks
+/// differ a little).
+pub const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60_000;
+/// How long ago a request may have been made by default: a letter
+/// registered a while after it came, not a ticket dated 1970, whose
+/// deadlines would all have passed the moment it arrived.
+pub const DEFAULT_MAX_AGE_DAYS: u32 = 366;
 
 type Result<T = ()> = std::result::Result<T, ContractError>;
 
@@ -36,7 +45,8 @@ fn shown(value: &str) -> String {
     }
 }
 
-/// A text field: at most `max` characters, no NUL, and not blank if required.
+/// A text field: at most `max` characters, no control characters but tab
+/// and line breaks, and not blank if required.
 pub fn text(field: &str, value: &str, max: usize, required: bool) -> Result {
     if required && value.trim().is_empty() {
         return Err(invalid(field, "is required"));
@@ -48,7 +58,46 @@ pub fn text(field: &str, value: &str, max: usize, required: bool) -> Result {
     if value.contains('\0') {
         return Err(invalid(field, "contains a NUL character"));
     }
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(invalid(
+            field,
+            format!(
+                "contains the control character U+{:04X}; only tab and line breaks are allowed",
+                u32::from(c)
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// A time a sender says something happened (a request's `create_time`):
+/// a real time, not ahead of `now_ms` by more than [`MAX_CLOCK_AHEAD_MS`]
+/// and not more than `max_age_days` before it. Returns it in milliseconds.
+pub fn past_time(
+    field: &str,
+    t: &prost_types::Timestamp,
+    now_ms: i64,
+    max_age_days: u32,
+) -> Result<i64> {
+    let ms =
+        crate::time::checked_unix_ms(t).ok_or_else(|| invalid(field, "is not a valid time"))?;
+    if ms > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
+        return Err(invalid(
+            field,
+            "is in the future (more than 5 minutes ahead of this server's clock)",
+        ));
+    }
+    let oldest = now_ms.saturating_sub(i64::from(max_age_days) * 86_400_000);
+    if ms < oldest {
+        return Err(invalid(
+            field,
+            format!("is more than {max_age_days} days ago"),
+        ));
+    }
+    Ok(ms)
 }
 
 pub fn city(field: &str, id: &str, catalogue: &Catalogue) -> Result {
@@ -151,13 +200,12 @@ pub fn new_ticket(ticket: &Ticket, origin: &str, catalogue: &Catalogue) -> Resul
     if let Some(t) = &ticket.create_time {
         // The time the citizen made the request, when the platform recorded
         // it earlier (a letter, a message board): deadlines count from it.
-        let ms = crate::time::to_unix_ms(t);
-        if ms > crate::time::now_ms() + 5 * 60_000 {
-            return Err(invalid("ticket.create_time", "is in the future"));
-        }
-        if ms < 946_684_800_000 {
-            return Err(invalid("ticket.create_time", "is before 2000"));
-        }
+        past_time(
+            "ticket.create_time",
+            t,
+            crate::time::now_ms(),
+            DEFAULT_MAX_AGE_DAYS,
+        )?;
     }
     for (i, target) in ticket.target_cities.iter().enumerate() {
         city(&format!("ticket.target_cities[{i}]"), target, catalogue)?;
@@ -171,9 +219,18 @@ pub fn new_ticket(ticket: &Ticket, origin: &str, catalogue: &Catalogue) -> Resul
     content(ticket, catalogue)
 }
 
-/// A ticket (or a part) a node dispatches to the gateway.
-pub fn dispatched_ticket(ticket: &Ticket, catalogue: &Catalogue) -> Result<TicketId> {
+/// A ticket (or a part) a node dispatches to the gateway, which receives it
+/// at `now_ms` and takes requests made up to `max_age_days` before.
+pub fn dispatched_ticket(
+    ticket: &Ticket,
+    catalogue: &Catalogue,
+    now_ms: i64,
+    max_age_days: u32,
+) -> Result<TicketId> {
     let id = ticket_id("ticket.id", &ticket.id)?;
+    if let Some(t) = &ticket.create_time {
+        past_time("ticket.create_time", t, now_ms, max_age_days)?;
+    }
     city("ticket.origin_city", &ticket.origin_city, catalogue)?;
     if id.origin() != ticket.origin_city {
         return Err(invalid(
@@ -331,29 +388,77 @@ mod tests {
         let mut t = good();
         t.id = id.to_string();
         t.origin_city = "luzhou".into();
-        dispatched_ticket(&t, &c).unwrap();
+        dispatched_ticket(&t, &c, now(), DEFAULT_MAX_AGE_DAYS).unwrap();
 
         let mut other = t.clone();
         other.origin_city = "zigong".into();
         assert_eq!(
-            field_of(dispatched_ticket(&other, &c).unwrap_err()),
+            field_of(dispatched_ticket(&other, &c, now(), DEFAULT_MAX_AGE_DAYS).unwrap_err()),
             "ticket.id"
         );
 
         let mut to_self = t.clone();
         to_self.target_cities = vec!["luzhou".into()];
         assert_eq!(
-            field_of(dispatched_ticket(&to_self, &c).unwrap_err()),
+            field_of(dispatched_ticket(&to_self, &c, now(), DEFAULT_MAX_AGE_DAYS).unwrap_err()),
             "ticket.target_cities[0]"
         );
 
         let mut part = t.clone();
         part.id = id.part("yibin").to_string();
         assert_eq!(
-            field_of(dispatched_ticket(&part, &c).unwrap_err()),
+            field_of(dispatched_ticket(&part, &c, now(), DEFAULT_MAX_AGE_DAYS).unwrap_err()),
             "ticket.parent_id"
         );
         part.parent_id = id.to_string();
-        dispatched_ticket(&part, &c).unwrap();
+        dispatched_ticket(&part, &c, now(), DEFAULT_MAX_AGE_DAYS).unwrap();
+    }
+
+    fn now() -> i64 {
+        crate::time::now_ms()
+    }
+
+    #[test]
+    fn a_request_time_is_refused_ahead_of_the_clock_too_old_or_out_of_range() {
+        let c = Catalogue::default();
+        let now = 1_796_000_000_000;
+        let day = 86_400_000;
+        let mut t = good();
+        t.id = TicketId::new("luzhou").to_string();
+        t.origin_city = "luzhou".into();
+        let at = |ms: i64| Some(crate::time::from_unix_ms(ms));
+        let check = |t: &Ticket| dispatched_ticket(t, &c, now, 30);
+        for ok in [now, now - 30 * day, now + MAX_CLOCK_AHEAD_MS] {
+            t.create_time = at(ok);
+            check(&t).unwrap();
+        }
+        for bad in [now - 30 * day - 1, now + MAX_CLOCK_AHEAD_MS + 1, 0] {
+            t.create_time = at(bad);
+            assert_eq!(field_of(check(&t).unwrap_err()), "ticket.create_time");
+        }
+        // 2^62 seconds: milliseconds would wrap.
+        t.create_time = Some(prost_types::Timestamp {
+            seconds: 1 << 62,
+            nanos: 0,
+        });
+        let e = check(&t).unwrap_err();
+        assert!(e.to_string().contains("not a valid time"), "{e}");
+    }
+
+    #[test]
+    fn control_characters_are_refused_but_tab_and_line_breaks_pass() {
+        text(
+            "ticket.description",
+            "第一行\n第二行\t（附件）\r\n",
+            100,
+            true,
+        )
+        .unwrap();
+        for bad in ["a\u{1b}[31mred", "bell\u{7}", "del\u{7f}", "c1\u{85}"] {
+            let e = text("ticket.subject", bad, 100, true).unwrap_err();
+            let message = e.to_string();
+            assert!(message.contains("control character"), "{message}");
+            assert_eq!(field_of(e), "ticket.subject");
+        }
     }
 }

@@ -42,7 +42,15 @@ fn every_decoder(bytes: &[u8]) -> Result<(), TestCaseError> {
     if let Ok(r) = DispatchTicketRequest::decode(bytes) {
         assert_clear(validate::city("city", &r.city, &cat))?;
         let t = r.ticket.unwrap_or_default();
-        assert_clear(validate::dispatched_ticket(&t, &cat).map(|_| ()))?;
+        assert_clear(
+            validate::dispatched_ticket(
+                &t,
+                &cat,
+                hotline_proto::time::now_ms(),
+                validate::DEFAULT_MAX_AGE_DAYS,
+            )
+            .map(|_| ()),
+        )?;
     }
     if let Ok(r) = ReportEventRequest::decode(bytes) {
         let e = r.event.unwrap_or_default();
@@ -50,7 +58,15 @@ fn every_decoder(bytes: &[u8]) -> Result<(), TestCaseError> {
     }
     if let Ok(r) = DeliverTicketRequest::decode(bytes) {
         let t = r.ticket.unwrap_or_default();
-        assert_clear(validate::dispatched_ticket(&t, &cat).map(|_| ()))?;
+        assert_clear(
+            validate::dispatched_ticket(
+                &t,
+                &cat,
+                hotline_proto::time::now_ms(),
+                validate::DEFAULT_MAX_AGE_DAYS,
+            )
+            .map(|_| ()),
+        )?;
     }
     if let Ok(r) = DeliverEventRequest::decode(bytes) {
         let e = r.event.unwrap_or_default();
@@ -112,7 +128,15 @@ fn valid_requests() -> Vec<Vec<u8>> {
         ..Default::default()
     };
     let cat = catalogue();
-    assert!(validate::dispatched_ticket(&ticket, &cat).is_ok());
+    assert!(
+        validate::dispatched_ticket(
+            &ticket,
+            &cat,
+            hotline_proto::time::now_ms(),
+            validate::DEFAULT_MAX_AGE_DAYS
+        )
+        .is_ok()
+    );
     vec![
         CreateTicketRequest {
             ticket: Some(Ticket {

@@ -290,6 +290,127 @@ async fn a_city_certificate_acts_only_for_its_city() {
     );
 }
 
+/// What a city dispatches is checked or rebuilt by the gateway (#18,
+/// points 2 and 3): a request dated 1970, one an hour ahead, a time that
+/// would wrap and a control character are refused naming the field; a
+/// sender's `part_ids` and its CREATED event (another actor, a long note)
+/// do not reach the target, which receives an ordinary ticket it can
+/// accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_city_dispatches_is_checked_or_rebuilt_by_the_gateway() {
+    let f = Federation::start().await;
+    let lz = LUZHOU();
+    let mut gw = FederationClient::new(f.channel_as(&lz, &Identity::Gateway));
+    let ticket = || {
+        let id = hotline_proto::TicketId::new("luzhou").to_string();
+        let mut t = draft(&["yibin"], "tourism");
+        t.id = id.clone();
+        t.origin_city = "luzhou".into();
+        t.history = vec![hotline_proto::state::event(
+            &id,
+            1,
+            EventKind::Created,
+            "luzhou",
+            TicketStatus::Pending,
+        )];
+        t
+    };
+    type Mutation = fn(&mut Ticket);
+    let cases: [(Mutation, &str, &str); 4] = [
+        (
+            |t| t.create_time = Some(hotline_proto::time::from_unix_ms(0)),
+            "ticket.create_time",
+            "days ago",
+        ),
+        (
+            |t| {
+                let mut wraps = hotline_proto::time::from_unix_ms(0);
+                wraps.seconds = 1 << 62;
+                t.create_time = Some(wraps);
+            },
+            "ticket.create_time",
+            "not a valid time",
+        ),
+        (
+            |t| {
+                t.create_time = Some(hotline_proto::time::from_unix_ms(
+                    hotline_proto::time::now_ms() + 3_600_000,
+                ))
+            },
+            "ticket.create_time",
+            "future",
+        ),
+        (
+            |t| t.subject = "退费\u{1b}[31m".into(),
+            "ticket.subject",
+            "control character",
+        ),
+    ];
+    let mut refused = Vec::new();
+    for (mutate, field, words) in cases {
+        let mut t = ticket();
+        mutate(&mut t);
+        let e = gw
+            .dispatch_ticket(DispatchTicketRequest {
+                city: "luzhou".into(),
+                ticket: Some(t.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
+        assert!(e.message().starts_with(field), "{field}: {}", e.message());
+        assert!(e.message().contains(words), "{field}: {}", e.message());
+        refused.push(t.id);
+    }
+
+    let mut forged = ticket();
+    forged.part_ids = vec![format!("{}-yibin", forged.id)];
+    forged.reopen_count = 7;
+    forged.history[0].actor = "province".into();
+    forged.history[0].note = "长".repeat(20_000);
+    let answer = gw
+        .dispatch_ticket(DispatchTicketRequest {
+            city: "luzhou".into(),
+            ticket: Some(forged.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.event.map(|e| e.kind),
+        Some(EventKind::Dispatched as i32)
+    );
+    let mut yibin = f.hotline("yibin").await;
+    let held = eventually("yibin holds it", Duration::from_secs(15), || {
+        let mut y = yibin.clone();
+        let id = forged.id.clone();
+        async move { federation_tests::get(&mut y, &id).await }
+    })
+    .await;
+    assert!(held.part_ids.is_empty(), "{:?}", held.part_ids);
+    assert_eq!(held.reopen_count, 0);
+    let created = &held.history[0];
+    assert_eq!(
+        (created.kind, created.actor.as_str(), created.note.as_str()),
+        (EventKind::Created as i32, "luzhou", "")
+    );
+    // An ordinary ticket of Yibin's to handle, not a parent it cannot read.
+    yibin
+        .accept_ticket(AcceptTicketRequest {
+            ticket_id: forged.id.clone(),
+            note: String::new(),
+        })
+        .await
+        .unwrap();
+    // None of the refused ones reached Yibin.
+    for id in refused {
+        assert!(
+            federation_tests::get(&mut yibin, &id).await.is_none(),
+            "{id}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_department_sees_only_its_category_and_a_city_only_its_own() {
     let f = Federation::start_with(

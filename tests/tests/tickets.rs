@@ -460,7 +460,7 @@ async fn bad_input_gets_the_matching_status_and_changes_nothing() {
         CreateTicketRequest { ticket: Some(t) }
     };
     type Mutation = fn(&mut Ticket);
-    let cases: [(Mutation, &str); 6] = [
+    let cases: [(Mutation, &str); 9] = [
         (
             |t| t.target_cities = vec!["chengdu".into()],
             "ticket.target_cities[0]",
@@ -470,6 +470,20 @@ async fn bad_input_gets_the_matching_status_and_changes_nothing() {
         (|t| t.kind = 0, "ticket.kind"),
         (|t| t.description = "长".repeat(5000), "ticket.description"),
         (|t| t.origin_city = "yibin".into(), "ticket.origin_city"),
+        // Dated 1970: every deadline past on arrival (#18, point 2).
+        (
+            |t| t.create_time = Some(hotline_proto::time::from_unix_ms(0)),
+            "ticket.create_time",
+        ),
+        (
+            |t| {
+                let mut wraps = hotline_proto::time::from_unix_ms(0);
+                wraps.seconds = 1 << 62;
+                t.create_time = Some(wraps);
+            },
+            "ticket.create_time",
+        ),
+        (|t| t.location = "江阳区\u{7}".into(), "ticket.location"),
     ];
     for (mutate, field) in cases {
         let err = luzhou.create_ticket(bad(mutate)).await.unwrap_err();
