@@ -29,6 +29,11 @@ pub struct NodeConfig {
     /// The PostgreSQL schema of the node's store (made if missing).
     #[serde(default = "default_store_schema")]
     pub store_schema: String,
+    /// Reader connections of the store at most (reads past them wait up to
+    /// 5 s, then answer UNAVAILABLE). With the writer and, on PostgreSQL,
+    /// the lease keeper: the most connections this process takes.
+    #[serde(default = "default_store_readers")]
+    pub store_readers: usize,
     /// Mutual TLS: this process's certificate and key, the CA bundle, the
     /// revocation list. Relative paths are taken from the file's directory.
     #[serde(default)]
@@ -66,6 +71,10 @@ fn default_ring_timeout_ms() -> u64 {
 
 fn default_transfer_deadline_ms() -> u64 {
     60_000
+}
+
+fn default_store_readers() -> usize {
+    hotline_durable::db::DEFAULT_READERS
 }
 
 fn default_store_schema() -> String {

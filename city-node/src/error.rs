@@ -44,7 +44,10 @@ impl From<NodeError> for Status {
                 Status::not_found(e.to_string())
             }
             NodeError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
-            NodeError::Unavailable(_) => Status::unavailable(e.to_string()),
+            NodeError::Unavailable(_)
+            | NodeError::Db(
+                hotline_durable::DbError::WriterGone | hotline_durable::DbError::Busy { .. },
+            ) => Status::unavailable(e.to_string()),
             NodeError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             NodeError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             NodeError::SequenceGap { .. } => Status::aborted(e.to_string()),

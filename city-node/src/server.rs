@@ -46,7 +46,8 @@ pub async fn serve(
             outbox::SCHEMA_IN_ORDER,
             outbox::SCHEMA_TRACE,
         ],
-    )?;
+    )?
+    .with_readers(config.store_readers, hotline_durable::db::DEFAULT_READ_WAIT);
     let outbox = Outbox::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();

@@ -38,6 +38,12 @@ pub enum DbError {
     WriterGone,
     #[error("a database write panicked")]
     Panicked,
+    /// Every reader connection stayed in use for as long as a read may
+    /// wait: the caller may try again later.
+    #[error(
+        "the database is busy: all {readers} reader connections stayed in use for {waited_ms} ms"
+    )]
+    Busy { readers: usize, waited_ms: u64 },
 }
 
 impl DbError {
@@ -97,6 +103,65 @@ pub struct DbStats {
     pub commits: AtomicU64,
     /// Writes committed.
     pub writes: AtomicU64,
+    /// Reader connections open now (in use or idle in the pool).
+    pub readers_open: AtomicU64,
+    /// Reads refused because every reader stayed in use too long.
+    pub reads_refused: AtomicU64,
+}
+
+/// Reader connections a database opens at most, by default.
+pub const DEFAULT_READERS: usize = 16;
+/// How long a read waits for a reader connection before it is refused
+/// ([`DbError::Busy`]), by default.
+pub const DEFAULT_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A reader connection idle this long is closed when the pool is next used.
+const READER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The reader connections: at most `permits` at once, idle ones kept for
+/// [`READER_IDLE`], newest first.
+struct Readers {
+    permits: Arc<tokio::sync::Semaphore>,
+    size: usize,
+    wait: std::time::Duration,
+    idle: Mutex<Vec<(Connection, std::time::Instant)>>,
+}
+
+impl Readers {
+    fn new(size: usize, wait: std::time::Duration) -> Self {
+        let size = size.max(1);
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(size)),
+            size,
+            wait,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Option<Connection> {
+        self.idle
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .map(|(c, _)| c)
+    }
+
+    /// Returns `conn` to the pool, and closes the connections idle too long
+    /// (the oldest are first). Returns how many it closed.
+    fn give_back(&self, conn: Connection) -> usize {
+        let now = std::time::Instant::now();
+        let stale: Vec<Connection> = match self.idle.lock() {
+            Ok(mut v) => {
+                v.push((conn, now));
+                let keep = v
+                    .iter()
+                    .position(|(_, at)| now.duration_since(*at) < READER_IDLE)
+                    .unwrap_or(v.len());
+                v.drain(..keep).map(|(c, _)| c).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        stale.len()
+    }
 }
 
 /// Where a database lives.
@@ -207,7 +272,7 @@ pub fn describe_url(url: &str) -> String {
 #[derive(Clone)]
 pub struct Db {
     jobs: mpsc::UnboundedSender<Job>,
-    readers: Arc<Mutex<Vec<Connection>>>,
+    readers: Arc<Readers>,
     store: Arc<Store>,
     stats: Arc<DbStats>,
     leases: Option<Leases>,
@@ -366,7 +431,7 @@ impl Db {
         };
         Ok(Self {
             jobs,
-            readers: Arc::new(Mutex::new(Vec::new())),
+            readers: Arc::new(Readers::new(DEFAULT_READERS, DEFAULT_READ_WAIT)),
             store: Arc::new(store.clone()),
             stats,
             leases,
@@ -375,6 +440,18 @@ impl Db {
 
     pub fn stats(&self) -> &DbStats {
         &self.stats
+    }
+
+    /// The same database with at most `size` reader connections, a read
+    /// waiting up to `wait` for one (set before it is read from).
+    pub fn with_readers(mut self, size: usize, wait: std::time::Duration) -> Self {
+        self.readers = Arc::new(Readers::new(size, wait));
+        self
+    }
+
+    /// The most reader connections this database opens.
+    pub fn reader_limit(&self) -> usize {
+        self.readers.size
     }
 
     pub fn store(&self) -> &Store {
@@ -437,11 +514,31 @@ impl Db {
     {
         let readers = self.readers.clone();
         let store = self.store.clone();
+        let stats = self.stats.clone();
+        // At most `size` reads at once, each on a connection of its own: a
+        // flood of reads waits here, not in connections (on PostgreSQL the
+        // server's), and past the wait is refused.
+        let permit =
+            match tokio::time::timeout(readers.wait, readers.permits.clone().acquire_owned()).await
+            {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    stats.reads_refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(E::from(DbError::Busy {
+                        readers: readers.size,
+                        waited_ms: readers.wait.as_millis() as u64,
+                    }));
+                }
+            };
         tokio::task::spawn_blocking(move || {
-            let pooled = readers.lock().map(|mut v| v.pop()).unwrap_or(None);
-            let conn = match pooled {
+            let _permit = permit;
+            let conn = match readers.take() {
                 Some(c) => c,
-                None => open_connection(&store)?,
+                None => {
+                    let c = open_connection(&store)?;
+                    stats.readers_open.fetch_add(1, Ordering::Relaxed);
+                    c
+                }
             };
             // One snapshot for the whole read: a ticket and its history, read
             // by two statements, are of the same moment.
@@ -449,20 +546,26 @@ impl Db {
             // statement at a time.)
             // On PostgreSQL the BEGIN goes with the read's first statement.
             let snapshot = conn.is_postgres();
-            if snapshot {
+            let out = if snapshot {
                 conn.write("BEGIN ISOLATION LEVEL REPEATABLE READ", ())
-                    .map_err(|e| E::from(DbError::from(e)))?;
-            }
-            let out = f(&conn);
+                    .map_err(|e| E::from(DbError::from(e)))
+                    .and_then(|()| f(&conn))
+            } else {
+                f(&conn)
+            };
             if snapshot && conn.execute("COMMIT", ()).is_err() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
             // A connection the server dropped is not pooled again.
-            if !conn.is_closed()
-                && let Ok(mut v) = readers.lock()
-            {
-                v.push(conn);
-            }
+            let closed = if conn.is_closed() {
+                drop(conn);
+                1
+            } else {
+                readers.give_back(conn)
+            };
+            stats
+                .readers_open
+                .fetch_sub(closed as u64, Ordering::Relaxed);
             out
         })
         .await
@@ -707,6 +810,65 @@ mod tests {
         if let Store::Postgres { url, schema } = &store {
             crate::testing::drop_schema(url, schema);
         }
+    }
+
+    /// Reads wait for one of the pool's connections rather than open more,
+    /// and past the wait are refused BUSY; idle connections are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn reads_beyond_the_pool_wait_and_past_the_wait_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db"), SCHEMA)
+            .unwrap()
+            .with_readers(2, std::time::Duration::from_secs(30));
+        let at_once = Arc::new(AtomicU64::new(0));
+        let most = Arc::new(AtomicU64::new(0));
+        let mut reads = Vec::new();
+        for _ in 0..8 {
+            let (db, at_once, most) = (db.clone(), at_once.clone(), most.clone());
+            reads.push(tokio::spawn(async move {
+                db.read(move |c| {
+                    let now = at_once.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    at_once.fetch_sub(1, Ordering::SeqCst);
+                    c.query_row("SELECT count(*) FROM t", (), |r| r.get::<_, i64>(0))
+                        .map_err(DbError::from)
+                })
+                .await
+            }));
+        }
+        for r in reads {
+            assert_eq!(r.await.unwrap().unwrap(), 0);
+        }
+        assert!(most.load(Ordering::SeqCst) <= 2);
+        assert!(db.stats().readers_open.load(Ordering::SeqCst) <= 2);
+
+        // One reader, held until told; a read that may wait 100 ms is
+        // refused, and says why.
+        let db = db.with_readers(1, std::time::Duration::from_millis(100));
+        let (started, has_started) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.read(move |_| {
+                    let _ = started.send(());
+                    let _ = released.recv();
+                    Ok::<_, DbError>(())
+                })
+                .await
+            })
+        };
+        tokio::task::spawn_blocking(move || has_started.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let e = db.read(|_| Ok::<_, DbError>(())).await.unwrap_err();
+        assert!(matches!(e, DbError::Busy { readers: 1, .. }), "{e}");
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        db.read(|_| Ok::<_, DbError>(())).await.unwrap();
+        assert_eq!(db.stats().reads_refused.load(Ordering::SeqCst), 1);
     }
 
     /// Reads made together answer each query with its own rows, after the

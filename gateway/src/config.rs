@@ -28,6 +28,11 @@ pub struct GatewayConfig {
     /// The PostgreSQL schema of the ledger (made if missing).
     #[serde(default = "default_store_schema")]
     pub store_schema: String,
+    /// Reader connections of the ledger at most (reads past them wait up to
+    /// 5 s, then answer UNAVAILABLE). With the writer and, on PostgreSQL,
+    /// the lease keeper: the most connections this process takes.
+    #[serde(default = "default_store_readers")]
+    pub store_readers: usize,
     /// Mutual TLS: this process's certificate and key, the CA bundle, the
     /// revocation list. Relative paths are taken from the file's directory.
     #[serde(default)]
@@ -88,6 +93,10 @@ fn default_watch_retention_hours() -> u32 {
 
 fn default_completion_ms() -> u64 {
     30 * 60 * 1000
+}
+
+fn default_store_readers() -> usize {
+    hotline_durable::db::DEFAULT_READERS
 }
 
 fn default_store_schema() -> String {

@@ -49,7 +49,9 @@ impl From<GatewayError> for Status {
             GatewayError::Db(ref d) if d.is_conflict() => {
                 Status::aborted(format!("a concurrent write; try again ({e})"))
             }
-            GatewayError::Db(DbError::WriterGone) => Status::unavailable(e.to_string()),
+            GatewayError::Db(DbError::WriterGone | DbError::Busy { .. }) => {
+                Status::unavailable(e.to_string())
+            }
             GatewayError::Db(_) | GatewayError::Corrupt(..) => {
                 tracing::error!(error = %e, "ledger failure");
                 Status::internal(e.to_string())

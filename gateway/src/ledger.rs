@@ -203,6 +203,14 @@ impl Ledger {
         Ok(out)
     }
 
+    /// The same ledger reading through at most `n` connections.
+    pub fn with_readers(mut self, n: usize) -> Self {
+        self.db = self
+            .db
+            .with_readers(n, hotline_durable::db::DEFAULT_READ_WAIT);
+        self
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
     }

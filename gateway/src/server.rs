@@ -74,7 +74,8 @@ pub async fn serve_with_http(
     }
     let store = config.store()?;
     tracing::info!(store = %store.describe(), "ledger");
-    let ledger = Ledger::open_store(&store, catalogue.clone(), policy)?;
+    let ledger =
+        Ledger::open_store(&store, catalogue.clone(), policy)?.with_readers(config.store_readers);
     if ledger.db().is_shared() {
         let autovacuum: Result<String, crate::GatewayError> = ledger
             .db()

@@ -84,6 +84,7 @@ impl Cluster {
             data_dir: data_dir.join("gateway"),
             store: None,
             store_schema: "hotline".into(),
+            store_readers: hotline_durable::db::DEFAULT_READERS,
             nodes: nodes
                 .iter()
                 .map(|(c, a)| (c.clone(), format!("http://{a}")))
@@ -124,6 +125,7 @@ impl Cluster {
                 data_dir: data_dir.join(&city),
                 store: None,
                 store_schema: "hotline_node".into(),
+                store_readers: hotline_durable::db::DEFAULT_READERS,
                 gateway: format!("http://{gateway}"),
                 tls: Some(pki.files(&Identity::City(city.clone()))),
                 insecure: false,

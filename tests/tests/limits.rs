@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use federation_tests::{Federation, create, draft, eventually, list_all};
+use hotline_proto::pb::observatory_client::ObservatoryClient;
 use hotline_proto::pb::*;
 use tonic::Code;
 
@@ -73,4 +74,75 @@ async fn a_city_flooding_the_gateway_at_ten_times_its_limit_leaves_the_others_ti
     for id in ids {
         assert!(got.iter().any(|t| t.id == id), "{id} missing");
     }
+}
+
+/// The database connections a process holds: its descriptors open on a
+/// SQLite file (`*.db`), or on a TCP connection to PostgreSQL (port 5432).
+fn database_connections(pid: u32) -> usize {
+    let mut pg_inodes = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && cols[2].ends_with(":1538") {
+                pg_inodes.insert(format!("socket:[{}]", cols[9]));
+            }
+        }
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| {
+            let t = target.to_string_lossy();
+            t.ends_with(".db") || pg_inodes.contains(t.as_ref())
+        })
+        .count()
+}
+
+/// #18, point 1: 300 WatchFlow streams from one city, each reading the
+/// ledger as it wakes, go through the configured reader pool (here 3
+/// connections): the gateway never holds more than the pool, the writer and
+/// (on PostgreSQL) the lease keeper, while another city's tickets flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_watch_streams_holds_no_more_database_connections_than_configured() {
+    let f = Federation::start_with("store_readers = 3", "").await;
+    let pid = f.gateway.pid().unwrap();
+    let obs = ObservatoryClient::new(f.channel_as(
+        &hotline_proto::identity::Identity::City("luzhou".into()),
+        &hotline_proto::identity::Identity::Gateway,
+    ));
+    let mut streams = Vec::new();
+    for _ in 0..300 {
+        let s = obs
+            .clone()
+            .watch_flow(WatchFlowRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(s);
+    }
+    let mut most = 0;
+    let mut yibin = f.hotline("yibin").await;
+    let zigong = f.hotline("zigong").await;
+    for _ in 0..10 {
+        let t = create(&mut yibin, draft(&["zigong"], "education")).await;
+        eventually("zigong holds it", Duration::from_secs(30), || {
+            let mut z = zigong.clone();
+            let id = t.id.clone();
+            async move { federation_tests::get(&mut z, &id).await }
+        })
+        .await;
+        most = most.max(database_connections(pid));
+    }
+    // The pool (3), the writer (1), the lease keeper on PostgreSQL (1).
+    let limit = if federation_tests::postgres_tests() {
+        5
+    } else {
+        4
+    };
+    assert!(
+        most <= limit && most >= 1,
+        "the gateway held {most} database connections"
+    );
+    drop(streams);
 }
