@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("hotline_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // A message that does not decode is INVALID_ARGUMENT (src/grpc.rs).
+        .codec_path("crate::grpc::Codec")
         // Personal data must not reach logs through `{:?}`: Citizen gets a
         // hand-written Debug that masks it.
         .skip_debug([".hotline.federation.v1.Citizen"])

@@ -104,6 +104,9 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(1024)
         .http2_max_header_list_size(16 * 1024)
+        // A request over the size limit: RESOURCE_EXHAUSTED, not tonic's
+        // OUT_OF_RANGE.
+        .layer(grpc::SizeStatusLayer)
         .add_service(health)
         .add_service(grpc::reflection()?)
         // Who may call what: the city's own systems and consoles the

@@ -176,6 +176,9 @@ pub async fn serve_with_http(
         // with RESOURCE_EXHAUSTED rather than queue without end.
         .concurrency_limit_per_connection(config.limits.in_flight_per_connection)
         .load_shed(true)
+        // A request over the size limit: RESOURCE_EXHAUSTED, not tonic's
+        // OUT_OF_RANGE.
+        .layer(grpc::SizeStatusLayer)
         .add_service(health)
         .add_service(grpc::reflection()?)
         // Who may call what, each caller within its rate (limits.rs): any

@@ -4,6 +4,125 @@
 
 use tonic_health::server::HealthReporter;
 
+/// The federation's codec: prost's, except that a message that does not
+/// decode is the sender's fault, `INVALID_ARGUMENT` (prost's codec answers
+/// `INTERNAL`, which a sender may retry for ever). Every service and client
+/// of the contract is generated with it (`build.rs`): a client that cannot
+/// decode a peer's answer hears INVALID_ARGUMENT too, and an outbox sets
+/// such an item aside rather than resend it without end.
+#[derive(Debug, Clone)]
+pub struct Codec<T, U>(tonic_prost::ProstCodec<T, U>);
+
+impl<T, U> Default for Codec<T, U> {
+    fn default() -> Self {
+        Self(tonic_prost::ProstCodec::default())
+    }
+}
+
+impl<T, U> tonic::codec::Codec for Codec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = Decoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        self.0.encoder()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Decoder(self.0.decoder())
+    }
+}
+
+/// prost's decoder, its failures `INVALID_ARGUMENT`.
+#[derive(Debug, Clone, Default)]
+pub struct Decoder<U>(tonic_prost::ProstDecoder<U>);
+
+impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
+    type Item = U;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<U>, tonic::Status> {
+        self.0.decode(buf).map_err(|s| {
+            tonic::Status::invalid_argument(format!("the message does not decode: {}", s.message()))
+        })
+    }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        self.0.buffer_settings()
+    }
+}
+
+/// A response that says a request was larger than the server takes:
+/// `RESOURCE_EXHAUSTED`, as gRPC's own servers answer, where tonic says
+/// `OUT_OF_RANGE`. A layer of every server ([`SizeStatusLayer`]) rewrites
+/// the status tonic puts in the response's headers.
+fn too_large(headers: &tonic::codegen::http::HeaderMap) -> bool {
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()) == Some("11")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| {
+                m.replace("%20", " ")
+                    .starts_with("Error, decoded message length too large")
+            })
+}
+
+/// Rewrites tonic's `OUT_OF_RANGE` for a request over the size limit to
+/// `RESOURCE_EXHAUSTED` (see [`too_large`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SizeStatusLayer;
+
+impl<S> tower::Layer<S> for SizeStatusLayer {
+    type Service = SizeStatus<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SizeStatus(inner)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SizeStatus<S>(S);
+
+impl<S, R, B> tower::Service<R> for SizeStatus<S>
+where
+    S: tower::Service<R, Response = tonic::codegen::http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let future = self.0.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            if too_large(response.headers()) {
+                response.headers_mut().insert(
+                    "grpc-status",
+                    tonic::codegen::http::HeaderValue::from_static("8"),
+                );
+            }
+            Ok(response)
+        })
+    }
+}
+
 /// The reflection service over the contract's descriptors.
 pub fn reflection() -> Result<
     tonic_reflection::server::v1::ServerReflectionServer<

@@ -592,3 +592,98 @@ async fn a_certificate_rotated_under_load_causes_no_failed_call() {
     })
     .await;
 }
+
+/// Bytes sent as they are, for requests no well-behaved client makes.
+#[derive(Debug, Clone, Default)]
+struct Raw;
+
+#[derive(Debug, Clone, Default)]
+struct RawCoder;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+impl tonic::codec::Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+/// #18: a request that does not decode (random bytes, a string that is not
+/// UTF-8) answers INVALID_ARGUMENT, which a sender does not retry, at the
+/// gateway and at a node; one over the size limit answers
+/// RESOURCE_EXHAUSTED, as gRPC's own servers do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_does_not_decode_or_is_too_large_gets_the_status_that_says_so() {
+    let f = Federation::start().await;
+    let lz = LUZHOU();
+    let calls = [
+        (
+            f.channel_as(&lz, &Identity::Gateway),
+            "/hotline.federation.v1.Federation/DispatchTicket",
+        ),
+        (
+            f.channel_as(&lz, &lz),
+            "/hotline.federation.v1.CityHotline/CreateTicket",
+        ),
+    ];
+    for (channel, path) in calls {
+        // Random bytes; then field 1 (a string) holding 0xFF 0xFE.
+        for body in [vec![0xff, 0xff, 0xff], vec![0x0a, 0x02, 0xff, 0xfe]] {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let e = grpc
+                .unary(
+                    tonic::Request::new(body.clone()),
+                    tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                    Raw,
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{path} {body:?}: {e:?}");
+            assert!(e.message().contains("does not decode"), "{}", e.message());
+        }
+        // 2 MiB: twice the limit.
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let e = grpc
+            .unary(
+                tonic::Request::new(vec![0u8; 2 << 20]),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                Raw,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{path}: {e:?}");
+    }
+}
