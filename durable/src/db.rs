@@ -358,6 +358,20 @@ fn connect_pipelined(url: &str, schema: &str) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// A reader's connection. On PostgreSQL its statements are planned at each
+/// execution (`plan_cache_mode = force_custom_plan`), not once for good: a
+/// plan made while a table was nearly empty (the outbox, between bursts)
+/// reads every row for every row once the table has grown. A generic plan
+/// of the outbox's `due` query made on an empty table took 82 s for 20,000
+/// items owed; planned afresh, 1 ms (docs/benchmarks.md).
+fn open_reader(store: &Store) -> Result<Connection, DbError> {
+    let conn = open_connection(store)?;
+    if conn.is_postgres() {
+        conn.execute_batch("SET plan_cache_mode = force_custom_plan")?;
+    }
+    Ok(conn)
+}
+
 fn open_connection(store: &Store) -> Result<Connection, DbError> {
     match store {
         Store::Sqlite(path) => open_sqlite(path),
@@ -535,7 +549,7 @@ impl Db {
             let conn = match readers.take() {
                 Some(c) => c,
                 None => {
-                    let c = open_connection(&store)?;
+                    let c = open_reader(&store)?;
                     stats.readers_open.fetch_add(1, Ordering::Relaxed);
                     c
                 }
