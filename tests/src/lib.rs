@@ -98,6 +98,8 @@ pub struct Proc {
     child: Option<Child>,
     /// More environment for the process.
     env: Vec<(String, String)>,
+    /// A command the process is started through (`prlimit …`), if any.
+    wrapper: Vec<String>,
 }
 
 impl Proc {
@@ -112,7 +114,16 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(bin_dir().join(self.bin))
+        let bin = bin_dir().join(self.bin);
+        let mut command = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -140,6 +151,12 @@ impl Proc {
             .arg(child.id().to_string())
             .status();
         child.wait().unwrap()
+    }
+
+    /// Starts the process through `wrapper` from now on (a command that
+    /// runs the one it is given: `prlimit --nofile=1024:1024 --`).
+    pub fn wrap(&mut self, wrapper: &[&str]) {
+        self.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
     }
 
     /// The process id, while it runs.
@@ -258,6 +275,7 @@ impl Federation {
             addr: gateway_addr,
             child: None,
             env: env.clone(),
+            wrapper: Vec::new(),
         };
         let mut nodes = BTreeMap::new();
         for (city, addr) in &node_addrs {
@@ -283,6 +301,7 @@ impl Federation {
                     addr: *addr,
                     child: None,
                     env: env.clone(),
+                    wrapper: Vec::new(),
                 },
             );
         }
@@ -365,6 +384,7 @@ impl Federation {
             addr,
             child: None,
             env: self.gateway.env.clone(),
+            wrapper: Vec::new(),
         });
         n - 1
     }

@@ -146,3 +146,90 @@ async fn a_flood_of_watch_streams_holds_no_more_database_connections_than_config
     );
     drop(streams);
 }
+
+/// Every descriptor a process holds open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// #18, point 5: under a descriptor limit of 1,024, 2,000 TCP connections
+/// to the gateway's gRPC port that never send a ClientHello and 500
+/// slowloris connections on its dashboard port leave the gateway room for
+/// its own work (it holds at most 896 descriptors) and do not keep a city
+/// from it: twelve dispatches, each on a new connection, all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_slow_connections_under_a_low_descriptor_limit_leave_a_city_its_calls() {
+    use hotline_proto::identity::Identity;
+    use hotline_proto::pb::federation_client::FederationClient;
+    use tokio::io::AsyncWriteExt;
+    // This test holds 2,500 sockets itself.
+    hotline_tls::server::raise_fd_limit();
+    let mut f = Federation::start().await;
+    f.gateway.kill();
+    f.gateway.wrap(&["prlimit", "--nofile=1024:1024", "--"]);
+    f.start_gateway().await;
+    let pid = f.gateway.pid().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    assert!(open_files.contains(" 1024 "), "{open_files}");
+
+    let grpc = f.addr_of(&Identity::Gateway);
+    let mut silent = Vec::new();
+    for _ in 0..2000 {
+        if let Ok(s) = tokio::net::TcpStream::connect(grpc).await {
+            silent.push(s);
+        }
+    }
+    let mut slow = Vec::new();
+    for _ in 0..500 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(f.dashboard).await {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n").await;
+            slow.push(s);
+        }
+    }
+    assert!(silent.len() >= 1000, "only {} connected", silent.len());
+    // The gateway has taken in what it will of them (its descriptors stop
+    // growing), and keeps room for its own work: without the listener's
+    // cap it would take all 1,024.
+    let mut held = open_fds(pid);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = open_fds(pid);
+        if now == held {
+            break;
+        }
+        held = now;
+    }
+    assert!(held <= 1024 - 128, "the gateway holds {held} descriptors");
+
+    let yibin = Identity::City("yibin".into());
+    for i in 0..12 {
+        // A new channel: a new connection, and a new handshake.
+        let mut gw = FederationClient::new(f.channel_as(&yibin, &Identity::Gateway));
+        let id = hotline_proto::TicketId::new("yibin").to_string();
+        let mut t = draft(&["zigong"], "education");
+        t.id = id.clone();
+        t.origin_city = "yibin".into();
+        t.history = vec![hotline_proto::state::event(
+            &id,
+            1,
+            EventKind::Created,
+            "yibin",
+            TicketStatus::Pending,
+        )];
+        let answer = gw
+            .dispatch_ticket(DispatchTicketRequest {
+                city: "yibin".into(),
+                ticket: Some(t),
+            })
+            .await;
+        assert!(answer.is_ok(), "dispatch {i}: {answer:?}");
+    }
+    drop((silent, slow));
+}

@@ -63,8 +63,14 @@ impl Peer {
     }
 }
 
-/// A connection accepted by [`incoming`].
-pub enum Conn {
+/// A connection accepted by [`incoming`], holding its place among the
+/// listener's connections until it is dropped.
+pub struct Conn {
+    stream: Stream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Peer),
 }
@@ -73,12 +79,12 @@ impl Connected for Conn {
     type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Peer {
-        match self {
-            Conn::Plain(s) => Peer {
+        match &self.stream {
+            Stream::Plain(s) => Peer {
                 identity: None,
                 addr: s.peer_addr().ok(),
             },
-            Conn::Tls(_, peer) => peer.clone(),
+            Stream::Tls(_, peer) => peer.clone(),
         }
     }
 }
@@ -89,9 +95,9 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -102,23 +108,23 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -127,16 +133,16 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s, _) => s.is_write_vectored(),
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s, _) => s.is_write_vectored(),
         }
     }
 }
@@ -199,19 +205,68 @@ impl Reloading {
     }
 }
 
+/// Handshakes a listener runs at once; past them a new connection ends the
+/// oldest handshake still under way (each may take [`HANDSHAKE_TIMEOUT`],
+/// and a client that sends nothing would otherwise hold its place for all
+/// of it).
+pub const MAX_HANDSHAKES: usize = 256;
+/// Descriptors kept back from a listener's connections for everything else
+/// the process opens: the dashboard's connections (at most 256), its
+/// database, its own connections to peers, files.
+const FD_RESERVE: u64 = 512;
+
+/// The most connections a listener holds: the process's descriptor limit
+/// less [`FD_RESERVE`], within 64..=65,536.
+pub fn max_connections() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(65_536 + FD_RESERVE);
+    soft.saturating_sub(FD_RESERVE).clamp(64, 65_536) as usize
+}
+
+/// Raises the process's descriptor soft limit to its hard limit (1,024 is a
+/// common default, and a few hundred idle connections would take every
+/// descriptor): returns the limits before and after.
+pub fn raise_fd_limit() -> (Option<u64>, Option<u64>) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    if before.current != before.maximum {
+        let raised = rustix::process::Rlimit {
+            current: before.maximum,
+            maximum: before.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the file descriptor limit");
+        }
+    }
+    (before.current, getrlimit(Resource::Nofile).current)
+}
+
 /// The connections of `listener`, Nagle's algorithm off, through `tls`.
-/// Handshakes run in their own tasks: a slow client holds up nobody.
+/// Handshakes run in their own tasks: a slow client holds up nobody. At
+/// most [`MAX_HANDSHAKES`] at once (the oldest gives way to a new one) and
+/// [`max_connections`] in all (a connection past them is closed at once),
+/// so that silent connections cannot take the descriptors the process needs
+/// for its own work, nor keep a real client from its handshake.
 pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(256);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections()));
+    let mut handshakes: std::collections::VecDeque<tokio::task::AbortHandle> =
+        std::collections::VecDeque::new();
     tokio::spawn(async move {
         let mut reload = tokio::time::interval(RELOAD_EVERY);
         reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut refused: u64 = 0;
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = reload.tick() => {
                     if let ServerTls::Mutual(r) = &tls {
                         r.reload_if_changed();
+                    }
+                    if refused > 0 {
+                        tracing::warn!(refused, "connections closed early: too many open, or handshakes given way to newer ones");
+                        refused = 0;
                     }
                     continue;
                 }
@@ -226,21 +281,45 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Res
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                refused += 1;
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             match &tls {
                 ServerTls::Insecure => {
-                    if tx.send(Ok(Conn::Plain(stream))).await.is_err() {
+                    let conn = Conn {
+                        stream: Stream::Plain(stream),
+                        _slot: slot,
+                    };
+                    if tx.send(Ok(conn)).await.is_err() {
                         return;
                     }
                 }
                 ServerTls::Mutual(r) => {
+                    if handshakes.len() >= MAX_HANDSHAKES {
+                        handshakes.retain(|h| !h.is_finished());
+                    }
+                    if handshakes.len() >= MAX_HANDSHAKES
+                        && let Some(oldest) = handshakes.pop_front()
+                    {
+                        // Its connection and its place go with it.
+                        oldest.abort();
+                        refused += 1;
+                    }
                     let acceptor = TlsAcceptor::from(r.config());
                     let tx = tx.clone();
-                    tokio::spawn(async move {
-                        if let Some(conn) = handshake(acceptor, stream, addr).await {
+                    let task = tokio::spawn(async move {
+                        if let Some(stream) = handshake(acceptor, stream, addr).await {
+                            let conn = Conn {
+                                stream,
+                                _slot: slot,
+                            };
                             let _ = tx.send(Ok(conn)).await;
                         }
                     });
+                    handshakes.push_back(task.abort_handle());
                 }
             }
         }
@@ -248,7 +327,7 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Res
     ReceiverStream::new(rx)
 }
 
-async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, addr: SocketAddr) -> Option<Conn> {
+async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, addr: SocketAddr) -> Option<Stream> {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -271,7 +350,7 @@ async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, addr: SocketAddr) -
         return None;
     };
     tracing::debug!(peer = %addr, %identity, "TLS connection");
-    Some(Conn::Tls(
+    Some(Stream::Tls(
         Box::new(tls),
         Peer {
             identity: Some(identity),
