@@ -106,7 +106,7 @@ pub async fn serve(
         .http2_max_header_list_size(16 * 1024)
         // A request over the size limit: RESOURCE_EXHAUSTED, not tonic's
         // OUT_OF_RANGE.
-        .layer(grpc::SizeStatusLayer)
+        .layer(grpc::size_status_layer())
         .add_service(health)
         .add_service(grpc::reflection()?)
         // Who may call what: the city's own systems and consoles the

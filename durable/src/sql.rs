@@ -581,17 +581,22 @@ impl Pg {
         Ok(s)
     }
 
-    /// Sends the pending writes and then `last`, if any, pipelined, and
-    /// waits for every answer: the first failure is the result.
-    fn send<T>(
+    /// The statement of `sql` and the values bound to it.
+    fn bind(
         &mut self,
-        last: Option<(&postgres::Statement, &[PgValue])>,
-        read: impl AsyncFnOnce(
-            &tokio_postgres::Client,
-            &postgres::Statement,
-            &[&(dyn postgres::types::ToSql + Sync)],
-        ) -> std::result::Result<T, postgres::Error>,
-    ) -> Result<Option<T>> {
+        sql: &str,
+        params: &[&dyn ToSql],
+    ) -> Result<(postgres::Statement, Vec<PgValue>)> {
+        let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
+        Ok((self.statement(sql, &values)?, values))
+    }
+
+    /// Sends the pending writes and then what `then` sends, pipelined, and
+    /// waits for every answer: the first failure is the result.
+    fn after_pending<T>(
+        &mut self,
+        then: impl AsyncFnOnce(&tokio_postgres::Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
         let pending = std::mem::take(&mut self.pending);
         let Session {
             runtime, client, ..
@@ -602,13 +607,7 @@ impl Pg {
                     .iter()
                     .map(|(s, v)| async move { client.execute(s, &bound(v)).await }),
             );
-            let answer = async {
-                match last {
-                    Some((s, v)) => read(client, s, &bound(v)).await.map(Some),
-                    None => Ok(None),
-                }
-            };
-            let (written, answer) = futures::join!(writes, answer);
+            let (written, answer) = futures::join!(writes, then(client));
             for w in written {
                 w?;
             }
@@ -617,57 +616,37 @@ impl Pg {
     }
 
     fn run(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<postgres::Row>> {
-        let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
-        let stmt = self.statement(sql, &values)?;
-        let rows = self.send(Some((&stmt, &values)), async |c, s, v| c.query(s, v).await)?;
-        Ok(rows.unwrap_or_default())
+        let mut answers = self.run_many(&[(sql, params)])?;
+        Ok(answers.pop().unwrap_or_default())
     }
 
     /// The pending writes and then every query of `queries`, pipelined:
     /// one round trip. The rows of each query, in order.
     fn run_many(&mut self, queries: &[(&str, &[&dyn ToSql])]) -> Result<Vec<Vec<postgres::Row>>> {
-        let mut prepared = Vec::with_capacity(queries.len());
-        for (sql, params) in queries {
-            let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
-            prepared.push((self.statement(sql, &values)?, values));
-        }
-        let pending = std::mem::take(&mut self.pending);
-        let Session {
-            runtime, client, ..
-        } = self.session.as_ref().ok_or(Error::Closed)?;
-        runtime.block_on(async {
-            let writes = futures::future::join_all(
-                pending
+        let bound_queries = queries
+            .iter()
+            .map(|(sql, params)| self.bind(sql, params))
+            .collect::<Result<Vec<_>>>()?;
+        self.after_pending(async |c| {
+            futures::future::try_join_all(
+                bound_queries
                     .iter()
-                    .map(|(s, v)| async move { client.execute(s, &bound(v)).await }),
-            );
-            let reads = futures::future::join_all(
-                prepared
-                    .iter()
-                    .map(|(s, v)| async move { client.query(s, &bound(v)).await }),
-            );
-            let (written, read) = futures::join!(writes, reads);
-            for w in written {
-                w?;
-            }
-            read.into_iter().map(|r| r.map_err(Error::from)).collect()
+                    .map(|(s, v)| async move { c.query(s, &bound(v)).await }),
+            )
+            .await
         })
     }
 
     fn execute(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<usize> {
-        let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
-        let stmt = self.statement(sql, &values)?;
-        let n = self.send(Some((&stmt, &values)), async |c, s, v| {
-            c.execute(s, v).await
-        })?;
-        Ok(n.unwrap_or(0) as usize)
+        let (stmt, values) = self.bind(sql, params)?;
+        let n = self.after_pending(async |c| c.execute(&stmt, &bound(&values)).await)?;
+        Ok(n as usize)
     }
 
     /// Queues a write, to be sent with the next statement that is answered.
     fn defer(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<()> {
-        let values: Vec<PgValue> = params.iter().map(|p| p.pg()).collect();
-        let stmt = self.statement(sql, &values)?;
-        self.pending.push((stmt, values));
+        let statement = self.bind(sql, params)?;
+        self.pending.push(statement);
         if self.pending.len() >= MAX_PENDING {
             self.flush()?;
         }
@@ -678,8 +657,7 @@ impl Pg {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.send(None, async |c, s, v| c.execute(s, v).await)
-            .map(|_: Option<u64>| ())
+        self.after_pending(async |_| Ok(()))
     }
 
     fn batch_execute(&mut self, sql: &str) -> Result<()> {

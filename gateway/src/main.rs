@@ -137,13 +137,7 @@ async fn main() -> anyhow::Result<()> {
     .with_context(|| format!("in {}", path.display()))?;
     // As many descriptors as the system lets this process have: the
     // listener holds at most that many connections, less a reserve.
-    let (before, after) = hotline_tls::server::raise_fd_limit();
-    tracing::debug!(
-        ?before,
-        ?after,
-        connections = hotline_tls::server::max_connections(),
-        "file descriptor limit"
-    );
+    hotline_tls::server::raise_fd_limit();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen ({}): cannot listen", config.listen))?;

@@ -178,7 +178,7 @@ pub async fn serve_with_http(
         .load_shed(true)
         // A request over the size limit: RESOURCE_EXHAUSTED, not tonic's
         // OUT_OF_RANGE.
-        .layer(grpc::SizeStatusLayer)
+        .layer(grpc::size_status_layer())
         .add_service(health)
         .add_service(grpc::reflection()?)
         // Who may call what, each caller within its rate (limits.rs): any

@@ -61,9 +61,8 @@ impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
 }
 
 /// A response that says a request was larger than the server takes:
-/// `RESOURCE_EXHAUSTED`, as gRPC's own servers answer, where tonic says
-/// `OUT_OF_RANGE`. A layer of every server ([`SizeStatusLayer`]) rewrites
-/// the status tonic puts in the response's headers.
+/// tonic's `OUT_OF_RANGE` ("decoded message length too large"), in the
+/// response's headers.
 fn too_large(headers: &tonic::codegen::http::HeaderMap) -> bool {
     headers.get("grpc-status").and_then(|v| v.to_str().ok()) == Some("11")
         && headers
@@ -75,52 +74,26 @@ fn too_large(headers: &tonic::codegen::http::HeaderMap) -> bool {
             })
 }
 
-/// Rewrites tonic's `OUT_OF_RANGE` for a request over the size limit to
-/// `RESOURCE_EXHAUSTED` (see [`too_large`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SizeStatusLayer;
+/// The response type of a layer of [`size_status_layer`].
+type Response<B> = tonic::codegen::http::Response<B>;
 
-impl<S> tower::Layer<S> for SizeStatusLayer {
-    type Service = SizeStatus<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        SizeStatus(inner)
-    }
+/// A layer of every server: a request over the size limit answers
+/// `RESOURCE_EXHAUSTED`, as gRPC's own servers do, where tonic says
+/// `OUT_OF_RANGE`.
+pub fn size_status_layer<B>() -> tower::util::MapResponseLayer<fn(Response<B>) -> Response<B>> {
+    tower::util::MapResponseLayer::new(size_status::<B>)
 }
 
-#[derive(Debug, Clone)]
-pub struct SizeStatus<S>(S);
-
-impl<S, R, B> tower::Service<R> for SizeStatus<S>
-where
-    S: tower::Service<R, Response = tonic::codegen::http::Response<B>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+fn size_status<B>(
+    mut response: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    if too_large(response.headers()) {
+        response.headers_mut().insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("8"),
+        );
     }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        let future = self.0.call(request);
-        Box::pin(async move {
-            let mut response = future.await?;
-            if too_large(response.headers()) {
-                response.headers_mut().insert(
-                    "grpc-status",
-                    tonic::codegen::http::HeaderValue::from_static("8"),
-                );
-            }
-            Ok(response)
-        })
-    }
+    response
 }
 
 /// The reflection service over the contract's descriptors.

@@ -39,34 +39,25 @@ fn every_decoder(bytes: &[u8]) -> Result<(), TestCaseError> {
         let t = r.ticket.unwrap_or_default();
         assert_clear(validate::new_ticket(&t, "luzhou", &cat))?;
     }
+    let dispatched = |t: &Ticket| {
+        validate::dispatched_ticket(
+            t,
+            &cat,
+            hotline_proto::time::now_ms(),
+            validate::DEFAULT_MAX_AGE_DAYS,
+        )
+        .map(|_| ())
+    };
     if let Ok(r) = DispatchTicketRequest::decode(bytes) {
         assert_clear(validate::city("city", &r.city, &cat))?;
-        let t = r.ticket.unwrap_or_default();
-        assert_clear(
-            validate::dispatched_ticket(
-                &t,
-                &cat,
-                hotline_proto::time::now_ms(),
-                validate::DEFAULT_MAX_AGE_DAYS,
-            )
-            .map(|_| ()),
-        )?;
+        assert_clear(dispatched(&r.ticket.unwrap_or_default()))?;
     }
     if let Ok(r) = ReportEventRequest::decode(bytes) {
         let e = r.event.unwrap_or_default();
         assert_clear(validate::reported_event(&e).map(|_| ()))?;
     }
     if let Ok(r) = DeliverTicketRequest::decode(bytes) {
-        let t = r.ticket.unwrap_or_default();
-        assert_clear(
-            validate::dispatched_ticket(
-                &t,
-                &cat,
-                hotline_proto::time::now_ms(),
-                validate::DEFAULT_MAX_AGE_DAYS,
-            )
-            .map(|_| ()),
-        )?;
+        assert_clear(dispatched(&r.ticket.unwrap_or_default()))?;
     }
     if let Ok(r) = DeliverEventRequest::decode(bytes) {
         let e = r.event.unwrap_or_default();

@@ -531,6 +531,23 @@ pub fn draft(targets: &[&str], category: &str) -> Ticket {
     }
 }
 
+/// A ticket as `origin`'s node dispatches it to the gateway: an id of
+/// `origin`'s, one target, its CREATED event.
+pub fn dispatchable(origin: &str, target: &str, category: &str) -> Ticket {
+    let id = hotline_proto::TicketId::new(origin).to_string();
+    let mut t = draft(&[target], category);
+    t.history = vec![hotline_proto::state::event(
+        &id,
+        1,
+        hotline_proto::pb::EventKind::Created,
+        origin,
+        hotline_proto::pb::TicketStatus::Pending,
+    )];
+    t.id = id;
+    t.origin_city = origin.into();
+    t
+}
+
 pub async fn create(client: &mut CityHotlineClient<Channel>, ticket: Ticket) -> Ticket {
     client
         .create_ticket(CreateTicketRequest {

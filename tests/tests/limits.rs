@@ -212,17 +212,7 @@ async fn silent_and_slow_connections_under_a_low_descriptor_limit_leave_a_city_i
     for i in 0..12 {
         // A new channel: a new connection, and a new handshake.
         let mut gw = FederationClient::new(f.channel_as(&yibin, &Identity::Gateway));
-        let id = hotline_proto::TicketId::new("yibin").to_string();
-        let mut t = draft(&["zigong"], "education");
-        t.id = id.clone();
-        t.origin_city = "yibin".into();
-        t.history = vec![hotline_proto::state::event(
-            &id,
-            1,
-            EventKind::Created,
-            "yibin",
-            TicketStatus::Pending,
-        )];
+        let t = federation_tests::dispatchable("yibin", "zigong", "education");
         let answer = gw
             .dispatch_ticket(DispatchTicketRequest {
                 city: "yibin".into(),

@@ -172,17 +172,7 @@ async fn a_city_certificate_acts_only_for_its_city() {
     // Luzhou cannot dispatch a ticket as Yibin, neither by naming Yibin in
     // the request nor with a ticket of Yibin's.
     let mut gw = FederationClient::new(f.channel_as(&lz, &Identity::Gateway));
-    let id = hotline_proto::TicketId::new("yibin").to_string();
-    let mut ticket = draft(&["zigong"], "tourism");
-    ticket.id = id.clone();
-    ticket.origin_city = "yibin".into();
-    ticket.history = vec![hotline_proto::state::event(
-        &id,
-        1,
-        EventKind::Created,
-        "yibin",
-        TicketStatus::Pending,
-    )];
+    let ticket = federation_tests::dispatchable("yibin", "zigong", "tourism");
     for claimed in ["yibin", "luzhou", ""] {
         let e = gw
             .dispatch_ticket(DispatchTicketRequest {
@@ -301,20 +291,7 @@ async fn what_a_city_dispatches_is_checked_or_rebuilt_by_the_gateway() {
     let f = Federation::start().await;
     let lz = LUZHOU();
     let mut gw = FederationClient::new(f.channel_as(&lz, &Identity::Gateway));
-    let ticket = || {
-        let id = hotline_proto::TicketId::new("luzhou").to_string();
-        let mut t = draft(&["yibin"], "tourism");
-        t.id = id.clone();
-        t.origin_city = "luzhou".into();
-        t.history = vec![hotline_proto::state::event(
-            &id,
-            1,
-            EventKind::Created,
-            "luzhou",
-            TicketStatus::Pending,
-        )];
-        t
-    };
+    let ticket = || federation_tests::dispatchable("luzhou", "yibin", "tourism");
     type Mutation = fn(&mut Ticket);
     let cases: [(Mutation, &str, &str); 4] = [
         (

@@ -359,17 +359,8 @@ async fn the_same_dispatch_sent_100_times_also_concurrently_makes_one_ticket() {
     let mut yibin = f.hotline("yibin").await;
     let gw = f.federation_as("luzhou").await;
 
-    let id = hotline_proto::TicketId::new("luzhou").to_string();
-    let mut ticket = draft(&["yibin"], "tourism");
-    ticket.id = id.clone();
-    ticket.origin_city = "luzhou".into();
-    ticket.history = vec![hotline_proto::state::event(
-        &id,
-        1,
-        EventKind::Created,
-        "luzhou",
-        TicketStatus::Pending,
-    )];
+    let ticket = federation_tests::dispatchable("luzhou", "yibin", "tourism");
+    let id = ticket.id.clone();
     let request = DispatchTicketRequest {
         city: "luzhou".into(),
         ticket: Some(ticket.clone()),

@@ -226,7 +226,7 @@ pub fn max_connections() -> usize {
 
 /// Raises the process's descriptor soft limit to its hard limit (1,024 is a
 /// common default, and a few hundred idle connections would take every
-/// descriptor): returns the limits before and after.
+/// descriptor), and logs it: returns the limits before and after.
 pub fn raise_fd_limit() -> (Option<u64>, Option<u64>) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let before = getrlimit(Resource::Nofile);
@@ -239,7 +239,14 @@ pub fn raise_fd_limit() -> (Option<u64>, Option<u64>) {
             tracing::warn!(error = %e, "cannot raise the file descriptor limit");
         }
     }
-    (before.current, getrlimit(Resource::Nofile).current)
+    let after = getrlimit(Resource::Nofile).current;
+    tracing::debug!(
+        before = ?before.current,
+        ?after,
+        connections = max_connections(),
+        "file descriptor limit"
+    );
+    (before.current, after)
 }
 
 /// The connections of `listener`, Nagle's algorithm off, through `tls`.
