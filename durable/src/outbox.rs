@@ -382,7 +382,7 @@ mod tests {
     impl Sender for Flaky {
         async fn send(&self, item: Item) -> Outcome {
             // Every other call fails: the worker must retry, in order.
-            if self.calls.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            if self.calls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                 return Outcome::Retry("flaky".into());
             }
             if item.kind == "poison" {

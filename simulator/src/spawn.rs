@@ -105,32 +105,98 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 /// the kernel's ephemeral range (32768 and up by default), where outgoing
 /// connections take their local ports — a port freed there can be taken by
 /// a connection before the process binds it — and never the same twice in
-/// one process. Each process starts at a point spread by a hash of its id
-/// and start time, so that processes running side by side (neighbouring
-/// ids) walk different stretches of the range.
+/// one process.
+///
+/// Between the check here and the child's bind, another process of ours
+/// (a test binary and the simulators it spawns, side by side) must not hand
+/// out the same port: each process first claims a block of the range, with
+/// an exclusive lock on a file named after it under the temporary
+/// directory, and gives out ports of its own blocks only. The lock goes
+/// with the process, however it ends. Where no lock can be taken (no
+/// temporary directory), blocks are claimed without one, starting at a
+/// point spread by the process's id.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    static OFFSET: OnceLock<u32> = OnceLock::new();
-    let offset = *OFFSET.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let mixed = (u64::from(std::process::id()) ^ (u64::from(nanos) << 20))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        ((mixed >> 32) % 12_000) as u32
-    });
+    use std::sync::Mutex;
+    static PORTS: Mutex<Option<PortBlocks>> = Mutex::new(None);
+    let mut guard = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let blocks = guard.get_or_insert_with(PortBlocks::new);
     loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        if n >= 12_000 {
-            bail!("no free port left below the ephemeral range");
-        }
-        let port = 20_000 + (offset + n) % 12_000;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+        let port = blocks.next_port()?;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
             return Ok(l.local_addr()?);
         }
+    }
+}
+
+/// The first port [`free_addr`] gives out, the number of ports and the size
+/// of a block.
+const PORT_BASE: u32 = 20_000;
+const PORT_SPAN: u32 = 12_000;
+const PORT_BLOCK: u32 = 200;
+
+/// The blocks of ports a process holds (see [`free_addr`]).
+struct PortBlocks {
+    /// The lock files held, one per block claimed.
+    held: Vec<std::fs::File>,
+    /// The block ports are given from, and the next port's place in it.
+    current: Option<(u32, u32)>,
+    /// Blocks tried so far, and where the search starts.
+    tried: u32,
+    start: u32,
+}
+
+impl PortBlocks {
+    fn new() -> Self {
+        let blocks = PORT_SPAN / PORT_BLOCK;
+        Self {
+            held: Vec::new(),
+            current: None,
+            tried: 0,
+            start: std::process::id() % blocks,
+        }
+    }
+
+    fn next_port(&mut self) -> anyhow::Result<u16> {
+        loop {
+            if let Some((block, n)) = self.current.as_mut()
+                && *n < PORT_BLOCK
+            {
+                let port = PORT_BASE + *block * PORT_BLOCK + *n;
+                *n += 1;
+                return Ok(port as u16);
+            }
+            self.current = Some((self.claim()?, 0));
+        }
+    }
+
+    /// The next block no other process holds.
+    fn claim(&mut self) -> anyhow::Result<u32> {
+        let blocks = PORT_SPAN / PORT_BLOCK;
+        let dir = std::env::temp_dir().join("hotline-ports");
+        let lockable = std::fs::create_dir_all(&dir).is_ok();
+        while self.tried < blocks {
+            let block = (self.start + self.tried) % blocks;
+            self.tried += 1;
+            if !lockable {
+                return Ok(block);
+            }
+            let Ok(file) = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(format!("{block}.lock")))
+            else {
+                return Ok(block);
+            };
+            if file.try_lock().is_ok() {
+                self.held.push(file);
+                return Ok(block);
+            }
+        }
+        bail!(
+            "no free port left in {PORT_BASE}..{}: every block is held by another process",
+            PORT_BASE + PORT_SPAN
+        )
     }
 }
 
@@ -151,6 +217,9 @@ fn start(prefix: &[String], bin: &Path, config: &Path, log: &Path) -> anyhow::Re
     command
         .arg("--config")
         .arg(config)
+        // An error ends a process with its message and causes, not a
+        // backtrace that leaves them out of a log's tail.
+        .env("RUST_LIB_BACKTRACE", "0")
         .stdout(Stdio::from(out.try_clone()?))
         .stderr(Stdio::from(out))
         .spawn()
@@ -654,4 +723,32 @@ pub fn rss(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two claimants (as two processes would be: a lock is held per open
+    /// file) never get the same block, and a block let go is claimed again.
+    #[test]
+    fn side_by_side_claimants_get_ports_of_different_blocks() {
+        let mut a = PortBlocks::new();
+        let mut b = PortBlocks::new();
+        let pa = a.next_port().unwrap();
+        let pb = b.next_port().unwrap();
+        let block = |p: u16| (u32::from(p) - PORT_BASE) / PORT_BLOCK;
+        assert_ne!(block(pa), block(pb), "{pa} and {pb}");
+        // A whole block is given out before another is claimed.
+        for _ in 1..PORT_BLOCK {
+            assert_eq!(block(a.next_port().unwrap()), block(pa));
+        }
+        assert_ne!(block(a.next_port().unwrap()), block(pa));
+        // Let go (the process ended): the next claimant may take it.
+        let freed = block(pb);
+        drop(b);
+        let mut c = PortBlocks::new();
+        c.start = freed;
+        assert_eq!(block(c.next_port().unwrap()), freed);
+    }
 }

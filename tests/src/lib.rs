@@ -127,6 +127,9 @@ impl Proc {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            // An error ends a process with its message and causes, not a
+            // backtrace that pushes them out of the tail `logs` shows.
+            .env("RUST_LIB_BACKTRACE", "0")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))

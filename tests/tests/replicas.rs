@@ -170,7 +170,8 @@ async fn either_replica_killed_at_random_points_loses_no_ticket_and_leaves_no_tr
                         let t = r.into_inner().transfer.unwrap();
                         started.push(t.id.clone());
                         n += 1;
-                        if n % 2 == 0 && zg.rings_within(Duration::from_millis(800)).await {
+                        if n.is_multiple_of(2) && zg.rings_within(Duration::from_millis(800)).await
+                        {
                             let _ = console_answer(&mut zigong, &t.id).await;
                         }
                     }
