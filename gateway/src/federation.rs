@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::GatewayError;
 use crate::ledger::Ledger;
+use crate::limits::RateLimiter;
 use crate::switchboard::Switchboard;
 
 pub struct FederationService {
@@ -22,14 +23,23 @@ pub struct FederationService {
     switchboard: Switchboard,
     /// `limits.max_ticket_age_days`.
     max_age_days: u32,
+    /// The callers' rates, which a stream's messages count against as
+    /// requests do.
+    limiter: RateLimiter,
 }
 
 impl FederationService {
-    pub fn new(ledger: Ledger, switchboard: Switchboard, max_age_days: u32) -> Self {
+    pub fn new(
+        ledger: Ledger,
+        switchboard: Switchboard,
+        max_age_days: u32,
+        limiter: RateLimiter,
+    ) -> Self {
         Self {
             ledger,
             switchboard,
             max_age_days,
+            limiter,
         }
     }
 }
@@ -60,6 +70,7 @@ impl Federation for FederationService {
             return Err(Status::unavailable("the gateway is stopping"));
         }
         let certified = hotline_tls::caller_city(&request)?;
+        let caller = hotline_tls::Peer::caller(&request)?.cloned();
         let mut inbound = request.into_inner();
         let city = match inbound.message().await?.and_then(|m| m.signal) {
             Some(Signal::HelloCity(city)) => match &certified {
@@ -88,6 +99,7 @@ impl Federation for FederationService {
         let (tx, rx) = mpsc::unbounded_channel();
         let link = self.switchboard.connect(&city, tx);
         let switchboard = self.switchboard.clone();
+        let limiter = self.limiter.clone();
         let mut closing = self.switchboard.closing();
         let mut held = self.switchboard.held();
         tokio::spawn(async move {
@@ -101,7 +113,14 @@ impl Federation for FederationService {
                 match message {
                     Ok(Some(TransferSignalsRequest {
                         signal: Some(Signal::Transfer(t)),
-                    })) => switchboard.signal(&city, t),
+                    })) => {
+                        // Each message takes a token of the city's rate: a
+                        // flood of them waits here (and the stream's flow
+                        // control pushes back on the sender), and leaves the
+                        // city's own requests refused, not the others'.
+                        limiter.wait(caller.as_ref()).await;
+                        switchboard.signal(&city, t)
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(_) => {

@@ -33,6 +33,7 @@ pub mod delivery;
 pub mod error;
 pub mod federation;
 pub mod flow;
+pub mod flowtail;
 pub mod fold;
 pub mod http;
 pub mod ledger;

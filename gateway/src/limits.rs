@@ -32,6 +32,21 @@ pub struct Limits {
     /// since every deadline it carries would have passed on arrival.
     #[serde(default = "default_max_age_days")]
     pub max_ticket_age_days: u32,
+    /// Streams (`WatchFlow`) one caller may hold open at once; past it, a
+    /// new one is refused with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_streams_per_caller")]
+    pub streams_per_caller: usize,
+    /// Streams all callers together may hold open at once.
+    #[serde(default = "default_streams_total")]
+    pub streams_total: usize,
+}
+
+fn default_streams_per_caller() -> usize {
+    64
+}
+
+fn default_streams_total() -> usize {
+    1_024
 }
 
 fn default_max_age_days() -> u32 {
@@ -57,6 +72,8 @@ impl Default for Limits {
             per_caller_burst: default_burst(),
             in_flight_per_connection: default_in_flight(),
             max_ticket_age_days: default_max_age_days(),
+            streams_per_caller: default_streams_per_caller(),
+            streams_total: default_streams_total(),
         }
     }
 }
@@ -71,6 +88,12 @@ impl Limits {
         }
         if self.in_flight_per_connection == 0 {
             return Err("limits.in_flight_per_connection: must be positive".into());
+        }
+        if self.streams_per_caller == 0 {
+            return Err("limits.streams_per_caller: must be positive".into());
+        }
+        if self.streams_total < self.streams_per_caller {
+            return Err("limits.streams_total: must be at least limits.streams_per_caller".into());
         }
         Ok(())
     }
@@ -126,6 +149,18 @@ impl RateLimiter {
         }
     }
 
+    /// Takes a token of `caller`'s bucket, waiting for one to come (for a
+    /// stream's messages, which cannot be refused one by one).
+    pub async fn wait(&self, caller: Option<&Identity>) {
+        use std::time::Duration;
+        let refill = Duration::try_from_secs_f64(1.0 / self.limits.per_caller_rps)
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(1), Duration::from_secs(1));
+        while !self.try_take(caller) {
+            tokio::time::sleep(refill).await;
+        }
+    }
+
     /// The interceptor of a service: the caller must be one `rule` admits
     /// (see `hotline_tls::allow`) and within its rate.
     pub fn guard(
@@ -152,6 +187,91 @@ impl RateLimiter {
     }
 }
 
+/// The streams open now, by caller and in all, within [`Limits`]'
+/// `streams_per_caller` and `streams_total`.
+#[derive(Clone)]
+pub struct StreamSlots {
+    per_caller: usize,
+    total: usize,
+    held: Arc<Mutex<Held>>,
+}
+
+#[derive(Default)]
+struct Held {
+    total: usize,
+    by_caller: HashMap<Option<Identity>, usize>,
+}
+
+/// One open stream's place: given back when dropped, however the stream
+/// ends.
+pub struct StreamSlot {
+    held: Arc<Mutex<Held>>,
+    caller: Option<Identity>,
+}
+
+impl StreamSlots {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            per_caller: limits.streams_per_caller,
+            total: limits.streams_total,
+            held: Arc::default(),
+        }
+    }
+
+    /// A place for a stream of `caller`, or RESOURCE_EXHAUSTED naming the
+    /// limit it is past.
+    pub fn take(&self, caller: Option<&Identity>) -> Result<StreamSlot, Status> {
+        let mut held = lock(&self.held);
+        let key = caller.cloned();
+        let mine = held.by_caller.get(&key).copied().unwrap_or(0);
+        let who = || {
+            caller
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| "an unauthenticated caller".to_owned())
+        };
+        if mine >= self.per_caller {
+            return Err(Status::resource_exhausted(format!(
+                "{} holds {mine} open streams, its limit (limits.streams_per_caller); close one first",
+                who()
+            )));
+        }
+        if held.total >= self.total {
+            return Err(Status::resource_exhausted(format!(
+                "the gateway holds {} open streams, its limit (limits.streams_total); retry later",
+                held.total
+            )));
+        }
+        held.total += 1;
+        *held.by_caller.entry(key.clone()).or_default() += 1;
+        Ok(StreamSlot {
+            held: self.held.clone(),
+            caller: key,
+        })
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> usize {
+        lock(&self.held).total
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut held = lock(&self.held);
+        held.total = held.total.saturating_sub(1);
+        if let Some(n) = held.by_caller.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.by_caller.remove(&self.caller);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +290,35 @@ mod tests {
         assert!(
             limiter.try_take(Some(&yibin)),
             "yibin has a bucket of its own"
+        );
+    }
+
+    #[test]
+    fn streams_past_a_callers_limit_or_the_total_are_refused_and_given_back_on_drop() {
+        let slots = StreamSlots::new(&Limits {
+            streams_per_caller: 2,
+            streams_total: 3,
+            ..Limits::default()
+        });
+        let luzhou = Identity::City("luzhou".into());
+        let yibin = Identity::City("yibin".into());
+        let a = slots.take(Some(&luzhou)).unwrap();
+        let _b = slots.take(Some(&luzhou)).unwrap();
+        let refused = slots.take(Some(&luzhou)).err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("limits.streams_per_caller"),
+            "{refused}"
+        );
+        let _c = slots.take(Some(&yibin)).unwrap();
+        let full = slots.take(None).err().unwrap();
+        assert!(full.message().contains("limits.streams_total"), "{full}");
+        assert_eq!(slots.open(), 3);
+        drop(a);
+        assert_eq!(slots.open(), 2);
+        assert!(
+            slots.take(Some(&luzhou)).is_ok(),
+            "luzhou's place came back"
         );
     }
 

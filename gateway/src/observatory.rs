@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration as StdDuration;
 
 use hotline_proto::pb::observatory_server::Observatory;
 use hotline_proto::pb::{
@@ -28,7 +27,9 @@ use tonic::{Request, Response, Status};
 
 use crate::error::GatewayError;
 use crate::flow;
+use crate::flowtail::{self, FlowTail};
 use crate::ledger::Ledger;
+use crate::limits::StreamSlots;
 use crate::roles::{Departments, Viewer};
 use crate::stats;
 use crate::supervision;
@@ -39,6 +40,10 @@ pub struct ObservatoryService {
     departments: Arc<Departments>,
     /// Set when the gateway stops: the watch streams end.
     closing: watch::Receiver<bool>,
+    /// The one reader of the flow log the watch streams share.
+    tail: FlowTail,
+    /// The watch streams open, within their limits.
+    streams: StreamSlots,
 }
 
 impl ObservatoryService {
@@ -46,11 +51,15 @@ impl ObservatoryService {
         ledger: Ledger,
         departments: Arc<Departments>,
         closing: watch::Receiver<bool>,
+        tail: FlowTail,
+        streams: StreamSlots,
     ) -> Self {
         Self {
             ledger,
             departments,
             closing,
+            tail,
+            streams,
         }
     }
 
@@ -82,10 +91,6 @@ impl ObservatoryService {
     }
 }
 
-/// Events one watch reads from the log at a time.
-const WATCH_BATCH: usize = 512;
-/// A watcher looks again this often even when no commit rang.
-const WATCH_POLL: StdDuration = StdDuration::from_millis(250);
 /// The most events a new watcher may ask to replay.
 const MAX_REPLAY: u32 = 10_000;
 
@@ -239,6 +244,9 @@ impl Observatory for ObservatoryService {
         request: Request<WatchFlowRequest>,
     ) -> Result<Response<Self::WatchFlowStream>, Status> {
         let viewer = Viewer::of(&request, &self.departments)?;
+        // A place among the open streams first: past its caller's or the
+        // gateway's limit, nothing else is done for it.
+        let slot = self.streams.take(hotline_tls::Peer::caller(&request)?)?;
         let req = request.into_inner();
         if req.replay > MAX_REPLAY {
             return Err(invalid_argument(
@@ -269,30 +277,27 @@ impl Observatory for ObservatoryService {
             Some((_, hi)) => cursor = hi.saturating_sub(u64::from(req.replay)),
             None => {}
         }
-        let (tx, rx) = mpsc::channel(WATCH_BATCH);
-        let mut bell = self.ledger.bell().subscribe();
+        let (tx, rx) = mpsc::channel(flowtail::BATCH);
+        let tail = self.tail.clone();
+        let mut head = tail.head();
         let mut closing = self.closing.clone();
         tokio::spawn(async move {
+            // Held as long as the stream is open.
+            let _slot = slot;
             loop {
                 if *closing.borrow() {
                     return;
                 }
-                let from = cursor;
-                let batch = db
-                    .read(move |c| flow::after(c, from, WATCH_BATCH))
-                    .await
-                    .map_err(|e: GatewayError| Status::from(e));
-                let batch = match batch {
+                let batch = match tail.after(cursor).await {
                     Ok(b) => b,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
                         return;
                     }
                 };
                 if batch.is_empty() {
                     tokio::select! {
-                        _ = bell.changed() => {}
-                        _ = tokio::time::sleep(WATCH_POLL) => {}
+                        _ = head.changed() => {}
                         _ = closing.changed() => {}
                         _ = tx.closed() => return,
                     }

@@ -22,8 +22,9 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::delivery;
 use crate::federation::FederationService;
+use crate::flowtail::FlowTail;
 use crate::ledger::Ledger;
-use crate::limits::RateLimiter;
+use crate::limits::{RateLimiter, StreamSlots};
 use crate::observatory::ObservatoryService;
 use crate::recorder::{self, Recorder};
 use crate::switchboard::Switchboard;
@@ -163,6 +164,10 @@ pub async fn serve_with_http(
         }
     };
     let limiter = RateLimiter::new(config.limits);
+    // One reader of the flow log for every WatchFlow stream.
+    let tail = FlowTail::spawn(ledger.db().clone(), ledger.bell(), closing_rx.clone())
+        .await
+        .context("start the flow tail")?;
     let addr = listener.local_addr()?;
     println!("gateway: {addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "gateway started");
@@ -190,6 +195,7 @@ pub async fn serve_with_http(
                 ledger.clone(),
                 switchboard.clone(),
                 config.limits.max_ticket_age_days,
+                limiter.clone(),
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             limiter.guard(|id| matches!(id, Identity::City(_))),
@@ -199,6 +205,8 @@ pub async fn serve_with_http(
                 ledger.clone(),
                 Arc::new(config.departments.clone()),
                 closing_rx,
+                tail,
+                StreamSlots::new(&config.limits),
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             limiter.guard(|id| {

@@ -108,31 +108,60 @@ fn database_connections(pid: u32) -> usize {
         .count()
 }
 
-/// #18, point 1: 300 WatchFlow streams from one city, each reading the
-/// ledger as it wakes, go through the configured reader pool (here 3
-/// connections): the gateway never holds more than the pool, the writer and
-/// (on PostgreSQL) the lease keeper, while another city's tickets flow.
+/// #18, point 1: 10,000 WatchFlow streams opened from one city's
+/// certificate. Past its cap (here 50) each is refused with
+/// RESOURCE_EXHAUSTED naming the limit; the streams held share one reader
+/// of the flow log, so the gateway never holds more database connections
+/// than the configured pool (3), the writer and (on PostgreSQL) the lease
+/// keeper; and another city's tickets flow, its own watch stream opens and
+/// sees each of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_watch_streams_holds_no_more_database_connections_than_configured() {
-    let f = Federation::start_with("store_readers = 3", "").await;
+async fn ten_thousand_watch_streams_from_one_city_are_capped_and_hold_no_more_connections_than_configured()
+ {
+    use futures::StreamExt;
+    use hotline_proto::identity::Identity;
+    let f = Federation::start_with(
+        "store_readers = 3\n[limits]\nstreams_per_caller = 50\nstreams_total = 200",
+        "",
+    )
+    .await;
     let pid = f.gateway.pid().unwrap();
-    let obs = ObservatoryClient::new(f.channel_as(
-        &hotline_proto::identity::Identity::City("luzhou".into()),
-        &hotline_proto::identity::Identity::Gateway,
-    ));
+    let obs =
+        ObservatoryClient::new(f.channel_as(&Identity::City("luzhou".into()), &Identity::Gateway));
+    let answers: Vec<_> = futures::stream::iter(0..10_000)
+        .map(|_| {
+            let mut obs = obs.clone();
+            async move { obs.watch_flow(WatchFlowRequest::default()).await }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
     let mut streams = Vec::new();
-    for _ in 0..300 {
-        let s = obs
-            .clone()
+    let mut refused = 0;
+    for a in answers {
+        match a {
+            Ok(s) => streams.push(s.into_inner()),
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains("limits.streams_per_caller"), "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(streams.len(), 50, "luzhou holds its cap of streams");
+    assert_eq!(refused, 10_000 - 50);
+
+    // Zigong's own stream opens, and sees Yibin's tickets to it.
+    let mut watch =
+        ObservatoryClient::new(f.channel_as(&Identity::City("zigong".into()), &Identity::Gateway))
             .watch_flow(WatchFlowRequest::default())
             .await
             .unwrap()
             .into_inner();
-        streams.push(s);
-    }
     let mut most = 0;
     let mut yibin = f.hotline("yibin").await;
     let zigong = f.hotline("zigong").await;
+    let mut ids = std::collections::HashSet::new();
     for _ in 0..10 {
         let t = create(&mut yibin, draft(&["zigong"], "education")).await;
         eventually("zigong holds it", Duration::from_secs(30), || {
@@ -141,8 +170,19 @@ async fn a_flood_of_watch_streams_holds_no_more_database_connections_than_config
             async move { federation_tests::get(&mut z, &id).await }
         })
         .await;
+        ids.insert(t.id);
         most = most.max(database_connections(pid));
     }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !ids.is_empty() {
+            let e = watch.message().await.unwrap().unwrap();
+            if let Some(hotline_proto::pb::flow_event::Change::Ticket(t)) = e.change {
+                ids.remove(&t.ticket_id);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("zigong's stream did not see {ids:?}"));
     // The pool (3), the writer (1), the lease keeper on PostgreSQL (1).
     let limit = if federation_tests::postgres_tests() {
         5
