@@ -5,7 +5,9 @@
 //! requests a second. Yibin dispatches tickets straight to the gateway, one
 //! at a time and paced under its own limit, and each is timed from call to
 //! acknowledgement (committed in the ledger); first alone, then while
-//! Luzhou's certificate sends `factor` times its limit from several tasks.
+//! Luzhou's certificate sends `factor` times its limit from several tasks
+//! and tries to open `watch_streams` WatchFlow streams, holding those the
+//! gateway lets it have.
 //! A benchmark: it asserts nothing about time.
 
 use std::path::PathBuf;
@@ -15,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use hotline_proto::identity::Identity;
 use hotline_proto::pb::federation_client::FederationClient;
+use hotline_proto::pb::observatory_client::ObservatoryClient;
 use hotline_proto::pb::{
     DispatchTicketRequest, EventKind, ReportEventRequest, Ticket, TicketKind, TicketStatus,
+    WatchFlowRequest,
 };
 use serde::Serialize;
 
@@ -30,6 +34,8 @@ pub struct FloodOptions {
     pub rate: f64,
     /// How many times its limit the flooding city sends.
     pub factor: f64,
+    /// WatchFlow streams the flooding city tries to open besides.
+    pub watch_streams: usize,
     pub report: Option<PathBuf>,
 }
 
@@ -47,6 +53,13 @@ pub struct FloodBench {
     pub flood_admitted: u64,
     /// Yibin's dispatches refused (must stay 0: it is under its limit).
     pub others_refused: u64,
+    /// The WatchFlow streams the flooding city tried to open, those it got
+    /// (and held through the flooded phase), and those refused.
+    pub watch_tried: usize,
+    pub watch_held: usize,
+    pub watch_refused: usize,
+    /// Flooded p50 over alone p50 (target ≤ 1.5).
+    pub p50_ratio: f64,
 }
 
 fn ticket(seq: usize) -> Ticket {
@@ -156,10 +169,45 @@ pub async fn run(opts: FloodOptions) -> anyhow::Result<FloodBench> {
             }
         });
     }
+    // And as many WatchFlow streams as it can open, 100 at a time, held
+    // open while Yibin is measured.
+    let (held, watch_refused) = {
+        let obs = ObservatoryClient::new(fed.pki.channel(
+            fed.gateway,
+            &Identity::City("luzhou".into()),
+            &Identity::Gateway,
+        )?);
+        let (mut held, mut refused) = (Vec::new(), 0usize);
+        let mut left = opts.watch_streams;
+        while left > 0 {
+            let n = left.min(100);
+            left -= n;
+            let mut opening = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let mut obs = obs.clone();
+                opening.spawn(async move { obs.watch_flow(WatchFlowRequest::default()).await });
+            }
+            while let Some(r) = opening.join_next().await {
+                match r {
+                    Ok(Ok(s)) => held.push(s.into_inner()),
+                    _ => refused += 1,
+                }
+            }
+        }
+        (held, refused)
+    };
+    println!(
+        "watch streams: {} held, {watch_refused} refused of {}",
+        held.len(),
+        opts.watch_streams
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (flooded, refused_flooded) = probe(&yibin, opts.samples, opts.rate, 2_000_000).await;
     stop.store(true, Ordering::Relaxed);
     while flooders.join_next().await.is_some() {}
+    let watch_held = held.len();
+    drop(held);
+    let alone_p50 = percentile(&alone, 0.5);
     let bench = FloodBench {
         rate_limit_rps: opts.rate,
         flood_rps,
@@ -171,10 +219,15 @@ pub async fn run(opts: FloodOptions) -> anyhow::Result<FloodBench> {
         flood_refused: refused.load(Ordering::Relaxed),
         flood_admitted: admitted.load(Ordering::Relaxed),
         others_refused: refused_alone + refused_flooded,
+        watch_tried: opts.watch_streams,
+        watch_held,
+        watch_refused,
+        p50_ratio: percentile(&flooded, 0.5) as f64 / alone_p50.max(1) as f64,
     };
     println!(
-        "flooded: p50 {} µs, p99 {} µs; the flood: {} refused, {} admitted; yibin refused {}",
+        "flooded: p50 {} µs ({:.2}× alone), p99 {} µs; the flood: {} refused, {} admitted; yibin refused {}",
         bench.flooded_p50_us,
+        bench.p50_ratio,
         bench.flooded_p99_us,
         bench.flood_refused,
         bench.flood_admitted,

@@ -202,6 +202,11 @@ enum Command {
         /// How many times its limit the flooding city sends.
         #[arg(long, default_value_t = 10.0)]
         factor: f64,
+        /// WatchFlow streams the flooding city tries to open besides (the
+        /// gateway holds its cap, limits.streams_per_caller, and refuses
+        /// the rest).
+        #[arg(long, default_value_t = 10_000)]
+        watch_streams: usize,
         /// Write the JSON figures here.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
@@ -404,6 +409,7 @@ fn main() -> ExitCode {
             samples,
             rate,
             factor,
+            watch_streams,
             report,
         } => {
             if samples == 0 || !(rate > 0.0 && rate.is_finite()) || factor.is_nan() || factor < 1.0
@@ -415,6 +421,7 @@ fn main() -> ExitCode {
                 samples,
                 rate,
                 factor,
+                watch_streams,
                 report,
             };
             finished(runtime.block_on(simulator::flood::run(opts)))
