@@ -10,7 +10,9 @@
 //! ([`FlowTail::after`]); only one further behind (a replay, or one too
 //! slow to keep up) reads the log, from its own cursor, until it has caught
 //! up. Every watcher still sees each event once, in the log's order: the
-//! tail reads the log exactly as a watcher did ([`flow::after`]).
+//! tail reads the log exactly as a watcher did ([`flow::after`]). With no
+//! watcher the tail reads nothing (a commit then costs no read of the log)
+//! and starts again at the log's end when one comes.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -91,9 +93,38 @@ impl FlowTail {
         };
         tokio::spawn(async move {
             let mut at = start;
+            // Nobody watching (only the service's own receiver): the tail
+            // reads nothing, so that a commit costs no read of the log; once
+            // a watcher comes, it starts again at the log's end.
+            let mut stale = false;
             loop {
                 if *closing.borrow() {
                     return;
+                }
+                if head_tx.receiver_count() <= 1 {
+                    stale = true;
+                    tokio::select! {
+                        _ = rang.changed() => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                        _ = closing.changed() => {}
+                    }
+                    continue;
+                }
+                if stale {
+                    let end = db
+                        .read(|c| {
+                            Ok::<_, GatewayError>(flow::bounds(c)?.map(|(_, hi)| hi).unwrap_or(0))
+                        })
+                        .await;
+                    if let Ok(end) = end {
+                        at = end.max(at);
+                        let mut k = lock(&kept);
+                        k.base = at;
+                        k.events.clear();
+                        drop(k);
+                        let _ = head_tx.send(at);
+                        stale = false;
+                    }
                 }
                 let from = at;
                 let batch = db.read(move |c| flow::after(c, from, BATCH)).await;
