@@ -37,6 +37,8 @@ pub struct FlowTail {
     kept: Arc<Mutex<Kept>>,
     /// The cursor of the last event read; changes as the tail reads on.
     head: watch::Receiver<u64>,
+    /// Told when a watcher comes, to wake an idle tail.
+    wanted: Arc<tokio::sync::Notify>,
     db: Db,
 }
 
@@ -86,9 +88,11 @@ impl FlowTail {
         }));
         let (head_tx, head) = watch::channel(start);
         let mut rang = bell.subscribe();
+        let wanted = Arc::new(tokio::sync::Notify::new());
         let tail = Self {
             kept: kept.clone(),
             head,
+            wanted: wanted.clone(),
             db: db.clone(),
         };
         tokio::spawn(async move {
@@ -104,8 +108,7 @@ impl FlowTail {
                 if head_tx.receiver_count() <= 1 {
                     stale = true;
                     tokio::select! {
-                        _ = rang.changed() => {}
-                        _ = tokio::time::sleep(POLL) => {}
+                        _ = wanted.notified() => {}
                         _ = closing.changed() => {}
                     }
                     continue;
@@ -169,7 +172,9 @@ impl FlowTail {
 
     /// A receiver of how far the tail has read, to wait for more.
     pub fn head(&self) -> watch::Receiver<u64> {
-        self.head.clone()
+        let head = self.head.clone();
+        self.wanted.notify_one();
+        head
     }
 }
 

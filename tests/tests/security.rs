@@ -138,6 +138,13 @@ async fn a_revoked_certificate_is_locked_out_without_a_restart() {
     let cert = dev_ca::issue(&dir, &lz, Duration::from_secs(3600)).unwrap();
     let tls = ClientTls::from_files(&TlsFiles::in_dir(&dir, &lz)).unwrap();
     create_with(channel(&f, &tls, &lz)).await.unwrap();
+    // A stream it holds open at the gateway, on a connection made before
+    // the revocation.
+    let mut watch = ObservatoryClient::new(channel(&f, &tls, &Identity::Gateway))
+        .watch_flow(WatchFlowRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
 
     // The CA revokes it: rewriting the crl.pem the node reads.
     let serial = dev_ca::serial_of(&cert).unwrap();
@@ -152,6 +159,23 @@ async fn a_revoked_certificate_is_locked_out_without_a_restart() {
         },
     )
     .await;
+    // The open connection is cut: the stream ends, with an error, within
+    // the files' check interval (2 s; 15 allowed here for a loaded
+    // machine). Before, it stayed open as long as the client wished.
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the revoked certificate's open stream was not cut");
+    assert!(
+        ended.is_err(),
+        "the stream ended without an error: {ended:?}"
+    );
     // Everyone else goes on: the node's own certificate, the platform's.
     let mut luzhou = f.hotline("luzhou").await;
     create(&mut luzhou, draft(&["zigong"], "tourism")).await;

@@ -8,6 +8,7 @@ use hotline_proto::identity::Identity;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -179,6 +180,14 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 /// A server that demands a client certificate chaining to the CA and not
 /// revoked.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    Ok(server_config_and_verifier(files)?.0)
+}
+
+/// [`server_config`], and the client verifier in it (to check the peers of
+/// connections already open against a new CRL or CA).
+pub fn server_config_and_verifier(
+    files: &TlsFiles,
+) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), TlsError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider.clone())
         .with_crls(read_crls(files.crl.as_ref())?)
@@ -186,10 +195,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(read_certs(&files.cert)?, read_key(&files.key)?)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
 }
 
 /// A client that presents its certificate and checks the server's against

@@ -7,7 +7,9 @@
 //!
 //! The certificate, key, CA bundle and CRL are read again when their files
 //! change (checked every two seconds), so a rotation or a revocation needs
-//! no restart; connections already open keep the session they have.
+//! no restart. On each change the peer of every connection already open is
+//! checked again against the new CA and CRL, and a connection whose peer no
+//! longer passes is cut: a revoked peer keeps nothing it had opened.
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use crate::TlsError;
-use crate::files::{TlsFiles, identity_of, server_config};
+use crate::files::{TlsFiles, identity_of, server_config, server_config_and_verifier};
 
 /// Longest a client may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +70,51 @@ impl Peer {
 pub struct Conn {
     stream: Stream,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Its peer's certificates, checked again when the CRL or CA changes.
+    watched: Option<Arc<Watched>>,
+}
+
+/// What a listener keeps of an open connection's peer: its certificate
+/// chain, and whether the connection has been cut since.
+struct Watched {
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    identity: Identity,
+    cut: std::sync::atomic::AtomicBool,
+    waker: futures::task::AtomicWaker,
+}
+
+impl Watched {
+    /// Checks the peer again with `verifier`; cuts the connection if it no
+    /// longer passes.
+    fn recheck(&self, verifier: &dyn rustls::server::danger::ClientCertVerifier) {
+        let Some((end, intermediates)) = self.chain.split_first() else {
+            return;
+        };
+        if let Err(e) =
+            verifier.verify_client_cert(end, intermediates, rustls_pki_types::UnixTime::now())
+        {
+            tracing::warn!(identity = %self.identity, error = %e, "an open connection's certificate no longer passes: cut");
+            self.cut.store(true, std::sync::atomic::Ordering::Release);
+            self.waker.wake();
+        }
+    }
+}
+
+impl Conn {
+    /// An error once the connection has been cut (its peer revoked); and
+    /// the task polling it is woken when that happens.
+    fn check_cut(&self, cx: &Context<'_>) -> io::Result<()> {
+        if let Some(w) = &self.watched {
+            w.waker.register(cx.waker());
+            if w.cut.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the peer's certificate no longer passes (revoked)",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 enum Stream {
@@ -95,6 +142,7 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_cut(cx)?;
         match &mut self.get_mut().stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -108,6 +156,7 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.check_cut(cx)?;
         match &mut self.get_mut().stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -133,6 +182,7 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.check_cut(cx)?;
         match &mut self.get_mut().stream {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
@@ -163,6 +213,9 @@ pub struct Reloading {
     current: RwLock<(Arc<ServerConfig>, Vec<Option<std::time::SystemTime>>)>,
 }
 
+/// The client verifier of a configuration just read.
+pub type Verifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
+
 impl Reloading {
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
         let stamp = files.stamp();
@@ -182,24 +235,26 @@ impl Reloading {
 
     /// Reads the files again if they changed; a broken new set is logged
     /// and the old one kept.
-    pub fn reload_if_changed(&self) {
+    pub fn reload_if_changed(&self) -> Option<Verifier> {
         let stamp = self.files.stamp();
         let same = match self.current.read() {
             Ok(c) => c.1 == stamp,
             Err(_) => false,
         };
         if same {
-            return;
+            return None;
         }
-        match server_config(&self.files) {
-            Ok(config) => {
+        match server_config_and_verifier(&self.files) {
+            Ok((config, verifier)) => {
                 if let Ok(mut c) = self.current.write() {
                     *c = (config, stamp);
                 }
                 tracing::info!("TLS certificates, CA bundle or CRL changed: reloaded");
+                Some(verifier)
             }
             Err(e) => {
                 tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the previous ones");
+                None
             }
         }
     }
@@ -260,6 +315,8 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Res
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections()));
     let mut handshakes: std::collections::VecDeque<tokio::task::AbortHandle> =
         std::collections::VecDeque::new();
+    // The open connections' peers, to check again when the files change.
+    let open: Arc<std::sync::Mutex<Vec<std::sync::Weak<Watched>>>> = Arc::default();
     tokio::spawn(async move {
         let mut reload = tokio::time::interval(RELOAD_EVERY);
         reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -268,8 +325,10 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Res
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = reload.tick() => {
-                    if let ServerTls::Mutual(r) = &tls {
-                        r.reload_if_changed();
+                    if let ServerTls::Mutual(r) = &tls
+                        && let Some(verifier) = r.reload_if_changed()
+                    {
+                        recheck_open(&open, verifier.as_ref());
                     }
                     if refused > 0 {
                         tracing::warn!(refused, "connections closed early: too many open, or handshakes given way to newer ones");
@@ -299,6 +358,7 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Res
                     let conn = Conn {
                         stream: Stream::Plain(stream),
                         _slot: slot,
+                        watched: None,
                     };
                     if tx.send(Ok(conn)).await.is_err() {
                         return;
@@ -317,11 +377,17 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Res
                     }
                     let acceptor = TlsAcceptor::from(r.config());
                     let tx = tx.clone();
+                    let open = open.clone();
                     let task = tokio::spawn(async move {
-                        if let Some(stream) = handshake(acceptor, stream, addr).await {
+                        if let Some((stream, watched)) = handshake(acceptor, stream, addr).await {
+                            let watched = Arc::new(watched);
+                            open.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(Arc::downgrade(&watched));
                             let conn = Conn {
                                 stream,
                                 _slot: slot,
+                                watched: Some(watched),
                             };
                             let _ = tx.send(Ok(conn)).await;
                         }
@@ -334,7 +400,27 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Res
     ReceiverStream::new(rx)
 }
 
-async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, addr: SocketAddr) -> Option<Stream> {
+/// Checks the peer of every connection still open against `verifier`, and
+/// forgets the closed ones.
+fn recheck_open(
+    open: &std::sync::Mutex<Vec<std::sync::Weak<Watched>>>,
+    verifier: &dyn rustls::server::danger::ClientCertVerifier,
+) {
+    let mut list = open.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|w| match w.upgrade() {
+        Some(watched) => {
+            watched.recheck(verifier);
+            true
+        }
+        None => false,
+    });
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    addr: SocketAddr,
+) -> Option<(Stream, Watched)> {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -346,22 +432,32 @@ async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, addr: SocketAddr) -
             return None;
         }
     };
-    let identity = tls
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> = tls
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|certs| certs.first())
-        .and_then(identity_of);
+        .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let identity = chain.first().and_then(identity_of);
     let Some(identity) = identity else {
         tracing::warn!(peer = %addr, "client certificate names no identity of the federation");
         return None;
     };
     tracing::debug!(peer = %addr, %identity, "TLS connection");
-    Some(Stream::Tls(
-        Box::new(tls),
-        Peer {
-            identity: Some(identity),
-            addr: Some(addr),
-        },
+    let watched = Watched {
+        chain,
+        identity: identity.clone(),
+        cut: std::sync::atomic::AtomicBool::new(false),
+        waker: futures::task::AtomicWaker::new(),
+    };
+    Some((
+        Stream::Tls(
+            Box::new(tls),
+            Peer {
+                identity: Some(identity),
+                addr: Some(addr),
+            },
+        ),
+        watched,
     ))
 }
