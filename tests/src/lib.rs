@@ -108,7 +108,8 @@ impl Proc {
         &self.config
     }
 
-    fn start(&mut self) {
+    /// Starts the process (again, after [`Proc::kill`]), its log appended to.
+    pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -688,3 +688,65 @@ async fn a_request_that_does_not_decode_or_is_too_large_gets_the_status_that_say
         assert_eq!(e.code(), Code::ResourceExhausted, "{path}: {e:?}");
     }
 }
+
+/// #18, point 4: the gateway reads its CRL again before each new
+/// connection it makes, so a node whose certificate is revoked gets no
+/// delivery once its old connection is gone (it restarted), though the
+/// gateway itself was not restarted. Before, the gateway's clients kept the
+/// CRL they read at start and delivered to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_gets_no_delivery_after_it_restarts() {
+    let mut f = Federation::start().await;
+    let lz = LUZHOU();
+    let mut yibin = f.hotline("yibin").await;
+    let before = create(&mut yibin, draft(&["luzhou"], "tourism")).await;
+    let luzhou = f.hotline("luzhou").await;
+    eventually("luzhou holds the first", Duration::from_secs(30), || {
+        let mut l = luzhou.clone();
+        let id = before.id.clone();
+        async move { federation_tests::get(&mut l, &id).await }
+    })
+    .await;
+
+    // The CA revokes the node's certificate; the node restarts with it.
+    let serial = dev_ca::serial_of(&TlsFiles::in_dir(&f.certs, &lz).cert).unwrap();
+    let crl = dev_ca::revoke(&f.certs, &[serial]).unwrap();
+    assert_eq!(crl, f.certs.join("crl.pem"));
+    // (Its health cannot be asked over TLS: every client of the federation,
+    // the harness's too, now refuses its certificate. It listens again.)
+    f.node("luzhou").kill();
+    f.node("luzhou").start();
+    let addr = f.addr_of(&lz);
+    eventually(
+        "luzhou listens again",
+        Duration::from_secs(30),
+        || async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) },
+    )
+    .await;
+
+    // A ticket for Luzhou is taken by the gateway but never delivered.
+    let after = create(&mut yibin, draft(&["luzhou"], "tourism")).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // What the node holds, asked with a second certificate of Luzhou's (not
+    // revoked) by a client that ignores the CRL.
+    let dir = f.dir.path().join("platform");
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["ca.pem", "ca.key"] {
+        std::fs::copy(f.certs.join(file), dir.join(file)).unwrap();
+    }
+    dev_ca::issue(&dir, &lz, Duration::from_secs(3600)).unwrap();
+    let files = TlsFiles {
+        crl: None,
+        ..TlsFiles::in_dir(&dir, &lz)
+    };
+    let mut l = CityHotlineClient::new(channel(&f, &ClientTls::from_files(&files).unwrap(), &lz));
+    assert!(
+        federation_tests::get(&mut l, &before.id).await.is_some(),
+        "the second certificate cannot read the node"
+    );
+    assert!(
+        federation_tests::get(&mut l, &after.id).await.is_none(),
+        "the revoked node received {}",
+        after.id
+    );
+}
