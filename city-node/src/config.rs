@@ -59,6 +59,64 @@ pub struct NodeConfig {
     pub cities: Option<Vec<City>>,
     #[serde(default)]
     pub categories: Option<Vec<Category>>,
+    /// The node's limits on its callers (the city's own systems and the
+    /// gateway), as the gateway has its own.
+    #[serde(default)]
+    pub limits: NodeLimits,
+}
+
+/// The `[limits]` table of a node's configuration.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLimits {
+    /// Requests a second each caller (the city's certificate, the
+    /// gateway's) may make on average; past it RESOURCE_EXHAUSTED.
+    #[serde(default = "default_rate")]
+    pub per_caller_rps: f64,
+    /// How many requests a caller may make at once above that rate.
+    #[serde(default = "default_burst")]
+    pub per_caller_burst: f64,
+    /// Requests one connection may have in flight; past it the node sheds
+    /// load with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_in_flight")]
+    pub in_flight_per_connection: usize,
+}
+
+fn default_rate() -> f64 {
+    5_000.0
+}
+
+fn default_burst() -> f64 {
+    10_000.0
+}
+
+fn default_in_flight() -> usize {
+    1_024
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        Self {
+            per_caller_rps: default_rate(),
+            per_caller_burst: default_burst(),
+            in_flight_per_connection: default_in_flight(),
+        }
+    }
+}
+
+impl NodeLimits {
+    fn check(&self) -> anyhow::Result<()> {
+        if !(self.per_caller_rps.is_finite() && self.per_caller_rps > 0.0) {
+            bail!("limits.per_caller_rps: must be a positive number");
+        }
+        if !(self.per_caller_burst.is_finite() && self.per_caller_burst >= 1.0) {
+            bail!("limits.per_caller_burst: must be at least 1");
+        }
+        if self.in_flight_per_connection == 0 {
+            bail!("limits.in_flight_per_connection: must be positive");
+        }
+        Ok(())
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -169,6 +227,7 @@ impl NodeConfig {
         if self.ring_timeout_ms == 0 || self.transfer_deadline_ms < self.ring_timeout_ms {
             bail!("ring_timeout_ms must be positive and at most transfer_deadline_ms");
         }
+        self.limits.check()?;
         Ok(catalogue)
     }
 }
@@ -176,6 +235,19 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_limits_are_named_and_the_example_gives_the_defaults() {
+        let bad = NodeLimits {
+            per_caller_burst: 0.5,
+            ..NodeLimits::default()
+        };
+        let e = bad.check().unwrap_err().to_string();
+        assert!(e.starts_with("limits.per_caller_burst"), "{e}");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/city-node.example.toml");
+        let c = NodeConfig::load(&path, &HashMap::new()).unwrap();
+        assert_eq!(c.limits, NodeLimits::default());
+    }
 
     #[test]
     fn the_provincial_file_lists_both_replicas() {

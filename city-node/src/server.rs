@@ -95,6 +95,12 @@ pub async fn serve(
             calls.close_all();
         }
     };
+    // Each caller (the city's own certificate, the gateway's) within its
+    // rate, as at the gateway.
+    let limiter = hotline_tls::rate::RateLimiter::new(
+        config.limits.per_caller_rps,
+        config.limits.per_caller_burst,
+    );
     let addr = listener.local_addr()?;
     println!("{}: {addr}", config.city);
     tracing::info!(city = %config.city, %addr, gateway = %config.gateway, "city node started");
@@ -104,6 +110,10 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(1024)
         .http2_max_header_list_size(16 * 1024)
+        // Past this many requests in flight on one connection, shed load
+        // with RESOURCE_EXHAUSTED rather than queue without end.
+        .concurrency_limit_per_connection(config.limits.in_flight_per_connection)
+        .load_shed(true)
         // A request over the size limit: RESOURCE_EXHAUSTED, not tonic's
         // OUT_OF_RANGE.
         .layer(grpc::size_status_layer())
@@ -120,12 +130,12 @@ pub async fn serve(
                 calls,
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            hotline_tls::allow(move |id| *id == own),
+            limiter.guard(move |id| *id == own),
         ))
         .add_service(InterceptedService::new(
             CityNodeServer::new(InboundService::new(city, db.clone(), catalogue))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            hotline_tls::allow(|id| *id == Identity::Gateway),
+            limiter.guard(|id| *id == Identity::Gateway),
         ))
         .serve_with_incoming_shutdown(
             hotline_tls::server::incoming(listener, server_tls),

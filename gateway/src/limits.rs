@@ -1,17 +1,18 @@
 //! Limits at the gateway, which every city shares: a token bucket per
-//! caller (a city, the province, a department), so that one noisy city
-//! cannot starve the others; past its rate a caller hears
-//! RESOURCE_EXHAUSTED, which the nodes' outboxes retry with backoff. The
-//! transport's own limits (streams, headers, in-flight requests per
-//! connection, load shedding) are set where the server is built.
+//! caller (a city, the province, a department; [`RateLimiter`], shared with
+//! the city nodes), so that one noisy city cannot starve the others; past
+//! its rate a caller hears RESOURCE_EXHAUSTED, which the nodes' outboxes
+//! retry with backoff. The transport's own limits (streams, headers,
+//! in-flight requests per connection, load shedding) are set where the
+//! server is built.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use hotline_proto::identity::Identity;
+pub use hotline_tls::rate::RateLimiter;
 use serde::Deserialize;
-use tonic::{Request, Status};
+use tonic::Status;
 
 /// The `[limits]` table of the gateway's configuration.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
@@ -96,94 +97,6 @@ impl Limits {
             return Err("limits.streams_total: must be at least limits.streams_per_caller".into());
         }
         Ok(())
-    }
-}
-
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-/// One token bucket per caller.
-#[derive(Clone)]
-pub struct RateLimiter {
-    limits: Limits,
-    /// By caller; `None` for the unauthenticated callers of an insecure
-    /// gateway, who share one bucket.
-    buckets: Arc<Mutex<HashMap<Option<Identity>, Bucket>>>,
-}
-
-impl RateLimiter {
-    pub fn new(limits: Limits) -> Self {
-        Self {
-            limits,
-            buckets: Arc::default(),
-        }
-    }
-
-    /// Takes a token of `caller`'s bucket, if it has one. Runs on every
-    /// request: it allocates only for a caller's first.
-    pub fn try_take(&self, caller: Option<&Identity>) -> bool {
-        let now = Instant::now();
-        let mut buckets = match self.buckets.lock() {
-            Ok(b) => b,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let burst = self.limits.per_caller_burst;
-        let key = caller.cloned();
-        let b = match buckets.get_mut(&key) {
-            Some(b) => b,
-            None => buckets.entry(key).or_insert(Bucket {
-                tokens: burst,
-                at: now,
-            }),
-        };
-        let refill = now.duration_since(b.at).as_secs_f64() * self.limits.per_caller_rps;
-        b.tokens = (b.tokens + refill).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Takes a token of `caller`'s bucket, waiting for one to come (for a
-    /// stream's messages, which cannot be refused one by one).
-    pub async fn wait(&self, caller: Option<&Identity>) {
-        use std::time::Duration;
-        let refill = Duration::try_from_secs_f64(1.0 / self.limits.per_caller_rps)
-            .unwrap_or(Duration::from_secs(1))
-            .clamp(Duration::from_millis(1), Duration::from_secs(1));
-        while !self.try_take(caller) {
-            tokio::time::sleep(refill).await;
-        }
-    }
-
-    /// The interceptor of a service: the caller must be one `rule` admits
-    /// (see `hotline_tls::allow`) and within its rate.
-    pub fn guard(
-        &self,
-        rule: impl Fn(&Identity) -> bool + Clone + Send + Sync + 'static,
-    ) -> impl tonic::service::Interceptor + Clone + Send + Sync + 'static {
-        let limiter = self.clone();
-        let allow = hotline_tls::allow(rule);
-        move |request: Request<()>| {
-            let mut allow = allow.clone();
-            let request = tonic::service::Interceptor::call(&mut allow, request)?;
-            let caller = hotline_tls::Peer::caller(&request)?;
-            if !limiter.try_take(caller) {
-                let caller = caller
-                    .map(|id| id.to_string())
-                    .unwrap_or_else(|| "an unauthenticated caller".to_owned());
-                return Err(Status::resource_exhausted(format!(
-                    "{caller} is over its rate of {} requests a second; retry later",
-                    limiter.limits.per_caller_rps
-                )));
-            }
-            Ok(request)
-        }
     }
 }
 
@@ -275,23 +188,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_caller_past_its_burst_is_refused_and_the_others_are_not() {
-        let limiter = RateLimiter::new(Limits {
-            per_caller_rps: 1.0,
-            per_caller_burst: 5.0,
-            ..Limits::default()
-        });
-        let luzhou = Identity::City("luzhou".into());
-        let yibin = Identity::City("yibin".into());
-        let taken = (0..50).filter(|_| limiter.try_take(Some(&luzhou))).count();
-        assert_eq!(taken, 5, "only the burst, at one a second");
-        assert!(
-            limiter.try_take(Some(&yibin)),
-            "yibin has a bucket of its own"
-        );
-    }
 
     #[test]
     fn streams_past_a_callers_limit_or_the_total_are_refused_and_given_back_on_drop() {

@@ -163,7 +163,7 @@ pub async fn serve_with_http(
             let _ = closing_tx.send(true);
         }
     };
-    let limiter = RateLimiter::new(config.limits);
+    let limiter = RateLimiter::new(config.limits.per_caller_rps, config.limits.per_caller_burst);
     // One reader of the flow log for every WatchFlow stream.
     let tail = FlowTail::spawn(ledger.db().clone(), ledger.bell(), closing_rx.clone())
         .await

@@ -133,6 +133,7 @@ impl Cluster {
                 transfer_deadline_ms: 20_000,
                 cities: Some(catalogue.cities.clone()),
                 categories: Some(catalogue.categories.clone()),
+                limits: Default::default(),
             };
             node_tasks.spawn(city_node::serve(config, listener, stopper(&stop_nodes)));
         }

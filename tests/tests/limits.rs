@@ -272,3 +272,91 @@ async fn silent_and_slow_connections_under_a_low_descriptor_limit_leave_a_city_i
     }
     drop((silent, slow));
 }
+
+/// #18, point 8: a city node limits its callers as the gateway does. Its
+/// own platform flooding it as fast as answers come is held to its rate
+/// (RESOURCE_EXHAUSTED past it), while the gateway, another caller with a
+/// bucket of its own, delivers Yibin's tickets to it all the while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holds_its_own_platform_to_its_rate_and_still_takes_the_gateways_deliveries() {
+    let f = Federation::start_with(
+        "",
+        "[limits]\nper_caller_rps = 50.0\nper_caller_burst = 50.0",
+    )
+    .await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let luzhou = f.hotline("luzhou").await;
+        let done = done.clone();
+        tokio::spawn(async move {
+            let (mut refused, mut admitted) = (0u32, 0u32);
+            let start = Instant::now();
+            while refused + admitted < 2000 || !done.load(Ordering::SeqCst) {
+                let r = luzhou
+                    .clone()
+                    .get_ticket(GetTicketRequest {
+                        ticket_id: "luzhou-01HZZZZZZZZZZZZZZZZZZZZZZZ".into(),
+                    })
+                    .await;
+                match r {
+                    Err(e) if e.code() == Code::ResourceExhausted => refused += 1,
+                    // Admitted, and answered for what it asks.
+                    Err(e) if matches!(e.code(), Code::NotFound | Code::InvalidArgument) => {
+                        admitted += 1
+                    }
+                    other => panic!("unexpected answer to the flood: {other:?}"),
+                }
+            }
+            (refused, admitted, start.elapsed())
+        })
+    };
+    let mut yibin = f.hotline("yibin").await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(
+            create(&mut yibin, draft(&["luzhou"], "employment"))
+                .await
+                .id,
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each reached Luzhou's store while the flood went on: the node's
+    // outbox toward the gateway's deliveries is the gateway's bucket, and
+    // the node tells the gateway it took each (the ticket is DELIVERED).
+    let obs = ObservatoryClient::new(f.channel_as(
+        &hotline_proto::identity::Identity::Province,
+        &hotline_proto::identity::Identity::Gateway,
+    ));
+    for id in &ids {
+        eventually(
+            "the gateway hears luzhou took it",
+            Duration::from_secs(30),
+            || {
+                let mut obs = obs.clone();
+                let id = id.clone();
+                async move {
+                    let t = obs
+                        .get_ledger_ticket(GetLedgerTicketRequest { ticket_id: id })
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .ticket?;
+                    (t.status != TicketStatus::Dispatched as i32).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    done.store(true, Ordering::SeqCst);
+    let (refused, admitted, took) = flood.await.unwrap();
+    eprintln!("node flood: {refused} refused, {admitted} admitted in {took:?}");
+    let allowed = 50 + (50.0 * took.as_secs_f64()).ceil() as u32 + 1;
+    assert!(
+        admitted <= allowed,
+        "{admitted} admitted in {took:?}, past the rate ({allowed})"
+    );
+    assert!(
+        refused > 0,
+        "the flood was not held back: {admitted} admitted in {took:?}"
+    );
+}

@@ -20,6 +20,7 @@ use std::path::Path;
 pub mod client;
 pub mod dev_ca;
 pub mod files;
+pub mod rate;
 pub mod server;
 
 pub use client::{ClientTls, channel};
