@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use hotline_durable::{Db, Outbox};
+use hotline_proto::identity::Identity;
 use hotline_proto::pb::city_hotline_server::CityHotline;
 use hotline_proto::pb::*;
 use hotline_proto::{Catalogue, error::invalid_argument, validate};
@@ -71,6 +72,32 @@ fn page_size(requested: i32) -> Result<usize, Status> {
     }
 }
 
+/// A console's certificate acts only as its own operator; the city's own
+/// certificate (its platform) may act for any of them, and an insecure
+/// node has no identities to check.
+fn acting_as<T>(request: &Request<T>, field: &str, operator_id: &str) -> Result<(), Status> {
+    match hotline_tls::Peer::caller(request)? {
+        Some(id @ Identity::Console { operator, .. }) if operator != operator_id => {
+            Err(Status::permission_denied(format!(
+                "{field}: {id} acts as operator {operator} only, not {operator_id}"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Tickets are the platform's: an operator's console acts on its session
+/// and its transfers only.
+fn platform_only<T>(request: &Request<T>) -> Result<(), Status> {
+    match hotline_tls::Peer::caller(request)? {
+        Some(id @ Identity::Console { .. }) => Err(Status::permission_denied(format!(
+            "{id} is an operator's console: it acts on its session and transfers only, \
+             tickets are the platform's"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn ids(operator_id: &str, transfer_id: &str) -> Result<(), Status> {
     validate::text("operator_id", operator_id, 64, true).map_err(Status::from)?;
     validate::ticket_id("transfer_id", transfer_id).map_err(Status::from)?;
@@ -85,6 +112,11 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<Streaming<OperatorSessionRequest>>,
     ) -> Result<Response<Self::OperatorSessionStream>, Status> {
+        // The caller, kept for the check once the hello names the operator.
+        let mut caller = Request::new(());
+        if let Some(peer) = hotline_tls::Peer::of(&request) {
+            caller.extensions_mut().insert(peer.clone());
+        }
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await?.and_then(|m| m.message) {
             Some(operator_session_request::Message::Hello(h)) => h,
@@ -95,6 +127,7 @@ impl CityHotline for HotlineService {
                 ));
             }
         };
+        acting_as(&caller, "hello.operator_id", &hello.operator_id)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let session = self.calls.open_session(&hello, tx)?;
         let calls = self.calls.clone();
@@ -123,6 +156,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<StartTransferRequest>,
     ) -> Result<Response<StartTransferResponse>, Status> {
+        acting_as(&request, "operator_id", &request.get_ref().operator_id)?;
         let transfer = self.calls.start(request.into_inner())?;
         Ok(Response::new(StartTransferResponse {
             transfer: Some(transfer),
@@ -133,6 +167,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<AnswerTransferRequest>,
     ) -> Result<Response<AnswerTransferResponse>, Status> {
+        acting_as(&request, "operator_id", &request.get_ref().operator_id)?;
         let req = request.into_inner();
         ids(&req.operator_id, &req.transfer_id)?;
         let transfer = self.calls.answer(&req.operator_id, &req.transfer_id)?;
@@ -145,6 +180,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<DeclineTransferRequest>,
     ) -> Result<Response<DeclineTransferResponse>, Status> {
+        acting_as(&request, "operator_id", &request.get_ref().operator_id)?;
         let req = request.into_inner();
         ids(&req.operator_id, &req.transfer_id)?;
         let transfer = self.calls.decline(&req.operator_id, &req.transfer_id)?;
@@ -157,6 +193,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<CancelTransferRequest>,
     ) -> Result<Response<CancelTransferResponse>, Status> {
+        acting_as(&request, "operator_id", &request.get_ref().operator_id)?;
         let req = request.into_inner();
         ids(&req.operator_id, &req.transfer_id)?;
         let transfer = self.calls.cancel(&req.operator_id, &req.transfer_id)?;
@@ -169,6 +206,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<CompleteTransferRequest>,
     ) -> Result<Response<CompleteTransferResponse>, Status> {
+        acting_as(&request, "operator_id", &request.get_ref().operator_id)?;
         let req = request.into_inner();
         ids(&req.operator_id, &req.transfer_id)?;
         let transfer = self.calls.complete(&req.operator_id, &req.transfer_id)?;
@@ -181,9 +219,20 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<GetTransferRequest>,
     ) -> Result<Response<GetTransferResponse>, Status> {
+        let caller = hotline_tls::Peer::caller(&request)?.cloned();
         let req = request.into_inner();
         validate::ticket_id("transfer_id", &req.transfer_id).map_err(Status::from)?;
         let transfer = self.calls.get(&req.transfer_id)?;
+        // A console reads the transfers it takes part in.
+        if let Some(id @ Identity::Console { operator, .. }) = &caller
+            && transfer.origin_operator != *operator
+            && transfer.target_operator != *operator
+        {
+            return Err(Status::permission_denied(format!(
+                "transfer_id: {id} takes no part in transfer {}",
+                req.transfer_id
+            )));
+        }
         Ok(Response::new(GetTransferResponse {
             transfer: Some(transfer),
         }))
@@ -193,6 +242,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<ConvertTransferToTicketRequest>,
     ) -> Result<Response<ConvertTransferToTicketResponse>, Status> {
+        acting_as(&request, "operator_id", &request.get_ref().operator_id)?;
         let req = request.into_inner();
         ids(&req.operator_id, &req.transfer_id)?;
         let ticket = self
@@ -208,6 +258,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<CreateTicketRequest>,
     ) -> Result<Response<CreateTicketResponse>, Status> {
+        platform_only(&request)?;
         let draft = request
             .into_inner()
             .ticket
@@ -247,6 +298,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<GetTicketRequest>,
     ) -> Result<Response<GetTicketResponse>, Status> {
+        platform_only(&request)?;
         let id = request.into_inner().ticket_id;
         validate::ticket_id("ticket_id", &id).map_err(Status::from)?;
         let (ticket, parts) = self
@@ -267,6 +319,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<ListTicketsRequest>,
     ) -> Result<Response<ListTicketsResponse>, Status> {
+        platform_only(&request)?;
         let req = request.into_inner();
         let role = TicketRole::try_from(req.role)
             .map_err(|_| invalid_argument("role", "unknown value"))?;
@@ -297,6 +350,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<AcceptTicketRequest>,
     ) -> Result<Response<AcceptTicketResponse>, Status> {
+        platform_only(&request)?;
         let req = request.into_inner();
         let action = Action {
             note: req.note,
@@ -312,6 +366,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<RejectTicketRequest>,
     ) -> Result<Response<RejectTicketResponse>, Status> {
+        platform_only(&request)?;
         let req = request.into_inner();
         validate::text("reason", &req.reason, validate::MAX_REASON, true).map_err(Status::from)?;
         let action = Action {
@@ -328,6 +383,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<ResolveTicketRequest>,
     ) -> Result<Response<ResolveTicketResponse>, Status> {
+        platform_only(&request)?;
         let req = request.into_inner();
         let action = Action {
             note: req.note,
@@ -343,6 +399,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<CloseTicketRequest>,
     ) -> Result<Response<CloseTicketResponse>, Status> {
+        platform_only(&request)?;
         let req = request.into_inner();
         validate::satisfaction("satisfaction", req.satisfaction).map_err(Status::from)?;
         let action = Action {
@@ -360,6 +417,7 @@ impl CityHotline for HotlineService {
         &self,
         request: Request<ReopenTicketRequest>,
     ) -> Result<Response<ReopenTicketResponse>, Status> {
+        platform_only(&request)?;
         let req = request.into_inner();
         validate::text("reason", &req.reason, validate::MAX_REASON, true).map_err(Status::from)?;
         let action = Action {

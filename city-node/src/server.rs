@@ -85,6 +85,7 @@ pub async fn serve(
     .await;
     let city = config.city.clone();
     let own = Identity::City(city.clone());
+    let own_city = city.clone();
     // On the signal to stop, end the consoles' streams first: graceful
     // shutdown waits for every open stream, and theirs never end by
     // themselves.
@@ -119,8 +120,9 @@ pub async fn serve(
         .layer(grpc::size_status_layer())
         .add_service(health)
         .add_service(grpc::reflection()?)
-        // Who may call what: the city's own systems and consoles the
-        // CityHotline; the gateway alone the CityNode.
+        // Who may call what: the city's own platform (its certificate) and
+        // its operators' consoles (theirs) the CityHotline; the gateway
+        // alone the CityNode.
         .add_service(InterceptedService::new(
             CityHotlineServer::new(HotlineService::new(
                 city.clone(),
@@ -130,7 +132,10 @@ pub async fn serve(
                 calls,
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            limiter.guard(move |id| *id == own),
+            limiter.guard(move |id| match id {
+                Identity::Console { city, .. } => *city == own_city,
+                id => *id == own,
+            }),
         ))
         .add_service(InterceptedService::new(
             CityNodeServer::new(InboundService::new(city, db.clone(), catalogue))

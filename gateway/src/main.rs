@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::GatewayConfig;
+use hotline_proto::identity::Identity;
 
 /// The provincial gateway of the 12345 hotline federation.
 ///
@@ -67,6 +68,22 @@ enum Certs {
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Issues a certificate for each OPERATOR's console in CITY
+    /// (`city-CITY-console-OPERATOR.pem` and `.key`), signed by DIR's CA.
+    /// It acts at CITY's node as that operator only: it opens that
+    /// operator's session and acts on its transfers, and is not the city
+    /// anywhere (the gateway refuses it).
+    Console {
+        /// The directory `certs init` made (its CA signs the certificates).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The city whose node the consoles connect to.
+        #[arg(long)]
+        city: String,
+        /// Operator ids: lowercase letters, digits and `-`, up to 63.
+        #[arg(required = true)]
+        operators: Vec<String>,
+    },
     /// Replaces DIR/crl.pem with a list revoking the given certificates:
     /// servers lock them out within seconds, without a restart.
     Revoke {
@@ -96,6 +113,33 @@ fn certs(action: Certs, env: &HashMap<String, String>) -> anyhow::Result<()> {
                 holders.len(),
                 dir.display()
             );
+        }
+        Certs::Console {
+            dir,
+            city,
+            operators,
+        } => {
+            if Identity::from_spiffe_id(&Identity::City(city.clone()).spiffe_id()).is_none() {
+                anyhow::bail!("--city {city:?}: lowercase letters, digits and `-` only");
+            }
+            // All checked before any is issued.
+            if let Some(bad) = operators.iter().find(|o| !Identity::valid_operator(o)) {
+                anyhow::bail!(
+                    "operator {bad:?}: lowercase letters, digits and `-` only, 1 to 63 of them"
+                );
+            }
+            for operator in operators {
+                let holder = Identity::Console {
+                    city: city.clone(),
+                    operator,
+                };
+                let cert = hotline_tls::dev_ca::issue(
+                    &dir,
+                    &holder,
+                    hotline_tls::dev_ca::DEFAULT_VALIDITY,
+                )?;
+                println!("{}: {holder}", cert.display());
+            }
         }
         Certs::Revoke { dir, certs } => {
             let serials = certs

@@ -15,8 +15,12 @@ pub const TRUST_DOMAIN: &str = "hotline.sichuan";
 pub enum Identity {
     /// The provincial gateway.
     Gateway,
-    /// A city: its node, and its own hotline platform and consoles.
+    /// A city: its node, and its own hotline platform.
     City(String),
+    /// One operator's console at a city's node
+    /// (`spiffe://hotline.sichuan/city/luzhou/console/OPERATOR`): it acts at
+    /// its node as that operator only, and nowhere as the city.
+    Console { city: String, operator: String },
     /// The provincial 12345 centre.
     Province,
     /// A provincial department (省直部门), by the category it oversees.
@@ -35,6 +39,7 @@ impl Identity {
             Identity::Province => "province".into(),
             Identity::City(c) => format!("city/{c}"),
             Identity::Department(d) => format!("department/{d}"),
+            Identity::Console { city, operator } => format!("city/{city}/console/{operator}"),
         }
     }
 
@@ -50,11 +55,18 @@ impl Identity {
                 && s.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         };
-        match path.split_once('/') {
-            None if path == "gateway" => Some(Identity::Gateway),
-            None if path == "province" => Some(Identity::Province),
-            Some(("city", c)) if valid(c) => Some(Identity::City(c.to_owned())),
-            Some(("department", d)) if valid(d) => Some(Identity::Department(d.to_owned())),
+        let parts: Vec<&str> = path.split('/').collect();
+        match parts[..] {
+            ["gateway"] => Some(Identity::Gateway),
+            ["province"] => Some(Identity::Province),
+            ["city", c] if valid(c) => Some(Identity::City(c.to_owned())),
+            ["city", c, "console", o] if valid(c) && Self::valid_operator(o) => {
+                Some(Identity::Console {
+                    city: c.to_owned(),
+                    operator: o.to_owned(),
+                })
+            }
+            ["department", d] if valid(d) => Some(Identity::Department(d.to_owned())),
             _ => None,
         }
     }
@@ -67,6 +79,9 @@ impl Identity {
             Identity::Province => format!("province.{TRUST_DOMAIN}"),
             Identity::City(c) => format!("{c}.city.{TRUST_DOMAIN}"),
             Identity::Department(d) => format!("{d}.department.{TRUST_DOMAIN}"),
+            Identity::Console { city, operator } => {
+                format!("{operator}.console.{city}.city.{TRUST_DOMAIN}")
+            }
         }
     }
 
@@ -75,7 +90,18 @@ impl Identity {
         self.path().replace('/', "-")
     }
 
-    /// The city, if this is one.
+    /// An operator id a console identity can carry: what a SPIFFE id's
+    /// segment may hold (lowercase letters, digits, `-`; 1 to 63).
+    pub fn valid_operator(operator: &str) -> bool {
+        !operator.is_empty()
+            && operator.len() <= 63
+            && operator
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    }
+
+    /// The city, if this is one (a console is not: it never acts as its
+    /// city).
     pub fn city(&self) -> Option<&str> {
         match self {
             Identity::City(c) => Some(c),
@@ -101,9 +127,31 @@ mod tests {
             Identity::Province,
             Identity::City("luzhou".into()),
             Identity::Department("housing-fund".into()),
+            Identity::Console {
+                city: "luzhou".into(),
+                operator: "luzhou-op-1".into(),
+            },
         ] {
             assert_eq!(Identity::from_spiffe_id(&id.spiffe_id()), Some(id));
         }
+    }
+
+    #[test]
+    fn a_console_is_not_its_city() {
+        let console = Identity::Console {
+            city: "luzhou".into(),
+            operator: "op-1".into(),
+        };
+        assert_eq!(console.city(), None);
+        assert_eq!(
+            console.spiffe_id(),
+            "spiffe://hotline.sichuan/city/luzhou/console/op-1"
+        );
+        assert_eq!(
+            console.dns_name(),
+            "op-1.console.luzhou.city.hotline.sichuan"
+        );
+        assert_eq!(console.file_stem(), "city-luzhou-console-op-1");
     }
 
     #[test]
@@ -113,6 +161,10 @@ mod tests {
             "spiffe://hotline.sichuan/city/",
             "spiffe://hotline.sichuan/city/Luzhou",
             "spiffe://hotline.sichuan/city/luzhou/extra",
+            "spiffe://hotline.sichuan/city/luzhou/console",
+            "spiffe://hotline.sichuan/city/luzhou/console/",
+            "spiffe://hotline.sichuan/city/luzhou/console/Op_1",
+            "spiffe://hotline.sichuan/city/luzhou/console/op-1/extra",
             "spiffe://hotline.sichuan/mayor",
             "https://hotline.sichuan/gateway",
             "spiffe://hotline.sichuangateway",

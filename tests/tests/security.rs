@@ -750,3 +750,156 @@ async fn a_revoked_node_gets_no_delivery_after_it_restarts() {
         after.id
     );
 }
+
+/// #18, point 7: an operator's console has an identity of its own, issued
+/// by `gateway certs console`. At its node it acts as its operator only:
+/// its own session and transfers, no other operator's, and no tickets (the
+/// platform's, on the city's certificate). Nowhere is it its city: the
+/// gateway refuses it the signalling stream, dispatches and the
+/// Observatory, and another city's node refuses it outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_acts_at_its_node_as_its_operator_only_and_nowhere_as_its_city() {
+    use federation_tests::console::{Console, cancel, start_transfer, transfer_request};
+    let f = Federation::start().await;
+    let issued = std::process::Command::new(federation_tests::bin_dir().join("gateway"))
+        .args(["certs", "console", "--dir"])
+        .arg(&f.certs)
+        .args(["--city", "luzhou", "lz-1", "lz-2"])
+        .output()
+        .unwrap();
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let lz = LUZHOU();
+    let console = |op: &str| Identity::Console {
+        city: "luzhou".into(),
+        operator: op.into(),
+    };
+    let mut as_lz1 = CityHotlineClient::new(f.channel_as(&console("lz-1"), &lz));
+    let mut as_lz2 = CityHotlineClient::new(f.channel_as(&console("lz-2"), &lz));
+    let denied = |what: &str, e: tonic::Status, field: &str| {
+        assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
+        assert!(e.message().contains(field), "{what}: {e:?}");
+    };
+
+    // lz-1's console opens its own session, not lz-2's.
+    let _lz1 = Console::open(&mut as_lz1, "lz-1", &[]).await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(OperatorSessionRequest {
+        message: Some(operator_session_request::Message::Hello(OperatorHello {
+            operator_id: "lz-2".into(),
+            categories: vec![],
+            available: true,
+        })),
+    })
+    .unwrap();
+    let e = as_lz1
+        .operator_session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    denied("lz-1 opening lz-2's session", e, "hello.operator_id");
+
+    // It transfers a call as itself, and as nobody else.
+    let mut yibin = f.hotline("yibin").await;
+    let mut yb = Console::open(&mut yibin, "yb-1", &[]).await;
+    let t = start_transfer(
+        &mut as_lz1,
+        transfer_request("lz-1", "yibin", "housing-fund", TransferMode::Warm),
+    )
+    .await;
+    yb.ringing().await;
+    let e = as_lz1
+        .start_transfer(transfer_request(
+            "lz-2",
+            "yibin",
+            "housing-fund",
+            TransferMode::Warm,
+        ))
+        .await
+        .unwrap_err();
+    denied("lz-1 transferring as lz-2", e, "operator_id");
+
+    // lz-2's console, in a session of its own, can neither act on lz-1's
+    // transfer as lz-1 nor read it (its context carries the caller's data).
+    let _lz2 = Console::open(&mut as_lz2, "lz-2", &[]).await;
+    let e = cancel(&mut as_lz2, "lz-1", &t.id).await.unwrap_err();
+    denied("lz-2 cancelling as lz-1", e, "operator_id");
+    let e = as_lz2
+        .get_transfer(GetTransferRequest {
+            transfer_id: t.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    denied("lz-2 reading lz-1's transfer", e, "transfer_id");
+    // lz-1 reads its own, and the platform reads any.
+    as_lz1
+        .get_transfer(GetTransferRequest {
+            transfer_id: t.id.clone(),
+        })
+        .await
+        .unwrap();
+    f.hotline("luzhou")
+        .await
+        .get_transfer(GetTransferRequest {
+            transfer_id: t.id.clone(),
+        })
+        .await
+        .unwrap();
+
+    // Tickets are the platform's.
+    let e = create_with(f.channel_as(&console("lz-1"), &lz))
+        .await
+        .unwrap_err();
+    denied("a console creating a ticket", e, "console");
+    let e = as_lz1
+        .list_tickets(ListTicketsRequest::default())
+        .await
+        .unwrap_err();
+    denied("a console listing tickets", e, "console");
+
+    // At the gateway a console is not its city.
+    let mut gw = FederationClient::new(f.channel_as(&console("lz-1"), &Identity::Gateway));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(TransferSignalsRequest {
+        signal: Some(Signal::HelloCity("luzhou".into())),
+    })
+    .unwrap();
+    let e = gw
+        .transfer_signals(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    denied("a console opening the signalling stream", e, "console");
+    let e = gw
+        .dispatch_ticket(DispatchTicketRequest {
+            city: "luzhou".into(),
+            ticket: Some(federation_tests::dispatchable(
+                "luzhou", "zigong", "tourism",
+            )),
+        })
+        .await
+        .unwrap_err();
+    denied("a console dispatching", e, "console");
+    let e = ObservatoryClient::new(f.channel_as(&console("lz-1"), &Identity::Gateway))
+        .get_city_stats(GetCityStatsRequest {
+            city: "luzhou".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    denied("a console reading statistics", e, "console");
+    // Nor does another city's node take it.
+    let e = CityHotlineClient::new(f.channel_as(&console("lz-1"), &Identity::City("yibin".into())))
+        .get_transfer(GetTransferRequest {
+            transfer_id: t.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    denied("a console at another city's node", e, "console");
+
+    // lz-1 ends its own transfer, and Yibin hears it: the node's own
+    // signalling stream was never displaced.
+    cancel(&mut as_lz1, "lz-1", &t.id).await.unwrap();
+    yb.hears(&t.id, TransferState::Cancelled).await;
+}

@@ -129,6 +129,7 @@ fn short(id: &Identity) -> String {
         Identity::Province => "the province".into(),
         Identity::City(c) => format!("city {c}"),
         Identity::Department(d) => format!("department {d}"),
+        Identity::Console { city, operator } => format!("operator {operator}'s console in {city}"),
     }
 }
 
