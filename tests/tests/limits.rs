@@ -360,3 +360,283 @@ async fn a_node_holds_its_own_platform_to_its_rate_and_still_takes_the_gateways_
         "the flood was not held back: {admitted} admitted in {took:?}"
     );
 }
+
+/// #18, point 1, for signalling: a city's signalling stream flooded with
+/// transfer offers, as fast as the stream takes them, is read at the
+/// city's rate (each message takes a token of its bucket) while another
+/// city's dispatches all succeed. Each offer the gateway takes in is
+/// answered on the stream (OFFERED), so the answers count what it
+/// admitted. What waits is bounded by the stream's flow-control window;
+/// past h2's budget for small frames held unread, the gateway ends the
+/// flooder's connection (GOAWAY, ENHANCE_YOUR_CALM), its own and no other.
+/// A new stream of the same city is then served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_city_flooding_its_signalling_stream_is_read_at_its_rate_and_the_others_dispatch() {
+    use hotline_proto::identity::Identity;
+    use hotline_proto::pb::federation_client::FederationClient;
+    use hotline_proto::pb::transfer_signals_request::Signal;
+    let mut f = Federation::start_with(
+        "[limits]\nper_caller_rps = 20.0\nper_caller_burst = 20.0",
+        "",
+    )
+    .await;
+    // The flood takes Luzhou's stream: its node, which would take it back,
+    // is stopped.
+    f.node("luzhou").kill();
+    let lz = Identity::City("luzhou".into());
+    let offer = || TransferSignalsRequest {
+        signal: Some(Signal::Transfer(Transfer {
+            id: hotline_proto::TicketId::new("luzhou").to_string(),
+            origin_city: "luzhou".into(),
+            target_city: "zigong".into(),
+            category: "tourism".into(),
+            mode: TransferMode::Blind as i32,
+            state: TransferState::Initiated as i32,
+            origin_operator: "lz-1".into(),
+            ..Default::default()
+        })),
+    };
+    let open = |tx: &tokio::sync::mpsc::Sender<TransferSignalsRequest>| {
+        tx.try_send(TransferSignalsRequest {
+            signal: Some(Signal::HelloCity("luzhou".into())),
+        })
+        .unwrap()
+    };
+    let mut gw = FederationClient::new(f.channel_as(&lz, &Identity::Gateway));
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    open(&tx);
+    let start = Instant::now();
+    let mut answers = gw
+        .transfer_signals(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // As fast as the stream takes them.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let flood = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            while tx.send(offer()).await.is_ok() {
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let offered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let reader = {
+        let offered = offered.clone();
+        tokio::spawn(async move {
+            loop {
+                match answers.message().await {
+                    Ok(Some(m)) => {
+                        if m.transfer
+                            .is_some_and(|t| t.state == TransferState::Offered as i32)
+                        {
+                            offered.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    // The gateway ended the flooder's connection.
+                    Err(e) => return Some(e),
+                    Ok(None) => return None,
+                }
+            }
+        })
+    };
+
+    // Meanwhile Yibin dispatches 30 tickets: every one is taken.
+    let mut yibin = f.federation_as("yibin").await;
+    for i in 0..30 {
+        let answer = yibin
+            .dispatch_ticket(DispatchTicketRequest {
+                city: "yibin".into(),
+                ticket: Some(federation_tests::dispatchable(
+                    "yibin",
+                    "zigong",
+                    "education",
+                )),
+            })
+            .await;
+        assert!(answer.is_ok(), "dispatch {i}: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What the gateway admitted by now, at most the bucket's worth over the
+    // time since the stream opened (it took one token itself).
+    let admitted = offered.load(Ordering::SeqCst);
+    let took = start.elapsed();
+    flood.abort();
+    let cut = if reader.is_finished() {
+        reader.await.unwrap()
+    } else {
+        reader.abort();
+        None
+    };
+    let sent = sent.load(Ordering::SeqCst);
+    eprintln!(
+        "signalling flood: {sent} offers sent, {admitted} admitted in {took:?}; the stream ended: {cut:?}"
+    );
+    let allowed = 20 + (20.0 * took.as_secs_f64()).ceil() as u32 + 1;
+    assert!(
+        admitted <= allowed,
+        "{admitted} offers admitted in {took:?}, past the rate ({allowed})"
+    );
+    assert!(admitted > 0, "no offer was relayed at all");
+    assert!(
+        sent > admitted * 10,
+        "the flood was not a flood: {sent} sent, {admitted} admitted"
+    );
+
+    // Luzhou's next stream is served: its next offer is answered (after
+    // any late word of the flood's offers, which go to the city's stream).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    open(&tx);
+    let next = offer();
+    let Some(Signal::Transfer(t)) = &next.signal else {
+        unreachable!()
+    };
+    let id = t.id.clone();
+    tx.try_send(next).unwrap();
+    let mut answers = FederationClient::new(f.channel_as(&lz, &Identity::Gateway))
+        .transfer_signals(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let t = tokio::time::timeout(Duration::from_secs(15), answers.message())
+            .await
+            .expect("an answer in time")
+            .unwrap()
+            .and_then(|m| m.transfer)
+            .unwrap();
+        if t.id == id {
+            assert_eq!(t.state, TransferState::Offered as i32, "{t:?}");
+            break;
+        }
+    }
+}
+
+type Held = tokio::task::JoinHandle<Result<(), tonic::Status>>;
+
+/// Holds a connection's one slot with a stream started by `hold` (one
+/// whose first message never comes, so its handler stays in flight), then
+/// `probes` the same connection until it is shed. A probe that reaches the
+/// server first gets the slot and the stream is shed itself: it is then
+/// started again. Returns the stream's sender (dropping it ends the
+/// stream), the stream's task, and the refusal.
+async fn shed_while_held<G, P, F>(
+    hold: impl Fn() -> (G, Held),
+    probe: P,
+) -> (G, Held, tonic::Status)
+where
+    P: Fn() -> F,
+    F: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (sender, held) = hold();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while !held.is_finished() {
+            assert!(Instant::now() < deadline, "no request was ever shed");
+            match probe().await {
+                Err(e)
+                    if e.code() == Code::ResourceExhausted
+                        && e.message().contains("Too many active requests") =>
+                {
+                    return (sender, held, e);
+                }
+                // The stream has not reached the server yet.
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+/// #18, point 8: past `limits.in_flight_per_connection` requests in flight
+/// on one connection, the gateway and a node shed load with
+/// RESOURCE_EXHAUSTED, while other connections of the same caller are
+/// served; once the request in flight ends, its connection is served
+/// again. A stream whose first message has not come is in flight (its
+/// handler waits for it), which makes the load deterministic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_a_connections_requests_in_flight_the_gateway_and_a_node_shed_load() {
+    use hotline_proto::identity::Identity;
+    use hotline_proto::pb::city_hotline_client::CityHotlineClient;
+    use hotline_proto::pb::federation_client::FederationClient;
+    use tokio_stream::wrappers::ReceiverStream;
+    let f = Federation::start_with(
+        "[limits]\nin_flight_per_connection = 1",
+        "[limits]\nin_flight_per_connection = 1",
+    )
+    .await;
+
+    // At the gateway: a signalling stream that has not said hello holds
+    // Yibin's one connection.
+    let yb = Identity::City("yibin".into());
+    let gw = FederationClient::new(f.channel_as(&yb, &Identity::Gateway));
+    let dispatch = |gw: FederationClient<tonic::transport::Channel>| async move {
+        gw.clone()
+            .dispatch_ticket(DispatchTicketRequest {
+                city: "yibin".into(),
+                ticket: Some(federation_tests::dispatchable(
+                    "yibin",
+                    "zigong",
+                    "education",
+                )),
+            })
+            .await
+            .map(|_| ())
+    };
+    let (hold, held, refused) = shed_while_held(
+        || {
+            let (tx, rx) = tokio::sync::mpsc::channel::<TransferSignalsRequest>(1);
+            let mut gw = gw.clone();
+            let held = tokio::spawn(async move {
+                gw.transfer_signals(ReceiverStream::new(rx))
+                    .await
+                    .map(|_| ())
+            });
+            (tx, held)
+        },
+        || dispatch(gw.clone()),
+    )
+    .await;
+    eprintln!("gateway: {refused:?}");
+    // Another connection of Yibin's is served meanwhile.
+    dispatch(FederationClient::new(f.channel_as(&yb, &Identity::Gateway)))
+        .await
+        .unwrap();
+    // The stream ends without a hello (refused, and no longer in flight):
+    // the connection is served again.
+    drop(hold);
+    let ended = held.await.unwrap().unwrap_err();
+    assert_eq!(ended.code(), Code::InvalidArgument, "{ended:?}");
+    dispatch(gw.clone()).await.unwrap();
+
+    // At a node: a console session that has not said hello holds the
+    // platform's one connection.
+    let hotline = f.hotline("luzhou").await;
+    let list = |h: CityHotlineClient<tonic::transport::Channel>| async move {
+        h.clone()
+            .list_tickets(ListTicketsRequest::default())
+            .await
+            .map(|_| ())
+    };
+    let (hold, held, refused) = shed_while_held(
+        || {
+            let (tx, rx) = tokio::sync::mpsc::channel::<OperatorSessionRequest>(1);
+            let mut h = hotline.clone();
+            let held = tokio::spawn(async move {
+                h.operator_session(ReceiverStream::new(rx))
+                    .await
+                    .map(|_| ())
+            });
+            (tx, held)
+        },
+        || list(hotline.clone()),
+    )
+    .await;
+    eprintln!("node: {refused:?}");
+    list(f.hotline("luzhou").await).await.unwrap();
+    drop(hold);
+    let ended = held.await.unwrap().unwrap_err();
+    assert_eq!(ended.code(), Code::InvalidArgument, "{ended:?}");
+    list(hotline).await.unwrap();
+}
