@@ -103,6 +103,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Everything the process has logged so far (all its runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The process's configuration file.
     pub fn config(&self) -> &std::path::Path {
         &self.config

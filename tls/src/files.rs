@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use hotline_proto::identity::Identity;
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
@@ -205,6 +206,14 @@ pub fn server_config_and_verifier(
 /// A client that presents its certificate and checks the server's against
 /// the CA and the revocation list.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    Ok(client_config_and_verifier(files)?.0)
+}
+
+/// [`client_config`], and the server verifier in it (to check the servers
+/// of connections already open against a new CRL or CA).
+pub fn client_config_and_verifier(
+    files: &TlsFiles,
+) -> Result<(Arc<ClientConfig>, Arc<dyn ServerCertVerifier>), TlsError> {
     let provider = provider();
     let verifier = WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, provider.clone())
         .with_crls(read_crls(files.crl.as_ref())?)
@@ -212,10 +221,10 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
         .map_err(|e| TlsError::Invalid(format!("server verifier: {e}")))?;
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_webpki_verifier(verifier)
+        .with_webpki_verifier(verifier.clone())
         .with_client_auth_cert(read_certs(&files.cert)?, read_key(&files.key)?)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
 }
 
 /// The identity a certificate names in its URI SAN, if it names one of

@@ -22,6 +22,7 @@ pub mod dev_ca;
 pub mod files;
 pub mod rate;
 pub mod server;
+mod watch;
 
 pub use client::{ClientTls, channel};
 pub use files::TlsFiles;

@@ -29,6 +29,7 @@ use tonic::transport::server::Connected;
 
 use crate::TlsError;
 use crate::files::{TlsFiles, identity_of, server_config, server_config_and_verifier};
+use crate::watch::{OpenConnections, Watched};
 
 /// Longest a client may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,46 +75,14 @@ pub struct Conn {
     watched: Option<Arc<Watched>>,
 }
 
-/// What a listener keeps of an open connection's peer: its certificate
-/// chain, and whether the connection has been cut since.
-struct Watched {
-    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
-    identity: Identity,
-    cut: std::sync::atomic::AtomicBool,
-    waker: futures::task::AtomicWaker,
-}
-
-impl Watched {
-    /// Checks the peer again with `verifier`; cuts the connection if it no
-    /// longer passes.
-    fn recheck(&self, verifier: &dyn rustls::server::danger::ClientCertVerifier) {
-        let Some((end, intermediates)) = self.chain.split_first() else {
-            return;
-        };
-        if let Err(e) =
-            verifier.verify_client_cert(end, intermediates, rustls_pki_types::UnixTime::now())
-        {
-            tracing::warn!(identity = %self.identity, error = %e, "an open connection's certificate no longer passes: cut");
-            self.cut.store(true, std::sync::atomic::Ordering::Release);
-            self.waker.wake();
-        }
-    }
-}
-
 impl Conn {
     /// An error once the connection has been cut (its peer revoked); and
     /// the task polling it is woken when that happens.
     fn check_cut(&self, cx: &Context<'_>) -> io::Result<()> {
-        if let Some(w) = &self.watched {
-            w.waker.register(cx.waker());
-            if w.cut.load(std::sync::atomic::Ordering::Acquire) {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the peer's certificate no longer passes (revoked)",
-                ));
-            }
+        match &self.watched {
+            Some(w) => w.check_cut(cx),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -316,7 +285,7 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Res
     let mut handshakes: std::collections::VecDeque<tokio::task::AbortHandle> =
         std::collections::VecDeque::new();
     // The open connections' peers, to check again when the files change.
-    let open: Arc<std::sync::Mutex<Vec<std::sync::Weak<Watched>>>> = Arc::default();
+    let open: Arc<OpenConnections> = Arc::default();
     tokio::spawn(async move {
         let mut reload = tokio::time::interval(RELOAD_EVERY);
         reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -328,7 +297,15 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Res
                     if let ServerTls::Mutual(r) = &tls
                         && let Some(verifier) = r.reload_if_changed()
                     {
-                        recheck_open(&open, verifier.as_ref());
+                        open.recheck(&|_, end, intermediates| {
+                            verifier
+                                .verify_client_cert(
+                                    end,
+                                    intermediates,
+                                    rustls_pki_types::UnixTime::now(),
+                                )
+                                .map(|_| ())
+                        });
                     }
                     if refused > 0 {
                         tracing::warn!(refused, "connections closed early: too many open, or handshakes given way to newer ones");
@@ -381,9 +358,7 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Res
                     let task = tokio::spawn(async move {
                         if let Some((stream, watched)) = handshake(acceptor, stream, addr).await {
                             let watched = Arc::new(watched);
-                            open.lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push(Arc::downgrade(&watched));
+                            open.add(&watched);
                             let conn = Conn {
                                 stream,
                                 _slot: slot,
@@ -398,22 +373,6 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Res
         }
     });
     ReceiverStream::new(rx)
-}
-
-/// Checks the peer of every connection still open against `verifier`, and
-/// forgets the closed ones.
-fn recheck_open(
-    open: &std::sync::Mutex<Vec<std::sync::Weak<Watched>>>,
-    verifier: &dyn rustls::server::danger::ClientCertVerifier,
-) {
-    let mut list = open.lock().unwrap_or_else(|e| e.into_inner());
-    list.retain(|w| match w.upgrade() {
-        Some(watched) => {
-            watched.recheck(verifier);
-            true
-        }
-        None => false,
-    });
 }
 
 async fn handshake(
@@ -444,12 +403,7 @@ async fn handshake(
         return None;
     };
     tracing::debug!(peer = %addr, %identity, "TLS connection");
-    let watched = Watched {
-        chain,
-        identity: identity.clone(),
-        cut: std::sync::atomic::AtomicBool::new(false),
-        waker: futures::task::AtomicWaker::new(),
-    };
+    let watched = Watched::new(chain, identity.clone(), None);
     Some((
         Stream::Tls(
             Box::new(tls),
