@@ -171,32 +171,46 @@ pub async fn console_operator(
     }
 }
 
+/// The operators `consoles` starts at `city`: `{city}-op-{k}`.
+pub fn operator_ids(city: &str, behaviour: &CallBehaviour) -> Vec<String> {
+    (0..behaviour.operators)
+        .map(|k| format!("{city}-op-{k}"))
+        .collect()
+}
+
+/// The operator id of `city`'s front desk.
+pub fn desk_id(city: &str) -> String {
+    format!("desk-{city}")
+}
+
 /// `city`'s operators at consoles, taking calls transferred to it, until
-/// `stop`: each takes a few categories, and the first takes them all.
+/// `stop`: each takes a few categories, and the first takes them all. Each
+/// console connects with `client_for(operator)`.
 pub fn consoles(
     people: &mut tokio::task::JoinSet<()>,
-    client: &CityHotlineClient<Channel>,
+    client_for: &dyn Fn(&str) -> anyhow::Result<CityHotlineClient<Channel>>,
     city: &str,
     categories: &[String],
     seed: u64,
     behaviour: CallBehaviour,
     stop: &watch::Receiver<bool>,
-) {
-    for k in 0..behaviour.operators {
+) -> anyhow::Result<()> {
+    for (k, operator) in operator_ids(city, &behaviour).into_iter().enumerate() {
         let takes = if k == 0 {
             Vec::new()
         } else {
             categories.iter().skip(k).step_by(2).cloned().collect()
         };
         people.spawn(console_operator(
-            client.clone(),
-            format!("{city}-op-{k}"),
+            client_for(&operator)?,
+            operator,
             takes,
             seed.wrapping_add(k as u64),
             behaviour,
             stop.clone(),
         ));
     }
+    Ok(())
 }
 
 /// The front desk of `city`, until `stop`: transfers calls about other
@@ -214,7 +228,7 @@ pub async fn desk(
     created: Arc<Mutex<Vec<Created>>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let operator = format!("desk-{city}");
+    let operator = desk_id(&city);
     let others: Vec<String> = cities.into_iter().filter(|c| *c != city).collect();
     // The desk starts transfers and takes none: unavailable, so that no
     // call transferred to this city rings at it.
@@ -334,7 +348,7 @@ pub async fn planned_desk(
     created: Arc<Mutex<Vec<Created>>>,
     stop: watch::Receiver<bool>,
 ) -> u64 {
-    let operator = format!("desk-{city}");
+    let operator = desk_id(&city);
     let mut refused = 0;
     let mut followers = tokio::task::JoinSet::new();
     // Up to 16 starts at once: a desk keeps up with a scenario's peak.

@@ -99,18 +99,29 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             actions.clone(),
             people_rx.clone(),
         ));
+        // Each operator's console, and the desk, on a certificate of its
+        // own: it acts as that operator only.
+        let addr = cluster.nodes[city.as_str()];
+        let mut operators = calls::operator_ids(city, &call_behaviour);
+        operators.push(calls::desk_id(city));
+        cluster.pki.issue_consoles(city, &operators)?;
+        let console = |operator: &str| -> anyhow::Result<CityHotlineClient<_>> {
+            Ok(CityHotlineClient::new(
+                cluster.pki.console_channel(addr, city, operator)?,
+            ))
+        };
         calls::consoles(
             &mut people,
-            &CityHotlineClient::new(channel.clone()),
+            &console,
             city,
             &category_ids,
             opts.seed.wrapping_add(1000 + 10 * i as u64),
             call_behaviour,
             &people_rx,
-        );
+        )?;
         if opts.transfer_rate > 0.0 {
             load.spawn(calls::desk(
-                CityHotlineClient::new(channel.clone()),
+                console(&calls::desk_id(city))?,
                 city.clone(),
                 city_ids.clone(),
                 category_ids.clone(),

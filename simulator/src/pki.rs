@@ -73,6 +73,41 @@ impl Pki {
         self.channel(addr, &id, &id)
     }
 
+    /// Issues certificates for `operators`' consoles in `city`, signed by
+    /// this run's CA (only for a federation this run made: one whose
+    /// certificates were given is not written to).
+    pub fn issue_consoles(&self, city: &str, operators: &[String]) -> anyhow::Result<()> {
+        for operator in operators {
+            let holder = Identity::Console {
+                city: city.to_owned(),
+                operator: operator.clone(),
+            };
+            hotline_tls::dev_ca::issue(&self.dir, &holder, hotline_tls::dev_ca::DEFAULT_VALIDITY)?;
+        }
+        Ok(())
+    }
+
+    /// Operator `operator`'s console at `city`'s node: with its own
+    /// certificate if there is one (it then acts as that operator only),
+    /// else with the city's, its platform acting for the operator.
+    pub fn console_channel(
+        &self,
+        addr: SocketAddr,
+        city: &str,
+        operator: &str,
+    ) -> anyhow::Result<Channel> {
+        let console = Identity::Console {
+            city: city.to_owned(),
+            operator: operator.to_owned(),
+        };
+        let node = Identity::City(city.to_owned());
+        if self.files(&console).cert.exists() {
+            self.channel(addr, &console, &node)
+        } else {
+            self.channel(addr, &node, &node)
+        }
+    }
+
     /// The provincial centre at the gateway.
     pub fn province_channel(&self, gateway: SocketAddr) -> anyhow::Result<Channel> {
         self.channel(gateway, &Identity::Province, &Identity::Gateway)

@@ -364,18 +364,32 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             mine.clone(),
             people_rx.clone(),
         ));
+        // Each operator's console, and the desk, on a certificate of its
+        // own in a federation this run made (it acts as that operator
+        // only); on the city's, its platform's, in one given by targets.
+        let addr = node_addrs[city.as_str()];
+        if spawned.is_some() {
+            let mut operators = calls::operator_ids(city, &behaviour);
+            operators.push(calls::desk_id(city));
+            pki.issue_consoles(city, &operators)?;
+        }
+        let console = |operator: &str| -> anyhow::Result<CityHotlineClient<Channel>> {
+            Ok(CityHotlineClient::new(
+                pki.console_channel(addr, city, operator)?,
+            ))
+        };
         calls::consoles(
             &mut people,
-            &client,
+            &console,
             city,
             &category_ids,
             opts.seed.wrapping_add(1000 + 100 * i as u64),
             behaviour,
             &people_rx,
-        );
+        )?;
         let (desk_tx, desk_rx) = mpsc::unbounded_channel();
         desks.spawn(calls::planned_desk(
-            client.clone(),
+            console(&calls::desk_id(city))?,
             city.clone(),
             desk_rx,
             at_desks.clone(),
