@@ -97,6 +97,10 @@ impl Federation for FederationService {
             ));
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        // Closed once the answers' stream is gone (the connection cut or
+        // dropped): what the city sent and was not read yet is then read no
+        // more, nor does it take the city's tokens.
+        let answers = tx.clone();
         let link = self.switchboard.connect(&city, tx);
         let switchboard = self.switchboard.clone();
         let limiter = self.limiter.clone();
@@ -109,6 +113,10 @@ impl Federation for FederationService {
                     m = inbound.message() => m,
                     _ = closing.wait_for(|c| *c) => break,
                     _ = held.wait_for(|h| !*h) => break,
+                    _ = answers.closed() => {
+                        closed = false;
+                        break;
+                    }
                 };
                 match message {
                     Ok(Some(TransferSignalsRequest {
@@ -118,7 +126,13 @@ impl Federation for FederationService {
                         // flood of them waits here (and the stream's flow
                         // control pushes back on the sender), and leaves the
                         // city's own requests refused, not the others'.
-                        limiter.wait(caller.as_ref()).await;
+                        tokio::select! {
+                            _ = limiter.wait(caller.as_ref()) => {}
+                            _ = answers.closed() => {
+                                closed = false;
+                                break;
+                            }
+                        }
                         switchboard.signal(&city, t)
                     }
                     Ok(Some(_)) => {}

@@ -484,21 +484,62 @@ async fn a_city_flooding_its_signalling_stream_is_read_at_its_rate_and_the_other
         "the flood was not a flood: {sent} sent, {admitted} admitted"
     );
 
-    // Luzhou's next stream is served: its next offer is answered (after
-    // any late word of the flood's offers, which go to the city's stream).
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    open(&tx);
+    // What the flood sent and the gateway had not read (up to the stream's
+    // window) is read no more once its answers' stream is gone: it is not
+    // relayed later, nor does it keep taking Luzhou's tokens.
+    drop(gw);
+    let transfers_out = || async {
+        f.observatory()
+            .await
+            .get_city_stats(GetCityStatsRequest {
+                city: "luzhou".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .cities
+            .remove(0)
+            .transfers_out
+    };
+    let then = transfers_out().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = transfers_out().await;
+    assert!(
+        later <= then + 2,
+        "the flood's unread offers went on being relayed: {then} transfers out, {later} 3 s later"
+    );
+
+    // Luzhou's next stream is served (once its bucket has a token again):
+    // its next offer is answered, after any late word of the flood's
+    // offers, which go to the city's stream.
     let next = offer();
     let Some(Signal::Transfer(t)) = &next.signal else {
         unreachable!()
     };
     let id = t.id.clone();
-    tx.try_send(next).unwrap();
-    let mut answers = FederationClient::new(f.channel_as(&lz, &Identity::Gateway))
-        .transfer_signals(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    // (The sender is kept: the stream stays open until the answer comes.)
+    let (_tx, mut answers) = eventually(
+        "luzhou's next stream opens",
+        Duration::from_secs(15),
+        || {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            open(&tx);
+            tx.try_send(next.clone()).unwrap();
+            let mut gw = FederationClient::new(f.channel_as(&lz, &Identity::Gateway));
+            async move {
+                match gw
+                    .transfer_signals(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                {
+                    Ok(r) => Some((tx, r.into_inner())),
+                    Err(e) if e.code() == Code::ResourceExhausted => None,
+                    Err(e) => panic!("luzhou's next stream: {e:?}"),
+                }
+            }
+        },
+    )
+    .await;
     loop {
         let t = tokio::time::timeout(Duration::from_secs(15), answers.message())
             .await
