@@ -119,8 +119,10 @@ fn certs(action: Certs, env: &HashMap<String, String>) -> anyhow::Result<()> {
             city,
             operators,
         } => {
-            if Identity::from_spiffe_id(&Identity::City(city.clone()).spiffe_id()).is_none() {
-                anyhow::bail!("--city {city:?}: lowercase letters, digits and `-` only");
+            if !hotline_proto::catalogue::is_valid_id(&city) {
+                anyhow::bail!(
+                    "--city {city:?}: a city id, lowercase letters, digits and inner `-`, up to 32"
+                );
             }
             // All checked before any is issued.
             if let Some(bad) = operators.iter().find(|o| !Identity::valid_operator(o)) {

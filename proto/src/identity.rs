@@ -49,12 +49,7 @@ impl Identity {
             .strip_prefix("spiffe://")?
             .strip_prefix(TRUST_DOMAIN)?
             .strip_prefix('/')?;
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        };
+        let valid = |s: &str| segment(s, 64);
         let parts: Vec<&str> = path.split('/').collect();
         match parts[..] {
             ["gateway"] => Some(Identity::Gateway),
@@ -93,11 +88,7 @@ impl Identity {
     /// An operator id a console identity can carry: what a SPIFFE id's
     /// segment may hold (lowercase letters, digits, `-`; 1 to 63).
     pub fn valid_operator(operator: &str) -> bool {
-        !operator.is_empty()
-            && operator.len() <= 63
-            && operator
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        segment(operator, 63)
     }
 
     /// The city, if this is one (a console is not: it never acts as its
@@ -108,6 +99,15 @@ impl Identity {
             _ => None,
         }
     }
+}
+
+/// A segment of a SPIFFE id's path: 1 to `max` lowercase letters, digits
+/// and `-`.
+fn segment(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl fmt::Display for Identity {

@@ -446,6 +446,21 @@ impl Federation {
         ObservatoryClient::new(self.channel_as(&Identity::Province, &Identity::Gateway))
     }
 
+    /// `city`'s figures at the gateway, as the province reads them.
+    pub async fn city_stats(&self, city: &str) -> hotline_proto::pb::CityStats {
+        self.observatory()
+            .await
+            .get_city_stats(hotline_proto::pb::GetCityStatsRequest {
+                city: city.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .cities
+            .remove(0)
+    }
+
     /// The gateway's Federation service, as `city`'s node calls it.
     pub async fn federation_as(&self, city: &str) -> FederationClient<Channel> {
         FederationClient::new(self.channel_as(&Identity::City(city.into()), &Identity::Gateway))

@@ -58,17 +58,7 @@ async fn transfer_at(f: &Federation, city: &str, id: &str) -> Transfer {
 }
 
 async fn city_stats(f: &Federation, city: &str) -> CityStats {
-    f.observatory()
-        .await
-        .get_city_stats(GetCityStatsRequest {
-            city: city.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .cities
-        .remove(0)
+    f.city_stats(city).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

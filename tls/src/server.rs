@@ -79,10 +79,7 @@ impl Conn {
     /// An error once the connection has been cut (its peer revoked); and
     /// the task polling it is woken when that happens.
     fn check_cut(&self, cx: &Context<'_>) -> io::Result<()> {
-        match &self.watched {
-            Some(w) => w.check_cut(cx),
-            None => Ok(()),
-        }
+        crate::watch::check_cut(self.watched.as_deref(), cx)
     }
 }
 

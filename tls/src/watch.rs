@@ -110,10 +110,15 @@ pub(crate) struct Cuttable<S> {
 
 impl<S> Cuttable<S> {
     fn check_cut(&self, cx: &Context<'_>) -> io::Result<()> {
-        match &self.watched {
-            Some(w) => w.check_cut(cx),
-            None => Ok(()),
-        }
+        check_cut(self.watched.as_deref(), cx)
+    }
+}
+
+/// An error once `watched` (if the connection is watched) has been cut.
+pub(crate) fn check_cut(watched: Option<&Watched>, cx: &Context<'_>) -> io::Result<()> {
+    match watched {
+        Some(w) => w.check_cut(cx),
+        None => Ok(()),
     }
 }
 
