@@ -741,6 +741,25 @@ impl Connection {
         matches!(self.inner, Inner::Pg(_))
     }
 
+    /// Runs the reads of `f` in one snapshot, inside [`crate::Db::read`]:
+    /// on PostgreSQL a read is one already; on SQLite, which reads one
+    /// statement at a time, in a deferred transaction (its snapshot taken at
+    /// the first read).
+    pub fn snapshot<T, E: From<Error>>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        if self.is_postgres() {
+            return f(self);
+        }
+        self.execute_batch("BEGIN")?;
+        let out = f(self);
+        if self.execute_batch("COMMIT").is_err() {
+            let _ = self.execute_batch("ROLLBACK");
+        }
+        out
+    }
+
     /// The SQLite connection underneath, if that is the engine.
     pub fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
         match &self.inner {

@@ -165,6 +165,7 @@ impl Ledger {
                 outbox::SCHEMA_TRACE,
                 supervision::SCHEMA,
                 supervision::SCHEMA_WORKING_SET,
+                crate::fold::SCHEMA,
             ],
             working.clone(),
         )?;
@@ -1427,12 +1428,12 @@ mod tests {
     }
 
     fn overdue_at(c: &Connection, city: &str) -> i64 {
-        c.query_row(
-            "SELECT coalesce(sum(n), 0) FROM overdue_open WHERE city = ?1",
-            [city],
-            |r| r.get(0),
-        )
-        .unwrap()
+        crate::fold::overdue_open(c)
+            .unwrap()
+            .into_iter()
+            .filter(|((c, _), _)| c == city)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     #[tokio::test]

@@ -170,18 +170,7 @@ fn quantile(h: &std::collections::BTreeMap<Duration, Histogram>, d: Duration, q:
 }
 
 fn read_statuses(conn: &Connection, out: &mut HashMap<&str, Tally>) -> Result<(), GatewayError> {
-    let mut statuses =
-        conn.prepare_cached("SELECT city, direction, status, n FROM city_status WHERE n != 0")?;
-    let rows = statuses.query_map((), |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (city, direction, status, n) = row?;
+    for ((city, direction, status), n) in crate::fold::statuses(conn)? {
         let Some(t) = out.get_mut(city.as_str()) else {
             continue;
         };
@@ -202,16 +191,7 @@ fn read_overdue(
     out: &mut HashMap<&str, Tally>,
     allowed: &dyn Fn(&str) -> bool,
 ) -> Result<(), GatewayError> {
-    let mut stmt = conn.prepare_cached("SELECT city, category, n FROM overdue_open WHERE n > 0")?;
-    let rows = stmt.query_map((), |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (city, category, n) = row?;
+    for ((city, category), n) in crate::fold::overdue_open(conn)? {
         if let Some(t) = out.get_mut(city.as_str())
             && allowed(&category)
         {
@@ -337,17 +317,7 @@ pub fn overdue(
         }
     }
     let mut total = 0;
-    let mut counts =
-        conn.prepare_cached("SELECT city, category, n FROM overdue_open WHERE n > 0")?;
-    let rows = counts.query_map((), |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (city, category, n) = row?;
+    for ((city, category), n) in crate::fold::overdue_open(conn)? {
         if keep_count(&city, &category) {
             total += u64::try_from(n).unwrap_or(0);
         }

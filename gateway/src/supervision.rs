@@ -1097,6 +1097,9 @@ pub fn digest(
 }
 
 /// The matters reported most in a month in `city` ("" for the province).
+/// A matter whose reports are journaled, not checkpointed yet
+/// ([`crate::fold`]), is read on its own and set in its place, all in one
+/// snapshot.
 pub fn top_matters(
     c: &Connection,
     month: i64,
@@ -1104,6 +1107,32 @@ pub fn top_matters(
     limit: usize,
     keep: &dyn Fn(&str, &str) -> bool,
 ) -> Result<Vec<TopMatter>> {
+    c.snapshot(|c| top_matters_now(c, month, city, limit, keep))
+}
+
+fn top_matters_now(
+    c: &Connection,
+    month: i64,
+    city: &str,
+    limit: usize,
+    keep: &dyn Fn(&str, &str) -> bool,
+) -> Result<Vec<TopMatter>> {
+    let journaled = crate::fold::matters_journaled(c, month, city)?;
+    let top = |r: &hotline_durable::sql::Row<'_>, extra: i64| -> Result<Option<TopMatter>> {
+        let category: String = r.get(2)?;
+        let handler: String = r.get(3)?;
+        if !keep(&handler, &category) {
+            return Ok(None);
+        }
+        Ok(Some(TopMatter {
+            ticket_id: r.get(0)?,
+            reports: u64::try_from(r.get::<_, i64>(1)? + extra).unwrap_or(0),
+            category,
+            handling_city: handler,
+            subject: r.get(4)?,
+            location: r.get(5)?,
+        }))
+    };
     let mut stmt = c.prepare_cached(
         "SELECT m.root, m.n, t.category, t.handler, t.subject, t.place
          FROM matter_months m JOIN matters t ON t.root = m.root
@@ -1115,19 +1144,96 @@ pub fn top_matters(
         let Some(r) = rows.next()? else {
             break;
         };
-        let category: String = r.get(2)?;
-        let handler: String = r.get(3)?;
-        if !keep(&handler, &category) {
+        if journaled.contains_key(&r.get::<_, String>(0)?) {
             continue;
         }
-        out.push(TopMatter {
-            ticket_id: r.get(0)?,
-            reports: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-            category,
-            handling_city: handler,
-            subject: r.get(4)?,
-            location: r.get(5)?,
-        });
+        out.extend(top(&r, 0)?);
     }
+    drop(rows);
+    let mut one = c.prepare_cached(
+        "SELECT t.root, coalesce(m.n, 0), t.category, t.handler, t.subject, t.place
+         FROM matters t LEFT JOIN matter_months m ON m.root = t.root AND m.month = ?1 AND m.city = ?2
+         WHERE t.root = ?3",
+    )?;
+    for (root, n) in &journaled {
+        let mut rows = one.query(params![month, city, root])?;
+        if let Some(r) = rows.next()? {
+            out.extend(top(&r, *n)?);
+        }
+    }
+    out.sort_by(|a, b| {
+        b.reports
+            .cmp(&a.reports)
+            .then_with(|| a.ticket_id.cmp(&b.ticket_id))
+    });
+    out.truncate(limit);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::fold::Fold;
+
+    #[test]
+    fn the_top_matters_count_the_reports_not_checkpointed_yet() {
+        let c = crate::fold::test_db();
+        c.execute_batch(
+            "CREATE TABLE matters (root TEXT PRIMARY KEY, category TEXT, handler TEXT,
+               subject TEXT, place TEXT);",
+        )
+        .unwrap();
+        for root in ["a", "b", "c", "d", "e"] {
+            c.execute(
+                "INSERT INTO matters VALUES (?1, 'water', 'yibin', 'no water', 'x')",
+                [root],
+            )
+            .unwrap();
+        }
+        let month = 7;
+        let mut f = Fold::default();
+        for (root, n) in [("a", 5), ("b", 3), ("d", 4), ("e", 1)] {
+            for _ in 0..n {
+                f.matter(month, "yibin", root);
+            }
+        }
+        // Another month and another city count apart.
+        f.matter(month + 1, "yibin", "b");
+        f.matter(month, "luzhou", "b");
+        f.flush(&c, &mut crate::fold::Mine::due()).unwrap();
+        // Journaled: c's first four reports, d's fifth.
+        for (root, n) in [("c", 4), ("d", 1)] {
+            let mut f = Fold::default();
+            for _ in 0..n {
+                f.matter(month, "yibin", root);
+            }
+            f.flush(&c, &mut crate::fold::Mine::default()).unwrap();
+        }
+        let top = |limit| {
+            top_matters(&c, month, "yibin", limit, &|_, _| true)
+                .unwrap()
+                .into_iter()
+                .map(|m| (m.ticket_id, m.reports))
+                .collect::<Vec<_>>()
+        };
+        let want = vec![
+            ("a".to_owned(), 5),
+            ("d".to_owned(), 5),
+            ("c".to_owned(), 4),
+            ("b".to_owned(), 3),
+        ];
+        assert_eq!(top(3), want[..3]);
+        assert_eq!(top(4), want);
+        // Checkpointed, the same.
+        Fold::default()
+            .flush(&c, &mut crate::fold::Mine::due())
+            .unwrap();
+        assert_eq!(crate::fold::journal_rows(&c), 0);
+        assert_eq!(top(4), want);
+        // What the viewer may not see is left out.
+        let none = top_matters(&c, month, "yibin", 4, &|_, _| false).unwrap();
+        assert!(none.is_empty());
+    }
 }

@@ -19,6 +19,7 @@ use hotline_durable::sql::{Connection, params};
 use hotline_proto::ContractError;
 
 use crate::error::GatewayError;
+use crate::fold::Fold;
 
 pub const SCHEMA: &str = "
 CREATE TABLE window_counts (
@@ -346,71 +347,109 @@ impl Cell {
 /// Everything one window holds: (city, category) → cell.
 pub type Contents = HashMap<(String, String), Cell>;
 
-/// Reads one window, only the metrics in `metrics` when given.
+/// Reads one window, only the metrics in `metrics` when given: the
+/// counter tables and the counts journaled but not checkpointed yet
+/// ([`crate::fold`]), in one statement each.
 pub fn read(
     c: &Connection,
     w: Window,
     metrics: Option<&[Metric]>,
 ) -> Result<Contents, GatewayError> {
     let mut out: Contents = HashMap::new();
-    let mut stmt = c.prepare_cached(
-        "SELECT city, category, metric, detail, n FROM window_counts WHERE grain = ?1 AND period = ?2",
-    )?;
-    let rows = stmt.query_map(params![w.grain as i64, w.period], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-        ))
-    })?;
-    for row in rows {
-        let (city, category, metric, detail, n) = row?;
+    let (grain, period) = (w.grain as i64, w.period);
+    let mut add_count = |city: &str, category: &str, metric: i64, detail: &str, n: i64| {
         let Some(metric) = Metric::from_i64(metric) else {
-            continue;
+            return;
         };
         if metrics.is_some_and(|m| !m.contains(&metric)) {
-            continue;
+            return;
         }
-        *out.entry((city, category))
-            .or_default()
+        let cell = out
+            .entry((city.to_owned(), category.to_owned()))
+            .or_default();
+        let v = cell
             .counts
             .entry(metric)
             .or_default()
-            .entry(detail)
-            .or_default() += u64::try_from(n).unwrap_or(0);
+            .entry(detail.to_owned())
+            .or_default();
+        *v = v.saturating_add_signed(n);
+    };
+    let mut stmt = c.prepare_cached(
+        "SELECT city, category, metric, detail, n, NULL FROM window_counts WHERE grain = ?1 AND period = ?2
+         UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, body FROM fold_journal",
+    )?;
+    let rows = stmt.query_map(params![grain, period], |r| {
+        Ok((
+            r.get::<_, Option<String>>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+            r.get::<_, Option<Vec<u8>>>(5)?,
+        ))
+    })?;
+    // The journal's rows summed first, then added: a figure is never
+    // short of a move the journal takes back.
+    let mut journal = Fold::default();
+    for row in rows {
+        match row? {
+            (_, _, _, _, _, Some(body)) => journal.absorb_counters(Fold::decode(&body)?),
+            (Some(city), Some(cat), Some(m), Some(d), Some(n), None) => {
+                add_count(&city, &cat, m, &d, n)
+            }
+            _ => {}
+        }
+    }
+    for (city, cat, m, d, n) in journal.counts_in(grain, period) {
+        add_count(city, cat, m, d, n);
     }
     if metrics.is_some() {
         return Ok(out);
     }
-    let mut stmt = c.prepare_cached(
-        "SELECT city, category, metric, bucket, n FROM window_hist WHERE grain = ?1 AND period = ?2",
-    )?;
-    let rows = stmt.query_map(params![w.grain as i64, w.period], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, i64>(4)?,
-        ))
-    })?;
-    for row in rows {
-        let (city, category, metric, bucket, n) = row?;
-        let what = match metric {
+    let mut add_hist = |city: &str, category: &str, what: i64, bucket: i64, n: i64| {
+        let what = match what {
             1 => Duration::ToAccept,
             2 => Duration::ToResolve,
-            _ => continue,
+            _ => return,
         };
-        *out.entry((city, category))
+        let v = out
+            .entry((city.to_owned(), category.to_owned()))
             .or_default()
             .durations
             .entry(what)
             .or_default()
             .0
             .entry(bucket)
-            .or_default() += u64::try_from(n).unwrap_or(0);
+            .or_default();
+        *v = v.saturating_add_signed(n);
+    };
+    let mut stmt = c.prepare_cached(
+        "SELECT city, category, metric, bucket, n, NULL FROM window_hist WHERE grain = ?1 AND period = ?2
+         UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, body FROM fold_journal",
+    )?;
+    let rows = stmt.query_map(params![grain, period], |r| {
+        Ok((
+            r.get::<_, Option<String>>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+            r.get::<_, Option<Vec<u8>>>(5)?,
+        ))
+    })?;
+    let mut journal = Fold::default();
+    for row in rows {
+        match row? {
+            (_, _, _, _, _, Some(body)) => journal.absorb_counters(Fold::decode(&body)?),
+            (Some(city), Some(cat), Some(what), Some(b), Some(n), None) => {
+                add_hist(&city, &cat, what, b, n)
+            }
+            _ => {}
+        }
+    }
+    for (city, cat, what, b, n) in journal.hist_in(grain, period) {
+        add_hist(city, cat, what, b, n);
     }
     Ok(out)
 }
@@ -479,6 +518,13 @@ mod tests {
 
     #[test]
     fn a_count_lands_in_four_windows_and_reads_back() {
+        // Journaled, then checkpointed into the tables.
+        for checkpoint in [false, true] {
+            four_windows(checkpoint);
+        }
+    }
+
+    fn four_windows(checkpoint: bool) {
         let c = crate::fold::test_db();
         let ms = 1_795_624_200_000;
         let mut f = crate::fold::Fold::default();
@@ -493,7 +539,13 @@ mod tests {
             1,
         );
         f.observe(ms, "luzhou", "education", Duration::ToAccept, 1_000);
-        f.flush(&c).unwrap();
+        let mut mine = if checkpoint {
+            crate::fold::Mine::due()
+        } else {
+            crate::fold::Mine::default()
+        };
+        f.flush(&c, &mut mine).unwrap();
+        assert_eq!(crate::fold::journal_rows(&c), i64::from(!checkpoint));
         let key = ("luzhou".to_string(), "education".to_string());
         let all = read(&c, Window::ALL, None).unwrap();
         assert_eq!(all[&key].get(Metric::Sent), 3);

@@ -82,6 +82,8 @@ struct Inner {
     undo: Vec<Undo>,
     /// Where the write under way started in `folds` and `undo`.
     mark: (usize, usize),
+    /// This process's rows of the counters' journal.
+    mine: crate::fold::Mine,
 }
 
 enum Undo {
@@ -545,15 +547,20 @@ impl hotline_durable::db::Hooks for Working {
     }
 
     fn before_commit(&self, c: &Connection) -> Result<(), DbError> {
-        let folds = std::mem::take(&mut self.lock().folds);
-        if folds.is_empty() {
-            return Ok(());
-        }
+        let (folds, mut mine) = {
+            let mut inner = self.lock();
+            (
+                std::mem::take(&mut inner.folds),
+                std::mem::take(&mut inner.mine),
+            )
+        };
         let mut fold = Fold::default();
         for f in folds {
             fold.absorb(f);
         }
-        fold.flush(c).map_err(|e| match e {
+        let flushed = fold.flush(c, &mut mine);
+        self.lock().mine = mine;
+        flushed.map(|_| ()).map_err(|e| match e {
             GatewayError::Db(e) => e,
             other => DbError::Open {
                 path: "ledger".into(),
@@ -566,6 +573,7 @@ impl hotline_durable::db::Hooks for Working {
         let mut inner = self.lock();
         inner.folds.clear();
         inner.mark = (0, 0);
+        inner.mine.committed(committed);
         if committed {
             inner.undo.clear();
         } else {
@@ -631,6 +639,58 @@ mod tests {
             ws.find_matches(0.5, 0.5, "yibin", "water", &nowhere, 0)
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn every_so_many_commits_one_checkpoints_the_counters_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = std::sync::Arc::new(Working::default());
+        let db = hotline_durable::Db::open_with_hooks(
+            &hotline_durable::Store::Sqlite(dir.path().join("l.db")),
+            &crate::fold::TEST_SCHEMA,
+            ws.clone(),
+        )
+        .unwrap();
+        async fn rows(db: &hotline_durable::Db) -> Result<i64, DbError> {
+            db.read(|c| Ok::<_, DbError>(crate::fold::journal_rows(c)))
+                .await
+        }
+        let limit = i64::from(crate::fold::JOURNAL_ROWS);
+        for i in 1..=2 * limit + 1 {
+            if i == 2 {
+                // A write that fails adds nothing to the journal.
+                let w = ws.clone();
+                let failed = db
+                    .write(move |_| {
+                        let mut s = Staged::default();
+                        s.fold.overdue("yibin", "water", 1);
+                        w.absorb(s);
+                        Err::<(), _>(DbError::Panicked)
+                    })
+                    .await;
+                assert!(failed.is_err());
+                assert_eq!(rows(&db).await.unwrap(), 1);
+            }
+            let w = ws.clone();
+            db.write(move |_| {
+                let mut s = Staged::default();
+                s.fold.overdue("yibin", "water", 1);
+                w.absorb(s);
+                Ok::<_, DbError>(())
+            })
+            .await
+            .unwrap();
+            // The (limit + 1)th commit folds the journal into the table,
+            // and its own counts with it.
+            let want = if i <= limit { i } else { i - limit - 1 };
+            assert_eq!(rows(&db).await.unwrap(), want, "after commit {i}");
+        }
+        let total: i64 = db
+            .read(|c| Ok::<_, GatewayError>(crate::fold::overdue_open(c)?.values().sum()))
+            .await
+            .unwrap();
+        assert_eq!(total, 2 * limit + 1);
+        assert_eq!(rows(&db).await.unwrap(), limit);
     }
 
     #[test]
