@@ -689,6 +689,11 @@ fn reconnect_if_closed(conn: &mut Connection, store: &Store) {
     }
 }
 
+/// A migration whose text starts with this runs on SQLite only (on
+/// PostgreSQL it is counted, not run): an index only a shared store reads,
+/// dropped where it is only written.
+pub const SQLITE_ONLY: &str = "-- sqlite only";
+
 fn migrate(conn: &Connection, store: &Store, migrations: &[String]) -> Result<(), DbError> {
     match store {
         Store::Sqlite(_) => {
@@ -734,7 +739,12 @@ fn migrate_postgres(conn: &Connection, schema: &str, migrations: &[String]) -> R
     let start = usize::try_from(version.unwrap_or(0)).unwrap_or(0);
     for (i, sql) in migrations.iter().enumerate().skip(start) {
         conn.execute_batch("BEGIN")?;
-        let done = conn.execute_batch(sql).and_then(|()| {
+        let run = if sql.starts_with(SQLITE_ONLY) {
+            Ok(())
+        } else {
+            conn.execute_batch(sql)
+        };
+        let done = run.and_then(|()| {
             conn.execute("UPDATE schema_version SET version = ?1", [(i + 1) as i64])
                 .map(|_| ())
         });
@@ -758,6 +768,42 @@ mod tests {
     use crate::params;
 
     const SCHEMA: &[&str] = &["CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);"];
+
+    /// `t` with an index, which a SQLite-only migration drops.
+    const LEAN: &[&str] = &[
+        "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL); CREATE INDEX t_v ON t (v);",
+        "-- sqlite only\nDROP INDEX t_v;",
+    ];
+
+    async fn has_index(db: &Db) -> bool {
+        let sql = if db.is_shared() {
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname = 't_v'"
+        } else {
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 't_v'"
+        };
+        let n: i64 = db
+            .read(move |c| c.query_row(sql, (), |r| r.get(0)).map_err(DbError::from))
+            .await
+            .unwrap();
+        n == 1
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sqlite_only_migration_runs_on_sqlite_and_is_counted_on_postgres() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Db::open(&dir.path().join("lean.db"), LEAN).unwrap();
+        assert!(!has_index(&sqlite).await);
+        let store = crate::testing::postgres_store("lean");
+        let pg = Db::open_store(&store, LEAN).unwrap();
+        assert!(has_index(&pg).await);
+        drop(pg);
+        // Opened again, nothing is run twice.
+        let pg = Db::open_store(&store, LEAN).unwrap();
+        assert!(has_index(&pg).await);
+        if let crate::Store::Postgres { url, schema } = &store {
+            crate::testing::drop_schema(url, schema);
+        }
+    }
 
     #[test]
     fn a_relative_data_dir_is_beside_the_file_unless_a_store_is_where_it_used_to_be() {

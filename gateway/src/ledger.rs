@@ -166,6 +166,7 @@ impl Ledger {
                 supervision::SCHEMA,
                 supervision::SCHEMA_WORKING_SET,
                 crate::fold::SCHEMA,
+                supervision::SCHEMA_SQLITE_LEAN,
             ],
             working.clone(),
         )?;
