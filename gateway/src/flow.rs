@@ -14,14 +14,6 @@ use tokio::sync::watch;
 
 use crate::error::GatewayError;
 
-pub const SCHEMA: &str = "
-CREATE TABLE flow_log (
-    seq INTEGER PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
-    body BLOB NOT NULL
-);
-";
-
 /// What a ticket's flow entry says of it.
 pub struct TicketSide<'a> {
     pub origin: &'a str,

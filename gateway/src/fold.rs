@@ -149,18 +149,6 @@ struct MatterRow {
     n: i64,
 }
 
-/// The journal of counters not yet in their tables (see the module's
-/// comment), a row per commit, keyed by the process that wrote it; a
-/// migration of the ledger's.
-pub const SCHEMA: &str = "
-CREATE TABLE fold_journal (
-    writer INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (writer, n)
-) WITHOUT ROWID;
-";
-
 /// This process's rows of the journal, as its writer remembers them: so
 /// that a checkpoint writes their sum without reading them back.
 #[derive(Debug)]
@@ -782,14 +770,14 @@ pub(crate) fn test_db() -> Connection {
 /// The tables a fold writes, for tests.
 #[cfg(test)]
 pub(crate) const TEST_SCHEMA: [&str; 3] = [
-    crate::windows::SCHEMA,
+    crate::schema::WINDOWS,
     "CREATE TABLE city_status (city TEXT, direction TEXT, status TEXT, n INTEGER,
        PRIMARY KEY (city, direction, status));
      CREATE TABLE overdue_open (city TEXT, category TEXT, n INTEGER, PRIMARY KEY (city, category));
      CREATE TABLE matter_months (month INTEGER, city TEXT, root TEXT, n INTEGER,
        PRIMARY KEY (month, city, root));
      CREATE TABLE flow_log (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, body BLOB NOT NULL);",
-    SCHEMA,
+    crate::schema::FOLD_JOURNAL,
 ];
 
 /// How many rows the journal holds, for tests.

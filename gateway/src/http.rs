@@ -29,9 +29,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::error::GatewayError;
-use crate::flow;
 use crate::ledger::Ledger;
-use crate::stats;
 use crate::windows::{Grain, Window};
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -227,53 +225,23 @@ async fn overview(State(http): State<Arc<Http>>, Query(q): Query<OverviewQuery>)
     let now = time::now_ms();
     let w = Window::at(grain, now);
     let catalogue = http.ledger.catalogue();
-    let cities: Vec<String> = catalogue.city_ids().map(str::to_owned).collect();
-    let order: Vec<String> = catalogue.category_ids().map(str::to_owned).collect();
-    let read = http
-        .ledger
-        .db()
-        .read(move |c| {
-            let stats = stats::read(c, w, &cities, None)?;
-            let flow = stats::flow_matrix(c, w)?;
-            let top = stats::top_categories(c, Window::at(Grain::Month, now), &order)?;
-            let overdue = stats::overdue(c, now, LISTED, &|_| true, &|_, _| true)?;
-            let (waiting, _) = crate::ledger::coordination(c, 0, LISTED, false)?;
-            let waiting_total = crate::ledger::coordination_waiting(c)?;
-            let cursor = flow::bounds(c)?.map(|(_, hi)| hi).unwrap_or(0);
-            let filter = crate::supervision::Filter {
-                rule: None,
-                include_closed: false,
-                ticket_id: None,
-            };
-            let (open, _) = crate::supervision::list(c, &filter, i64::MAX, LISTED, &|_| true)?;
-            let open_by_rule = crate::supervision::open_by_rule(c)?;
-            let month = Window::at(Grain::Month, now).period;
-            let matters = crate::supervision::top_matters(c, month, "", 10, &|_, _| true)?;
-            Ok::<_, GatewayError>((
-                stats,
-                flow,
-                top,
-                overdue,
-                waiting,
-                waiting_total,
-                cursor,
-                (open, open_by_rule, matters),
-            ))
-        })
-        .await;
-    let (
+    let d = match http.ledger.dashboard(w, now, LISTED).await {
+        Ok(d) => d,
+        Err(e) => return failure(e),
+    };
+    let crate::reads::Dashboard {
         stats,
         flow,
-        top,
-        (overdue, overdue_total),
+        top_categories: top,
+        overdue,
+        overdue_total,
         waiting,
         waiting_total,
         cursor,
-        (escalations, open_by_rule, matters),
-    ) = match read {
-        Ok(r) => r,
-        Err(e) => return failure(e),
-    };
+        escalations,
+        open_by_rule,
+        top_matters: matters,
+    } = d;
     let names: HashMap<&str, &str> = catalogue
         .cities
         .iter()
@@ -368,20 +336,8 @@ struct EventsQuery {
 /// The flow log after a cursor, for the dashboard's live ticker.
 async fn events(State(http): State<Arc<Http>>, Query(q): Query<EventsQuery>) -> Response {
     let after = q.after.unwrap_or(0);
-    let read = http
-        .ledger
-        .db()
-        .read(move |c| {
-            let after = if after == 0 {
-                flow::bounds(c)?
-                    .map(|(_, hi)| hi.saturating_sub(20))
-                    .unwrap_or(0)
-            } else {
-                after
-            };
-            flow::after(c, after, EVENTS_PER_POLL)
-        })
-        .await;
+    // From the start, the last twenty.
+    let read = http.ledger.flow_after(after, 20, EVENTS_PER_POLL).await;
     let events = match read {
         Ok(e) => e,
         Err(e) => return failure(e),
@@ -447,19 +403,11 @@ impl prometheus_client::collector::Collector for Scrape {
 /// Every label value here is a city or category id of the catalogue, a
 /// status or state name, or a fixed word: the label sets are bounded.
 async fn metrics(State(http): State<Arc<Http>>) -> Response {
-    let catalogue = http.ledger.catalogue();
-    let cities: Vec<String> = catalogue.city_ids().map(str::to_owned).collect();
-    let read = http
-        .ledger
-        .db()
-        .read(move |c| {
-            let stats = stats::read(c, Window::ALL, &cities, None)?;
-            let depth = hotline_durable::outbox::depth(c)?;
-            let waiting = crate::ledger::coordination_waiting(c)?;
-            Ok::<_, GatewayError>((stats, depth, waiting))
-        })
-        .await;
-    let (stats, depth, waiting) = match read {
+    let crate::reads::Scrape {
+        stats,
+        outbox: depth,
+        waiting,
+    } = match http.ledger.scrape().await {
         Ok(r) => r,
         Err(e) => return failure(e),
     };
@@ -630,7 +578,7 @@ async fn metrics(State(http): State<Arc<Http>>) -> Response {
         false,
         backlog,
     );
-    let db = http.ledger.db().stats();
+    let db = http.ledger.store_stats();
     family(
         "hotline_ledger_commits",
         "Ledger transactions committed (one fsync each) since the gateway started.",

@@ -40,81 +40,6 @@ pub const DELIVER_TICKET: &str = "deliver-ticket";
 pub const DELIVER_EVENT: &str = "deliver-event";
 pub const DELIVER_LINK: &str = "deliver-link";
 
-const SCHEMA: &str = "
-CREATE TABLE tickets (
-    id TEXT PRIMARY KEY,
-    origin TEXT NOT NULL,
-    handler TEXT NOT NULL,
-    parent_id TEXT,
-    category TEXT NOT NULL,
-    urgent INTEGER NOT NULL,
-    status INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE events (
-    ticket_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (ticket_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE coordination (
-    pos INTEGER PRIMARY KEY AUTOINCREMENT,
-    ticket_id TEXT NOT NULL UNIQUE,
-    origin TEXT NOT NULL,
-    category TEXT NOT NULL,
-    rejected_by TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    reject_ms INTEGER NOT NULL,
-    assigned_city TEXT,
-    assign_ms INTEGER
-);
-";
-
-/// Which city each ticket was ever delivered to: a ticket that coordination
-/// sends back to a city that held it before counts as received there once.
-const DELIVERIES: &str = "
-CREATE TABLE deliveries (
-    ticket_id TEXT NOT NULL,
-    city TEXT NOT NULL,
-    PRIMARY KEY (ticket_id, city)
-) WITHOUT ROWID;
-";
-
-/// The tickets' resolution deadline in the ledger, and the waiting part of
-/// the coordination queue, each indexed so the dashboard reads them without
-/// a scan. Deadlines are in calendar hours until the supervision rules bring
-/// the working-day calendar.
-const TICKET_DUE: &str = "
-ALTER TABLE tickets ADD COLUMN due_ms INTEGER;
-ALTER TABLE tickets ADD COLUMN overdue INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX tickets_due ON tickets (due_ms) WHERE due_ms IS NOT NULL;
--- Open tickets past their deadline, per handler and category: moved when a
--- ticket passes its deadline (the sweep, or at once when it is set in the
--- past) and when it is resolved, reopened or handed to another city.
-CREATE TABLE overdue_open (
-    city TEXT NOT NULL,
-    category TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (city, category)
-) WITHOUT ROWID;
--- How far the overdue sweep has looked.
-CREATE TABLE sweeps (name TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);
-CREATE INDEX coordination_waiting ON coordination (pos) WHERE assigned_city IS NULL;
-";
-
-/// The cumulative tables of the first statistics, replaced by the windows
-/// (whose grain 0 is since the start).
-const DROP_CUMULATIVE: &str = "
-DROP TABLE city_totals;
-DROP TABLE transfer_totals;
-DROP TABLE transfer_answers;
-DROP TABLE transfer_outcomes;
-";
-
 /// The gateway's durable state.
 #[derive(Clone)]
 pub struct Ledger {
@@ -149,27 +74,7 @@ impl Ledger {
             hotline_durable::Store::Sqlite(_) => "",
         };
         let working = Arc::new(Working::new(scope));
-        let db = Db::open_with_hooks(
-            store,
-            &[
-                SCHEMA,
-                outbox::SCHEMA,
-                stats::SCHEMA,
-                crate::recorder::SCHEMA,
-                DELIVERIES,
-                outbox::SCHEMA_IN_ORDER,
-                windows::SCHEMA,
-                TICKET_DUE,
-                flow::SCHEMA,
-                DROP_CUMULATIVE,
-                outbox::SCHEMA_TRACE,
-                supervision::SCHEMA,
-                supervision::SCHEMA_WORKING_SET,
-                crate::fold::SCHEMA,
-                supervision::SCHEMA_SQLITE_LEAN,
-            ],
-            working.clone(),
-        )?;
+        let db = Db::open_with_hooks(store, &crate::schema::MIGRATIONS, working.clone())?;
         Ok(Self {
             db,
             outbox: Outbox::new(),

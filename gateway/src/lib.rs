@@ -19,7 +19,8 @@
 //! The ledger's shape is decide, then persist: [`rules`] holds its rules as
 //! pure functions, [`ledger`] loads what they need and writes what they
 //! decide, [`fold`] sums the counters of a whole commit, and [`working`]
-//! keeps the merge candidates and open escalations in memory.
+//! keeps the merge candidates and open escalations in memory. The
+//! transport reads through [`reads`], never through a connection.
 //!
 //! - [`limits`]: a rate per caller, so that one city cannot starve the
 //!   others.
@@ -40,9 +41,11 @@ pub mod ledger;
 pub mod limits;
 pub mod matter;
 pub mod observatory;
+pub mod reads;
 pub mod recorder;
 pub mod roles;
 pub mod rules;
+pub mod schema;
 pub mod server;
 pub mod stats;
 pub mod supervision;

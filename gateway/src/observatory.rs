@@ -26,12 +26,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::GatewayError;
-use crate::flow;
 use crate::flowtail::{self, FlowTail};
 use crate::ledger::Ledger;
 use crate::limits::StreamSlots;
 use crate::roles::{Departments, Viewer};
-use crate::stats;
 use crate::supervision;
 use crate::windows::{Grain, Window};
 
@@ -140,12 +138,7 @@ impl Observatory for ObservatoryService {
         let viewer = Viewer::of(&request, &self.departments)?;
         let req = request.into_inner();
         let w = self.window("period", req.window, &req.period)?;
-        let flows = self
-            .ledger
-            .db()
-            .read(move |c| stats::flow_matrix(c, w))
-            .await
-            .map_err(|e: GatewayError| Status::from(e))?;
+        let flows = self.ledger.flow_matrix(w).await.map_err(Status::from)?;
         let cells = flows
             .into_iter()
             .filter(|f| viewer.sees_flow(&f.origin, &f.target, &f.category))
@@ -170,15 +163,8 @@ impl Observatory for ObservatoryService {
     ) -> Result<Response<GetTopCategoriesResponse>, Status> {
         let viewer = Viewer::of(&request, &self.departments)?;
         let req = request.into_inner();
-        let catalogue = self.ledger.catalogue();
         let (w, cities, limit) = self.monthly(&viewer, &req.city, &req.month, req.limit)?;
-        let order: Vec<String> = catalogue.category_ids().map(str::to_owned).collect();
-        let mut top = self
-            .ledger
-            .db()
-            .read(move |c| stats::top_categories(c, w, &order))
-            .await
-            .map_err(|e: GatewayError| Status::from(e))?;
+        let mut top = self.ledger.top_categories(w).await.map_err(Status::from)?;
         let allowed = viewer.categories();
         let cities = cities
             .into_iter()
@@ -206,21 +192,12 @@ impl Observatory for ObservatoryService {
     ) -> Result<Response<ListOverdueTicketsResponse>, Status> {
         let viewer = Viewer::of(&request, &self.departments)?;
         let limit = page_size("page_size", request.get_ref().page_size)?;
+        // A city answers for the overdue tickets it handles.
         let (rows, total) = self
             .ledger
-            .db()
-            .read(move |c| {
-                // A city answers for the overdue tickets it handles.
-                stats::overdue(
-                    c,
-                    time::now_ms(),
-                    limit,
-                    &|o| viewer.sees_flow(&o.handler, &o.handler, &o.category),
-                    &|city, category| viewer.sees_flow(city, city, category),
-                )
-            })
+            .overdue(time::now_ms(), limit, viewer.sees())
             .await
-            .map_err(|e: GatewayError| Status::from(e))?;
+            .map_err(Status::from)?;
         let tickets = rows
             .into_iter()
             .map(|o| OverdueTicket {
@@ -254,11 +231,7 @@ impl Observatory for ObservatoryService {
                 &format!("must be at most {MAX_REPLAY}"),
             ));
         }
-        let db = self.ledger.db().clone();
-        let bounds = db
-            .read(flow::bounds)
-            .await
-            .map_err(|e: GatewayError| Status::from(e))?;
+        let bounds = self.ledger.flow_bounds().await.map_err(Status::from)?;
         let mut cursor = req.after_cursor;
         match bounds {
             Some((lo, hi)) if cursor > 0 => {
@@ -386,14 +359,9 @@ impl Observatory for ObservatoryService {
         };
         let (escalations, next) = self
             .ledger
-            .db()
-            .read(move |c| {
-                supervision::list(c, &filter, before, limit, &|e| {
-                    viewer.sees_flow(&e.handling_city, &e.handling_city, &e.category)
-                })
-            })
+            .escalations(filter, before, limit, viewer.sees())
             .await
-            .map_err(|e: GatewayError| Status::from(e))?;
+            .map_err(Status::from)?;
         Ok(Response::new(ListEscalationsResponse {
             escalations,
             next_page_token: next.map(supervision::escalation_id).unwrap_or_default(),
@@ -460,8 +428,6 @@ impl Observatory for ObservatoryService {
         let viewer = Viewer::of(&request, &self.departments)?;
         let req = request.into_inner();
         let w = self.window("day", Grain::Day as i32, &req.day)?;
-        let from = crate::calendar::start_ms(w.period);
-        let to = crate::calendar::start_ms(w.period + 1);
         let categories = viewer.categories();
         let cities = viewer.cities(
             "",
@@ -471,21 +437,11 @@ impl Observatory for ObservatoryService {
                 .map(str::to_owned)
                 .collect(),
         )?;
+        // What the viewer sees of the ledger: a department its categories,
+        // a city the escalations about what it handles.
         let (lines, merged) = self
             .ledger
-            .db()
-            .read(move |c| {
-                // What the viewer sees of the ledger: a department its
-                // categories, a city the escalations about what it handles.
-                let keep =
-                    |handler: &str, category: &str| viewer.sees_flow(handler, handler, category);
-                let lines = supervision::digest(c, from, to, &keep)?;
-                let merged: u64 = stats::read(c, w, &cities, categories.as_deref())?
-                    .iter()
-                    .map(|s| s.merged)
-                    .sum();
-                Ok::<_, GatewayError>((lines, merged))
-            })
+            .digest(w, cities, categories, viewer.sees())
             .await
             .map_err(Status::from)?;
         let mut out = GetSupervisionDigestResponse {
@@ -520,24 +476,13 @@ impl Observatory for ObservatoryService {
         let province = !matches!(viewer, Viewer::City(_)) && req.city.is_empty();
         let (cities, province) = self
             .ledger
-            .db()
-            .read(move |c| {
-                let keep =
-                    |handler: &str, category: &str| viewer.sees_flow(handler, handler, category);
-                let mut out = Vec::new();
-                for city in cities {
-                    let matters = supervision::top_matters(c, w.period, &city, limit, &keep)?;
-                    out.push(CityTopMatters { city, matters });
-                }
-                let all = if province {
-                    supervision::top_matters(c, w.period, "", limit, &keep)?
-                } else {
-                    Vec::new()
-                };
-                Ok::<_, GatewayError>((out, all))
-            })
+            .top_matters(w.period, cities, province, limit, viewer.sees())
             .await
             .map_err(Status::from)?;
+        let cities = cities
+            .into_iter()
+            .map(|(city, matters)| CityTopMatters { city, matters })
+            .collect();
         Ok(Response::new(GetTopMattersResponse {
             month: w.label(),
             cities,

@@ -24,43 +24,6 @@ use crate::ledger::Ledger;
 use crate::windows::Metric;
 use crate::working::Work;
 
-pub const SCHEMA: &str = "
-CREATE TABLE transfers (
-    id TEXT PRIMARY KEY,
-    origin TEXT NOT NULL,
-    target TEXT NOT NULL,
-    category TEXT NOT NULL,
-    state INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    answered_ms INTEGER,
-    ended_ms INTEGER,
-    body BLOB NOT NULL
-);
-CREATE INDEX transfers_live ON transfers (state) WHERE ended_ms IS NULL;
--- The cumulative tables below were replaced by the windows (windows.rs)
--- and are dropped by a later migration.
--- direction: 'out' (started here), 'in' (offered here), 'answered' (here)
-CREATE TABLE transfer_totals (
-    city TEXT NOT NULL,
-    direction TEXT NOT NULL,
-    category TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (city, direction, category)
-) WITHOUT ROWID;
-CREATE TABLE transfer_outcomes (
-    city TEXT NOT NULL,
-    state TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (city, state)
-) WITHOUT ROWID;
-CREATE TABLE transfer_answers (
-    city TEXT PRIMARY KEY,
-    n INTEGER NOT NULL,
-    answer_ms_sum INTEGER NOT NULL
-) WITHOUT ROWID;
-";
-
 type Move = (TransferState, Transfer);
 
 /// Where a relayed message goes: a node's signalling stream.

@@ -76,6 +76,12 @@ impl Viewer {
 
     /// Whether a flow between two cities in a category is this viewer's to
     /// see.
+    /// [`Viewer::sees_flow`], for a read of the ledger ([`crate::reads`]).
+    pub fn sees(&self) -> crate::reads::Sees {
+        let v = self.clone();
+        std::sync::Arc::new(move |origin, target, category| v.sees_flow(origin, target, category))
+    }
+
     pub fn sees_flow(&self, origin: &str, target: &str, category: &str) -> bool {
         match self {
             Viewer::Province => true,

@@ -15,25 +15,6 @@ use hotline_proto::pb::{CategoryFigures, CityStats};
 use crate::error::GatewayError;
 use crate::windows::{self, Duration, Histogram, Metric, Window};
 
-/// A migration of the first version: `city_totals` was replaced by the
-/// windows and is dropped by a later one.
-pub const SCHEMA: &str = "
-CREATE TABLE city_totals (
-    city TEXT NOT NULL,
-    direction TEXT NOT NULL,
-    category TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (city, direction, category)
-) WITHOUT ROWID;
-CREATE TABLE city_status (
-    city TEXT NOT NULL,
-    direction TEXT NOT NULL,
-    status TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (city, direction, status)
-) WITHOUT ROWID;
-";
-
 pub const SENT: &str = "sent";
 pub const RECEIVED: &str = "received";
 

@@ -21,29 +21,6 @@ use hotline_proto::ContractError;
 use crate::error::GatewayError;
 use crate::fold::Fold;
 
-pub const SCHEMA: &str = "
-CREATE TABLE window_counts (
-    grain INTEGER NOT NULL,
-    period INTEGER NOT NULL,
-    city TEXT NOT NULL,
-    category TEXT NOT NULL,
-    metric INTEGER NOT NULL,
-    detail TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (grain, period, city, category, metric, detail)
-) WITHOUT ROWID;
-CREATE TABLE window_hist (
-    grain INTEGER NOT NULL,
-    period INTEGER NOT NULL,
-    city TEXT NOT NULL,
-    category TEXT NOT NULL,
-    metric INTEGER NOT NULL,
-    bucket INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (grain, period, city, category, metric, bucket)
-) WITHOUT ROWID;
-";
-
 /// What is counted. The numbers are stored: never renumber one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Metric {
