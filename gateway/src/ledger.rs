@@ -844,83 +844,64 @@ fn apply_report_rules(
     } else {
         None
     };
+    let mut counts = rules::ReportCounts {
+        emergency: w.p.is_emergency(&ticket.category),
+        ..Default::default()
+    };
     let many = EscalationRule::ManyReportsOneMatter;
     let known = facts.as_ref().map(|f| f.many_open);
-    let (citizens, tickets) = if supervision::join(w, many, root, &ticket.id, known)? {
-        (0, Vec::new())
-    } else if let Some(f) = facts.as_mut() {
-        std::mem::take(&mut f.citizens)
-    } else {
-        supervision::citizens(w, root, created_ms - hours * HOUR_MS)?
-    };
-    if !tickets.is_empty() && citizens >= u64::from(rules.cluster_citizens) {
-        supervision::escalate(
-            w,
-            &supervision::Subject {
-                rule: EscalationRule::ManyReportsOneMatter,
-                key: root,
-                reason: format!(
-                    "{citizens} citizens reported one matter within {hours} h (the rule: {})",
-                    rules.cluster_citizens
-                ),
-                category: &ticket.category,
-                handler,
-                subject: &ticket.subject,
-            },
-            &tickets,
-            now,
-        )?;
+    if !supervision::join(w, many, root, &ticket.id, known)? {
+        counts.matter = Some(if let Some(f) = facts.as_mut() {
+            std::mem::take(&mut f.citizens)
+        } else {
+            supervision::citizens(w, root, created_ms - hours * HOUR_MS)?
+        });
     }
     let one = EscalationRule::OneCitizenManyRequests;
     let known = facts.as_ref().map(|f| f.one_open);
-    let reports = if supervision::join(w, one, citizen, &ticket.id, known)? {
-        Vec::new()
-    } else if let Some(f) = facts.as_mut() {
-        std::mem::take(&mut f.reports)
-    } else {
-        supervision::reports(w, citizen, created_ms - days * DAY_MS)?
-    };
-    if !reports.is_empty() && reports.len() as u64 >= u64::from(rules.repeat_reports) {
-        supervision::escalate(
-            w,
-            &supervision::Subject {
-                rule: EscalationRule::OneCitizenManyRequests,
-                key: citizen,
-                reason: format!(
-                    "one citizen made {} reports within {days} days (the rule: {})",
-                    reports.len(),
-                    rules.repeat_reports
-                ),
-                category: &ticket.category,
-                handler,
-                subject: &ticket.subject,
-            },
-            &reports,
-            now,
-        )?;
+    if !supervision::join(w, one, citizen, &ticket.id, known)? {
+        counts.citizen = Some(if let Some(f) = facts.as_mut() {
+            std::mem::take(&mut f.reports)
+        } else {
+            supervision::reports(w, citizen, created_ms - days * DAY_MS)?
+        });
     }
-    emergency(w, ticket, root, handler, now)
+    for opens in rules::report_rules(&rules, root, citizen, &ticket.id, &ticket.category, counts) {
+        open_escalation(w, ticket, handler, opens, now)?;
+    }
+    Ok(())
 }
 
-/// An emergency category is taken up at once, one escalation per matter.
+/// Opens what a rule decided, about `ticket` handled by `handler`.
+fn open_escalation(
+    w: &mut Work<'_>,
+    ticket: &Ticket,
+    handler: &str,
+    o: rules::Opens,
+    now: i64,
+) -> Result<()> {
+    supervision::escalate(
+        w,
+        &supervision::Subject {
+            rule: o.rule,
+            key: &o.key,
+            reason: o.reason,
+            category: &ticket.category,
+            handler,
+            subject: &ticket.subject,
+        },
+        &o.tickets,
+        now,
+    )?;
+    Ok(())
+}
+
+/// A part of parallel handling in an emergency category: its request is
+/// taken up at once, once.
 fn emergency(w: &mut Work<'_>, ticket: &Ticket, key: &str, handler: &str, now: i64) -> Result<()> {
     if w.p.is_emergency(&ticket.category) {
-        supervision::escalate(
-            w,
-            &supervision::Subject {
-                rule: EscalationRule::Emergency,
-                key,
-                reason: format!(
-                    "an emergency category ({}): taken up at once",
-                    ticket.category
-                ),
-                category: &ticket.category,
-                handler,
-                subject: &ticket.subject,
-            },
-            std::slice::from_ref(&ticket.id),
-            now,
-        )?;
+        let opens = rules::emergency(key, &ticket.id, &ticket.category);
+        open_escalation(w, ticket, handler, opens, now)?;
     }
     Ok(())
 }

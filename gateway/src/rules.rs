@@ -8,9 +8,13 @@
 //!   delivery a handler's event proves (seq + 2), transfer once;
 //! - [`step`]: what an event moves: the status counts, the windows, the
 //!   durations, the stage and its deadline, the overdue count, long
-//!   unresolved.
+//!   unresolved;
+//! - [`report_rules`]: which escalations a new report opens (many citizens
+//!   one matter, one citizen many requests, an emergency category).
 
-use hotline_proto::pb::{EventKind, Satisfaction, Ticket, TicketEvent, TicketStatus};
+use hotline_proto::pb::{
+    EscalationRule, EventKind, Satisfaction, Ticket, TicketEvent, TicketStatus,
+};
 use hotline_proto::state::{self, Actor};
 
 use crate::error::GatewayError;
@@ -390,6 +394,90 @@ pub fn still_unsatisfied(
         _ => return None,
     };
     (rehandled >= i64::from(rehandled_times)).then_some(rehandled)
+}
+
+/// What the report rules know of a new report, read before they decide.
+#[derive(Debug, Default, Clone)]
+pub struct ReportCounts {
+    /// The citizens who reported its matter within the cluster window and
+    /// those reports' tickets; `None` when an escalation of the matter is
+    /// open already (the report joined it).
+    pub matter: Option<(u64, Vec<String>)>,
+    /// The citizen's reports within the repeat window; `None` when an
+    /// escalation of the citizen is open already.
+    pub citizen: Option<Vec<String>>,
+    /// Its category is one the rules take up at once.
+    pub emergency: bool,
+}
+
+/// An escalation a report opens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opens {
+    pub rule: EscalationRule,
+    /// What it is about: the matter's root, the citizen's key, or (an
+    /// emergency) the matter's root.
+    pub key: String,
+    pub reason: String,
+    pub tickets: Vec<String>,
+}
+
+/// The escalations a new report of the matter `root` by the citizen
+/// `citizen` (ticket `ticket_id`, in `category`) opens, in the order they
+/// are opened.
+pub fn report_rules(
+    rules: &crate::supervision::RuleConfig,
+    root: &str,
+    citizen: &str,
+    ticket_id: &str,
+    category: &str,
+    counts: ReportCounts,
+) -> Vec<Opens> {
+    let mut out = Vec::new();
+    if let Some((citizens, tickets)) = counts.matter
+        && !tickets.is_empty()
+        && citizens >= u64::from(rules.cluster_citizens)
+    {
+        out.push(Opens {
+            rule: EscalationRule::ManyReportsOneMatter,
+            key: root.to_owned(),
+            reason: format!(
+                "{citizens} citizens reported one matter within {} h (the rule: {})",
+                rules.cluster_window_hours, rules.cluster_citizens
+            ),
+            tickets,
+        });
+    }
+    if let Some(reports) = counts.citizen
+        && !reports.is_empty()
+        && reports.len() as u64 >= u64::from(rules.repeat_reports)
+    {
+        out.push(Opens {
+            rule: EscalationRule::OneCitizenManyRequests,
+            key: citizen.to_owned(),
+            reason: format!(
+                "one citizen made {} reports within {} days (the rule: {})",
+                reports.len(),
+                rules.repeat_window_days,
+                rules.repeat_reports
+            ),
+            tickets: reports,
+        });
+    }
+    if counts.emergency {
+        out.push(emergency(root, ticket_id, category));
+    }
+    out
+}
+
+/// The escalation a report in an emergency category opens at once, keyed
+/// by `key` (its matter, or the request a part belongs to).
+pub fn emergency(key: &str, ticket_id: &str, category: &str) -> Opens {
+    Opens {
+        rule: EscalationRule::Emergency,
+        key: key.to_owned(),
+        reason: format!("an emergency category ({category}): taken up at once"),
+        tickets: vec![ticket_id.to_owned()],
+    }
 }
 
 #[cfg(test)]
@@ -918,5 +1006,89 @@ mod tests {
             from: Some(TicketStatus::Delivered),
             to: Some(TicketStatus::Accepted),
         }));
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("t{i}")).collect()
+    }
+
+    fn opened(counts: ReportCounts) -> Vec<EscalationRule> {
+        let rules = RuleConfig {
+            cluster_citizens: 5,
+            repeat_reports: 3,
+            ..RuleConfig::default()
+        };
+        report_rules(&rules, "root", "citizen", "t9", "water", counts)
+            .into_iter()
+            .map(|o| o.rule)
+            .collect()
+    }
+
+    #[test]
+    fn many_citizens_one_matter_opens_at_its_threshold_and_not_one_below() {
+        let at = ReportCounts {
+            matter: Some((5, ids(6))),
+            ..Default::default()
+        };
+        assert_eq!(opened(at), vec![EscalationRule::ManyReportsOneMatter]);
+        let below = ReportCounts {
+            matter: Some((4, ids(6))),
+            ..Default::default()
+        };
+        assert!(opened(below).is_empty());
+        // An escalation of the matter is open: the report joined it.
+        assert!(opened(ReportCounts::default()).is_empty());
+        let rules = RuleConfig::default();
+        let o = report_rules(
+            &rules,
+            "root",
+            "c",
+            "t9",
+            "water",
+            ReportCounts {
+                matter: Some((5, ids(5))),
+                ..Default::default()
+            },
+        );
+        assert_eq!(o[0].key, "root");
+        assert_eq!(o[0].tickets, ids(5));
+        assert!(o[0].reason.contains("5 citizens"), "{}", o[0].reason);
+    }
+
+    #[test]
+    fn one_citizen_many_requests_opens_at_its_threshold_and_not_one_below() {
+        let at = ReportCounts {
+            citizen: Some(ids(3)),
+            ..Default::default()
+        };
+        assert_eq!(opened(at), vec![EscalationRule::OneCitizenManyRequests]);
+        let below = ReportCounts {
+            citizen: Some(ids(2)),
+            ..Default::default()
+        };
+        assert!(opened(below).is_empty());
+    }
+
+    #[test]
+    fn an_emergency_opens_at_once_after_the_others() {
+        let all = ReportCounts {
+            matter: Some((9, ids(9))),
+            citizen: Some(ids(4)),
+            emergency: true,
+        };
+        assert_eq!(
+            opened(all),
+            vec![
+                EscalationRule::ManyReportsOneMatter,
+                EscalationRule::OneCitizenManyRequests,
+                EscalationRule::Emergency
+            ]
+        );
+        let e = emergency("parent", "t9", "public-safety");
+        assert_eq!(
+            (e.key.as_str(), e.tickets),
+            ("parent", vec!["t9".to_owned()])
+        );
+        assert!(e.reason.contains("public-safety"));
     }
 }
