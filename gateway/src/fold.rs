@@ -17,14 +17,14 @@
 
 use std::collections::HashMap;
 
-use hotline_durable::sql::{Connection, ToSql, params};
+use hotline_durable::sql::{Connection, OptionalExtension, ToSql, params};
 use hotline_proto::pb::{FlowEvent, TicketStatus, flow_event::Change};
 use hotline_proto::state::status_key;
 use hotline_proto::time;
 use prost::Message;
 
 use crate::error::GatewayError;
-use crate::windows::{Duration, Metric, Window};
+use crate::windows::{Buckets, Duration, Metric, Window};
 
 /// `(grain, period, city, category, metric, detail)`.
 type CountKey = (i64, i64, String, String, i64, String);
@@ -522,6 +522,50 @@ impl Fold {
             .map(|((_, _, city, cat, w, b), n)| (city.as_str(), cat.as_str(), *w, *b, *n))
     }
 
+    /// Adds the durations to their packed histograms: a read and a write
+    /// of each histogram moved (made once per checkpoint, not per ticket).
+    /// On a shared store the histograms are locked for the rest of the
+    /// transaction first, so that two replicas' checkpoints do not write
+    /// over each other's.
+    fn write_hist(&mut self, c: &Connection) -> Result<(), GatewayError> {
+        let mut packed: std::collections::BTreeMap<(i64, i64, String, String, i64), Buckets> =
+            std::collections::BTreeMap::new();
+        for ((g, p, city, cat, m, b), n) in self.hist.drain() {
+            if n != 0 {
+                packed.entry((g, p, city, cat, m)).or_default().add(b, n);
+            }
+        }
+        if packed.is_empty() {
+            return Ok(());
+        }
+        if c.is_postgres() {
+            c.write(
+                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '/window_hist_packed'))",
+                (),
+            )?;
+        }
+        for ((g, p, city, cat, m), add) in packed {
+            let mut buckets = c
+                .prepare_cached(
+                    "SELECT buckets FROM window_hist_packed
+                     WHERE grain = ?1 AND period = ?2 AND city = ?3 AND category = ?4 AND metric = ?5",
+                )?
+                .query_row(params![g, p, city, cat, m], |r| r.get::<_, Vec<u8>>(0))
+                .optional()?
+                .map(|b| Buckets::decode(&b))
+                .transpose()?
+                .unwrap_or_default();
+            buckets.absorb(&add);
+            c.write(
+                "INSERT INTO window_hist_packed (grain, period, city, category, metric, buckets)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (grain, period, city, category, metric) DO UPDATE SET buckets = excluded.buckets",
+                params![g, p, city, cat, m, buckets.encode()],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Writes the counters to their tables, one row per key.
     fn write_counters(&mut self, c: &Connection) -> Result<(), GatewayError> {
         let counts: Vec<_> = self.counts.drain().filter(|(_, n)| *n != 0).collect();
@@ -533,15 +577,7 @@ impl Fold {
             &counts,
             |((g, p, city, cat, m, d), n)| vec![g, p, city, cat, m, d, n],
         )?;
-        let hist: Vec<_> = self.hist.drain().filter(|(_, n)| *n != 0).collect();
-        upsert(
-            c,
-            "window_hist (grain, period, city, category, metric, bucket, n)",
-            "(grain, period, city, category, metric, bucket) DO UPDATE SET n = window_hist.n + excluded.n",
-            7,
-            &hist,
-            |((g, p, city, cat, m, b), n)| vec![g, p, city, cat, m, b, n],
-        )?;
+        self.write_hist(c)?;
         let status: Vec<_> = self.status.drain().filter(|(_, n)| *n != 0).collect();
         upsert(
             c,
@@ -769,15 +805,17 @@ pub(crate) fn test_db() -> Connection {
 
 /// The tables a fold writes, for tests.
 #[cfg(test)]
-pub(crate) const TEST_SCHEMA: [&str; 3] = [
+pub(crate) const TEST_SCHEMA: [&str; 5] = [
     crate::schema::WINDOWS,
-    "CREATE TABLE city_status (city TEXT, direction TEXT, status TEXT, n INTEGER,
-       PRIMARY KEY (city, direction, status));
-     CREATE TABLE overdue_open (city TEXT, category TEXT, n INTEGER, PRIMARY KEY (city, category));
-     CREATE TABLE matter_months (month INTEGER, city TEXT, root TEXT, n INTEGER,
-       PRIMARY KEY (month, city, root));
-     CREATE TABLE flow_log (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, body BLOB NOT NULL);",
+    "CREATE TABLE city_status (city TEXT NOT NULL, direction TEXT NOT NULL, status TEXT NOT NULL,
+       n INTEGER NOT NULL, PRIMARY KEY (city, direction, status));
+     CREATE TABLE overdue_open (city TEXT NOT NULL, category TEXT NOT NULL, n INTEGER NOT NULL,
+       PRIMARY KEY (city, category));
+     CREATE TABLE matter_months (month INTEGER NOT NULL, city TEXT NOT NULL, root TEXT NOT NULL,
+       n INTEGER NOT NULL, PRIMARY KEY (month, city, root));",
+    crate::schema::FLOW_LOG,
     crate::schema::FOLD_JOURNAL,
+    crate::schema::HIST_PACKED,
 ];
 
 /// How many rows the journal holds, for tests.
@@ -1012,5 +1050,74 @@ mod tests {
         assert_eq!(one(&c, &mut a, true), Flushed::Applied);
         assert_eq!(total(&c), 2 * i64::from(JOURNAL_ROWS) + 3);
         assert_eq!(journal_rows(&c), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn journal_checkpoint_and_packed_histograms_on_postgres() {
+        use hotline_durable::{Db, DbError};
+        let store = hotline_durable::testing::postgres_store("fold");
+        let db = Db::open_store(&store, &TEST_SCHEMA).unwrap();
+        let ms = 1_795_624_200_000;
+        // Two writers journal, a third checkpoints what both wrote.
+        for (n, due) in [(3, false), (2, false), (1, true)] {
+            db.write(move |c| {
+                let mut mine = if due { Mine::due() } else { Mine::default() };
+                for _ in 0..n {
+                    let mut f = Fold::default();
+                    f.count(ms, "luzhou", "education", Metric::Sent, "yibin", 1);
+                    f.observe(ms, "luzhou", "education", Duration::ToAccept, 5_000);
+                    f.status("yibin", "received", None, Some(TicketStatus::Pending));
+                    f.overdue("yibin", "education", 1);
+                    f.matter(7, "yibin", "t1");
+                    f.flush(c, &mut mine).map_err(|e| DbError::Open {
+                        path: "test".into(),
+                        reason: e.to_string(),
+                    })?;
+                    mine.committed(true);
+                }
+                Ok::<_, DbError>(())
+            })
+            .await
+            .unwrap();
+            let read = db
+                .read(move |c| {
+                    let all = crate::windows::read(c, Window::ALL, None)?;
+                    let cell = &all[&("luzhou".to_owned(), "education".to_owned())];
+                    let accepted = cell.durations[&Duration::ToAccept].count();
+                    let st: i64 = statuses(c)?.values().sum();
+                    let od: i64 = overdue_open(c)?.values().sum();
+                    let m = matters_journaled(c, 7, "yibin")?;
+                    Ok::<_, GatewayError>((
+                        cell.get(Metric::Sent),
+                        accepted,
+                        st,
+                        od,
+                        journal_rows(c),
+                        m,
+                    ))
+                })
+                .await
+                .unwrap();
+            let total = match n {
+                3 => 3,
+                2 => 5,
+                _ => 6,
+            };
+            assert_eq!(read.0, total);
+            assert_eq!(
+                (read.1, read.2, read.3),
+                (total, total as i64, total as i64)
+            );
+            if due {
+                assert_eq!(read.4, 0, "the checkpoint took both writers' rows");
+                assert!(read.5.is_empty());
+            } else {
+                assert_eq!(read.4, total as i64);
+                assert_eq!(read.5["t1"], total as i64);
+            }
+        }
+        if let hotline_durable::Store::Postgres { url, schema } = &store {
+            hotline_durable::testing::drop_schema(url, schema);
+        }
     }
 }

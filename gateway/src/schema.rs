@@ -301,8 +301,24 @@ DROP INDEX recent_citizen;
 DROP INDEX recent_bucket;
 ";
 
+/// The duration histograms packed, a row per window, city, category and
+/// duration (its buckets one blob: [`crate::windows::Buckets`]), written at
+/// the journal's checkpoints. What `window_hist` holds, a row per bucket,
+/// was written before and is still read.
+pub const HIST_PACKED: &str = "
+CREATE TABLE window_hist_packed (
+    grain INTEGER NOT NULL,
+    period INTEGER NOT NULL,
+    city TEXT NOT NULL,
+    category TEXT NOT NULL,
+    metric INTEGER NOT NULL,
+    buckets BLOB NOT NULL,
+    PRIMARY KEY (grain, period, city, category, metric)
+) WITHOUT ROWID;
+";
+
 /// Every migration, in order. Only ever appended to.
-pub const MIGRATIONS: [&str; 15] = [
+pub const MIGRATIONS: [&str; 16] = [
     TICKETS,
     outbox::SCHEMA,
     STATS,
@@ -318,4 +334,5 @@ pub const MIGRATIONS: [&str; 15] = [
     WORKING_SET,
     FOLD_JOURNAL,
     SQLITE_LEAN,
+    HIST_PACKED,
 ];

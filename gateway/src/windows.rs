@@ -274,6 +274,65 @@ fn value_of(bucket: i64) -> f64 {
     ((bucket as f64 + 0.5) / STEPS).exp2() - 1.0
 }
 
+/// A histogram's buckets as a packed row keeps them: bucket → how many.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Buckets(BTreeMap<i64, i64>);
+
+/// The packed row's encoding.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PackedBuckets {
+    #[prost(sint64, repeated, tag = "1")]
+    bucket: Vec<i64>,
+    #[prost(int64, repeated, tag = "2")]
+    n: Vec<i64>,
+}
+
+impl Buckets {
+    pub fn add(&mut self, bucket: i64, n: i64) {
+        *self.0.entry(bucket).or_default() += n;
+    }
+
+    pub fn absorb(&mut self, other: &Buckets) {
+        for (b, n) in &other.0 {
+            self.add(*b, *n);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.0.iter().map(|(b, n)| (*b, *n))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        use prost::Message as _;
+        PackedBuckets {
+            bucket: self.0.keys().copied().collect(),
+            n: self.0.values().copied().collect(),
+        }
+        .encode_to_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, GatewayError> {
+        use prost::Message as _;
+        let p = PackedBuckets::decode(bytes).map_err(|e| {
+            GatewayError::Corrupt(
+                "window_hist_packed".into(),
+                format!("a row does not decode: {e}"),
+            )
+        })?;
+        if p.bucket.len() != p.n.len() {
+            return Err(GatewayError::Corrupt(
+                "window_hist_packed".into(),
+                format!("{} buckets and {} counts", p.bucket.len(), p.n.len()),
+            ));
+        }
+        let mut b = Buckets::default();
+        for (bucket, n) in p.bucket.into_iter().zip(p.n) {
+            b.add(bucket, n);
+        }
+        Ok(b)
+    }
+}
+
 /// A histogram: bucket → how many.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Histogram(BTreeMap<i64, u64>);
@@ -286,6 +345,11 @@ impl Histogram {
     }
 
     /// The `q` quantile (0 < q ≤ 1) in milliseconds; 0 when empty.
+    /// How many durations it holds.
+    pub fn count(&self) -> u64 {
+        self.0.values().sum()
+    }
+
     pub fn quantile(&self, q: f64) -> f64 {
         let total: u64 = self.0.values().sum();
         if total == 0 {
@@ -401,25 +465,34 @@ pub fn read(
             .or_default();
         *v = v.saturating_add_signed(n);
     };
+    // The packed histograms (kind 1), the rows of before them, a bucket
+    // each (kind 0), and the journal (kind 2).
     let mut stmt = c.prepare_cached(
-        "SELECT city, category, metric, bucket, n, NULL FROM window_hist WHERE grain = ?1 AND period = ?2
-         UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, body FROM fold_journal",
+        "SELECT 1, city, category, metric, NULL, NULL, buckets FROM window_hist_packed WHERE grain = ?1 AND period = ?2
+         UNION ALL SELECT 0, city, category, metric, bucket, n, NULL FROM window_hist WHERE grain = ?1 AND period = ?2
+         UNION ALL SELECT 2, NULL, NULL, NULL, NULL, NULL, body FROM fold_journal",
     )?;
     let rows = stmt.query_map(params![grain, period], |r| {
         Ok((
-            r.get::<_, Option<String>>(0)?,
+            r.get::<_, i64>(0)?,
             r.get::<_, Option<String>>(1)?,
-            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, Option<String>>(2)?,
             r.get::<_, Option<i64>>(3)?,
             r.get::<_, Option<i64>>(4)?,
-            r.get::<_, Option<Vec<u8>>>(5)?,
+            r.get::<_, Option<i64>>(5)?,
+            r.get::<_, Option<Vec<u8>>>(6)?,
         ))
     })?;
     let mut journal = Fold::default();
     for row in rows {
         match row? {
-            (_, _, _, _, _, Some(body)) => journal.absorb_counters(Fold::decode(&body)?),
-            (Some(city), Some(cat), Some(what), Some(b), Some(n), None) => {
+            (2, .., Some(body)) => journal.absorb_counters(Fold::decode(&body)?),
+            (1, Some(city), Some(cat), Some(what), _, _, Some(packed)) => {
+                for (b, n) in Buckets::decode(&packed)?.iter() {
+                    add_hist(&city, &cat, what, b, n);
+                }
+            }
+            (0, Some(city), Some(cat), Some(what), Some(b), Some(n), None) => {
                 add_hist(&city, &cat, what, b, n)
             }
             _ => {}
@@ -534,5 +607,43 @@ mod tests {
         let month = read(&c, Window::at(Grain::Month, ms), Some(&[Metric::Sent])).unwrap();
         assert_eq!(month[&key].get(Metric::Sent), 3);
         assert!(month[&key].durations.is_empty());
+    }
+
+    #[test]
+    fn a_packed_histogram_adds_each_checkpoint_to_itself_and_to_the_rows_of_before() {
+        let c = crate::fold::test_db();
+        let ms = 1_795_624_200_000;
+        let key = ("luzhou".to_string(), "education".to_string());
+        // A row of before the packing: one ticket accepted in 1 s.
+        c.execute(
+            "INSERT INTO window_hist VALUES (0, 0, 'luzhou', 'education', 1, ?1, 1)",
+            [bucket_of(1_000)],
+        )
+        .unwrap();
+        for ms_taken in [1_000, 100_000, 100_000] {
+            let mut f = crate::fold::Fold::default();
+            f.observe(ms, "luzhou", "education", Duration::ToAccept, ms_taken);
+            f.flush(&c, &mut crate::fold::Mine::due()).unwrap();
+        }
+        let packed: i64 = c
+            .query_row(
+                "SELECT count(*) FROM window_hist_packed WHERE grain = 0",
+                (),
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(packed, 1, "one row per window, city, category, duration");
+        let all = read(&c, Window::ALL, None).unwrap();
+        let h = &all[&key].durations[&Duration::ToAccept];
+        let n: u64 = h.0.values().sum();
+        assert_eq!(n, 4);
+        assert_eq!(h.0[&bucket_of(1_000)], 2);
+        assert_eq!(h.0[&bucket_of(100_000)], 2);
+        let bad = Buckets::decode(&[0xff]);
+        assert!(matches!(bad, Err(GatewayError::Corrupt(..))));
+        let mut b = Buckets::default();
+        b.add(3, 2);
+        b.add(-1, 1);
+        assert_eq!(Buckets::decode(&b.encode()).unwrap(), b);
     }
 }
