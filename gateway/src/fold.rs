@@ -351,6 +351,13 @@ impl Fold {
 
     /// Adds the counters of `other`.
     pub fn absorb_counters(&mut self, other: Fold) {
+        if self.keys() == 0 {
+            // Nothing to add to: take its maps as they are.
+            let flow = std::mem::take(&mut self.flow);
+            *self = other;
+            self.flow = flow;
+            return;
+        }
         for (k, n) in other.counts {
             *self.counts.entry(k).or_default() += n;
         }
