@@ -114,6 +114,8 @@ pub struct DbStats {
     pub readers_open: AtomicU64,
     /// Reads refused because every reader stayed in use too long.
     pub reads_refused: AtomicU64,
+    /// Reads run.
+    pub reads: AtomicU64,
 }
 
 /// Reader connections a database opens at most, by default.
@@ -559,6 +561,7 @@ impl Db {
                     }));
                 }
             };
+        stats.reads.fetch_add(1, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let conn = match readers.take() {
